@@ -1,0 +1,133 @@
+"""Provider-neutral types: what the pipeline hands an adapter and what it gets back.
+
+Adapters (``openai_batch``, ``gemini_batch``, ``mistral_batch``, ``instant``) turn these
+into wire requests with the official SDKs, and translate every SDK failure into
+:class:`worker.errors.ProviderError` at their boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class BatchState(StrEnum):
+    """A provider batch state, normalised. Every raw provider state maps to one of these
+    explicitly; a raw state nobody listed maps to UNKNOWN, which is never finished."""
+
+    IN_FLIGHT = "in_flight"  # validating / queued / pending / running / finalizing / cancelling
+    COMPLETED = "completed"  # results can be read (some lines may still have failed)
+    FAILED = "failed"  # the whole batch failed (e.g. input validation)
+    EXPIRED = "expired"  # the completion window passed; partial results may exist
+    CANCELLED = "cancelled"  # cancelled; partial results may exist
+    UNKNOWN = "unknown"  # a state we do not know: keep polling, record an error
+
+    @property
+    def terminal(self) -> bool:
+        return self in (
+            BatchState.COMPLETED,
+            BatchState.FAILED,
+            BatchState.EXPIRED,
+            BatchState.CANCELLED,
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One structured-output chat request: a system and a user prompt, answered as JSON
+    valid against ``json_schema`` (named ``schema_name``)."""
+
+    custom_id: str
+    system_prompt: str
+    user_prompt: str
+    schema_name: str
+    json_schema: dict[str, Any]
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    """What the provider answered when a batch was created."""
+
+    batch_id: str
+    input_file_id: str | None
+    request_count: int
+    raw_state: str
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    batch_id: str
+    state: BatchState
+    raw_state: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    # Gemini/Mistral inline results travel with the status; kept opaque here.
+    inline_results: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ResultLine:
+    """One request's outcome, parsed from an output/error file line, an inline result, or a
+    realtime response. ``text`` is the model's raw message content (expected to be JSON)."""
+
+    custom_id: str
+    ok: bool
+    text: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_requests: int
+    max_bytes: int
+
+
+class BatchProvider(Protocol):
+    """A Batch API: upload requests, create a batch, poll it, stream its results."""
+
+    name: str  # 'openai' | 'gemini' | 'mistral'
+    limits: BatchLimits
+
+    async def submit(
+        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+    ) -> SubmittedBatch:
+        """Upload the requests (streamed through a temp file) and create one batch.
+
+        ``intent_id`` is our own id of the batch row; it is sent as batch metadata or
+        display name so :meth:`find_by_intent` can adopt a batch created before a crash."""
+        ...
+
+    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
+        """The provider batch created for ``intent_id``, if any (crash reconciliation)."""
+        ...
+
+    async def status(self, batch_id: str) -> BatchStatus: ...
+
+    def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:
+        """Stream every result line of a finished batch (output file, error file, or inline
+        results), downloading to a temp file in chunks and never holding a whole file."""
+        ...
+
+    async def cancel(self, batch_id: str) -> None: ...
+
+
+class ChatProvider(Protocol):
+    """A realtime chat API answering one structured request at a time."""
+
+    name: str
+
+    async def complete(self, model: str, request: ChatRequest) -> ResultLine:
+        """Call the model once. Raises ProviderError on transport/API failures; a response
+        that arrives but is unusable comes back as ``ResultLine(ok=False)``."""
+        ...
