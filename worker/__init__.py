@@ -1,3 +1,19 @@
-"""Postgres-native AI job worker."""
+"""Postgres-native AI job worker.
+
+``worker.app`` is the Procrastinate app (``procrastinate --app=worker.app worker``); it is
+loaded lazily so importing the package (e.g. for the emulator) does not import the queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from worker.queue_app import app
+
+        return app
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from worker.errors import ErrorKind
+
 
 class BatchState(StrEnum):
     """A provider batch state, normalised. Every raw provider state maps to one of these
@@ -85,6 +87,9 @@ class ResultLine:
     input_tokens: int = 0
     output_tokens: int = 0
     model_version: str | None = None
+    # For ok=False: what to do about it, decided by worker.error_policy from the line's
+    # HTTP status / error body / finish reason (None when ok).
+    error_kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""Process configuration: one pydantic-settings class read from the environment and `.env`.
+
+Per-run configuration (which models, batch size, delays) lives in the database row
+``ai_commentary_settings`` and is parsed by :mod:`worker.settings_row`; this module only holds
+what a process needs before it can reach the database, plus provider credentials.
+Secrets are ``SecretStr``: their repr is ``'**********'`` and they are never logged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepseek", "ollama")
+
+
+class Settings(BaseSettings):
+    """Everything the worker process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+
+    # Database. Unset: the local server on 127.0.0.1:5432 when it answers, else an
+    # embedded Postgres under .data/ (see worker.database).
+    database_url: str | None = None
+
+    # Provider credentials (never printed).
+    openai_api_key: SecretStr | None = None
+    gemini_api_key: SecretStr | None = None
+    mistral_api_key: SecretStr | None = None
+    openrouter_api_key: SecretStr | None = None
+    perplexity_api_key: SecretStr | None = None
+    deepseek_api_key: SecretStr | None = None
+
+    # Base-URL overrides (point them at `python -m worker emulator` to run without cost).
+    openai_base_url: str | None = None
+    gemini_base_url: str | None = None
+    mistral_base_url: str | None = None
+    openrouter_base_url: str | None = None
+    perplexity_base_url: str | None = None
+    deepseek_base_url: str | None = None
+    ollama_base_url: str | None = None
+
+    # Alerts (silently off without both).
+    pushover_user_key: SecretStr | None = None
+    pushover_api_token: SecretStr | None = None
+    pushover_url: str = "https://api.pushover.net/1/messages.json"
+
+    # Worker tuning.
+    worker_processes: int = Field(default=1, ge=1, le=64)
+    fetch_job_polling_interval: float = Field(default=2.0, gt=0)
+    instant_concurrency: int = Field(default=8, ge=1, le=1000)
+    poll_min_seconds: float = Field(default=2.0, gt=0)
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+    tick_seconds: int = Field(default=60, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    provider_timeout_seconds: float = Field(default=120.0, gt=0)
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    def api_key(self, provider: str) -> SecretStr | None:
+        """The key for ``provider`` (Ollama needs none and gets a placeholder)."""
+        if provider == "ollama":
+            return SecretStr("ollama")
+        key: SecretStr | None = getattr(self, f"{provider}_api_key", None)
+        return key
+
+    def base_url(self, provider: str) -> str | None:
+        url: str | None = getattr(self, f"{provider}_base_url", None)
+        return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process settings, read once."""
+    return Settings()

@@ -1,0 +1,138 @@
+"""Applying the schema: Procrastinate's, then the ordered files of ``sql/``.
+
+Run explicitly (``python -m worker db migrate``); the worker never runs DDL on its own.
+Every applied file is recorded with its SHA-256 in ``worker_schema_migrations``; running
+again applies only new files, and a changed applied file stops everything with an error
+rather than silently diverging. Each file runs in its own transaction, under an advisory
+lock so two concurrent migrate commands cannot interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import procrastinate.schema
+import psycopg
+from psycopg import sql
+
+from worker.database import connect
+from worker.errors import MigrationError
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+PROCRASTINATE_ENTRY = "procrastinate/schema.sql"
+_LOCK_KEY = 0x41_49_57_4B  # "AIWK": serialises concurrent migrate runs
+
+TRACKING_TABLE = """
+CREATE TABLE IF NOT EXISTS worker_schema_migrations (
+    filename text PRIMARY KEY,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    filename: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Applied:
+    filename: str
+    checksum: str
+    applied_at: datetime
+
+
+def project_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+    """The ``sql/*.sql`` files in name order."""
+    files = sorted(p for p in directory.glob("*.sql") if p.is_file())
+    return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
+
+
+def _applied(conn: psycopg.Connection[Any]) -> dict[str, Applied]:
+    rows = conn.execute(
+        "SELECT filename, checksum, applied_at FROM worker_schema_migrations ORDER BY filename"
+    ).fetchall()
+    return {r["filename"]: Applied(r["filename"], r["checksum"], r["applied_at"]) for r in rows}
+
+
+def _procrastinate_installed(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present").fetchone()
+    return bool(row and row["present"])
+
+
+def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
+    """Apply what is missing; return the names applied (empty when up to date)."""
+    done: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(TRACKING_TABLE)
+            applied = _applied(conn)
+            if PROCRASTINATE_ENTRY not in applied:
+                schema_text = procrastinate.schema.SchemaManager.get_schema()
+                with conn.transaction():
+                    if not _procrastinate_installed(conn):
+                        conn.execute(sql.SQL(schema_text))
+                    conn.execute(
+                        "INSERT INTO worker_schema_migrations (filename, checksum) VALUES (%s, %s)",
+                        (PROCRASTINATE_ENTRY, Migration("", schema_text).checksum),
+                    )
+                done.append(PROCRASTINATE_ENTRY)
+            for m in project_migrations(directory):
+                known = applied.get(m.filename)
+                if known is not None:
+                    if known.checksum != m.checksum:
+                        raise MigrationError(
+                            f"sql/{m.filename} changed after it was applied on "
+                            f"{known.applied_at:%Y-%m-%d %H:%M}: recorded sha256 "
+                            f"{known.checksum[:12]}…, file now {m.checksum[:12]}…. "
+                            "Applied migrations are immutable: add a new file instead."
+                        )
+                    continue
+                try:
+                    with conn.transaction():
+                        conn.execute(sql.SQL(m.text))
+                        conn.execute(
+                            "INSERT INTO worker_schema_migrations (filename, checksum) "
+                            "VALUES (%s, %s)",
+                            (m.filename, m.checksum),
+                        )
+                except psycopg.Error as exc:
+                    raise MigrationError(f"sql/{m.filename} failed: {exc}") from exc
+                done.append(m.filename)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return done
+
+
+def status(url: str | None = None, directory: Path = SQL_DIR) -> list[tuple[str, str]]:
+    """(filename, state) for every known migration: applied <date> | pending | CHANGED."""
+    with connect(url, autocommit=True) as conn:
+        present = conn.execute(
+            "SELECT to_regclass('worker_schema_migrations') IS NOT NULL AS present"
+        ).fetchone()
+        applied = _applied(conn) if present and present["present"] else {}
+    out: list[tuple[str, str]] = []
+    proc = applied.get(PROCRASTINATE_ENTRY)
+    out.append(
+        (PROCRASTINATE_ENTRY, f"applied {proc.applied_at:%Y-%m-%d %H:%M:%S}" if proc else "pending")
+    )
+    for m in project_migrations(directory):
+        a = applied.get(m.filename)
+        if a is None:
+            out.append((m.filename, "pending"))
+        elif a.checksum != m.checksum:
+            out.append((m.filename, "CHANGED since applied"))
+        else:
+            out.append((m.filename, f"applied {a.applied_at:%Y-%m-%d %H:%M:%S}"))
+    return out

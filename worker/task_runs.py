@@ -1,0 +1,46 @@
+"""Recording task runs in ``worker_task_runs`` so a person can see, with psql, what ran when."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+
+class RunRecord:
+    """Filled in by the task body; written when the run ends."""
+
+    def __init__(self) -> None:
+        self.detail: dict[str, Any] = {}
+        self.outcome = "ok"
+
+
+@asynccontextmanager
+async def recorded_run(
+    pool: AsyncConnectionPool, task_name: str, job_id: int | None
+) -> AsyncIterator[RunRecord]:
+    # The start time is taken before any I/O: it is what the wake-up benchmark measures.
+    started = datetime.fromtimestamp(time.time(), UTC)
+    record = RunRecord()
+    try:
+        yield record
+    except BaseException as exc:
+        record.outcome = f"error: {type(exc).__name__}"
+        raise
+    finally:
+        try:
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO worker_task_runs"
+                    " (task_name, job_id, worker_pid, started_at, finished_at, outcome, detail)"
+                    " VALUES (%s, %s, %s, %s, now(), %s, %s)",
+                    (task_name, job_id, os.getpid(), started, record.outcome, Jsonb(record.detail)),
+                )
+        except Exception:
+            pass
