@@ -9,12 +9,14 @@
 -- statement fail: any other error becomes a WARNING and the periodic tick picks the rows up.
 --
 -- The only place that names Procrastinate's versioned SQL API (procrastinate_defer_jobs_v1).
-CREATE OR REPLACE FUNCTION worker_defer_job(p_queue text, p_task text, p_lock text, p_args jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION worker_defer_job(
+    p_queue text, p_task text, p_lock text,
+    p_args jsonb DEFAULT '{}', p_scheduled_at timestamptz DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM procrastinate_defer_jobs_v1(ARRAY[
-        ROW(p_queue, p_task, 0, NULL, p_lock, p_args, NULL)::procrastinate_job_to_defer_v1
+        ROW(p_queue, p_task, 0, NULL, p_lock, coalesce(p_args, '{}'), p_scheduled_at)::procrastinate_job_to_defer_v1
     ]);
 EXCEPTION
     WHEN unique_violation THEN

@@ -1,11 +1,157 @@
-"""poll: check one provider batch (filled in by the pipeline)."""
+"""poll: check one provider batch; reschedule while it runs, ingest when it ends.
+
+The batch row is locked with ``FOR UPDATE SKIP LOCKED`` for the whole check-and-ingest, so
+two pollers never process the same batch (failure mode 1); a second one simply returns.
+Every raw provider state is mapped explicitly (worker.providers.states); an unknown state
+is never taken for finished (mode 7): polling goes on and the state is recorded.
+Waiting does not consume attempts; the delay grows from seconds to minutes.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from worker.config import get_settings
+from worker.error_log import record_error
+from worker.errors import ConfigError, ProviderError
+from worker.ingest import IngestCounts, ingest_lines
+from worker.providers.base import BatchState, BatchStatus, ResultLine
+from worker.queries import q
+from worker.routing import providers
+from worker.settings_row import CommentarySettings
+
+log = logging.getLogger(__name__)
+
+FINAL_STATE = {
+    BatchState.COMPLETED: "ingested",
+    BatchState.FAILED: "failed",
+    BatchState.EXPIRED: "expired",
+    BatchState.CANCELLED: "cancelled",
+}
+MISSING_REASON = {
+    BatchState.COMPLETED: "missing from the batch output",
+    BatchState.FAILED: "the batch failed",
+    BatchState.EXPIRED: "the batch expired before this request ran",
+    BatchState.CANCELLED: "the batch was cancelled before this request ran",
+}
+
+
+def next_delay(poll_count: int) -> float:
+    """Seconds until the next poll: doubling from POLL_MIN_SECONDS up to POLL_MAX_SECONDS."""
+    s = get_settings()
+    return float(min(s.poll_max_seconds, s.poll_min_seconds * (2 ** min(poll_count, 20))))
 
 
 async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, Any]:
-    return {"batch_job_id": batch_job_id}
+    from worker.submit import defer, defer_poll, load_settings
+
+    async with pool.connection() as conn:
+        try:
+            settings = await load_settings(conn)
+        except ConfigError as exc:
+            await record_error(conn, "settings", str(exc), fingerprint="settings:invalid")
+            await defer_poll(conn, batch_job_id, 60)
+            return {"error": str(exc)}
+        async with conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("lock_batch"), {"id": batch_job_id})
+            job = await cur.fetchone()
+            if job is None:
+                return {"skipped": "locked by another poller or unknown"}
+            if job["state"] != "in_flight":
+                return {"skipped": f"state {job['state']}"}
+            from worker import resilience
+
+            if job["provider"] in await resilience.blocked_providers(conn):
+                await conn.execute(q("batch_still_running"),
+                                   {"id": batch_job_id, "raw_state": job["status"], "delay": 60})
+                await defer_poll(conn, batch_job_id, 60)
+                return {"waiting": "provider blocked"}
+            provider = providers().batch(job["provider"])
+            try:
+                status = await provider.status(job["batch_id"])
+            except ProviderError as exc:
+                delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
+                await conn.execute(q("batch_still_running"),
+                                   {"id": batch_job_id, "raw_state": job["status"], "delay": delay})
+                await defer_poll(conn, batch_job_id, delay)
+                await resilience.on_provider_error(conn, job["provider"], exc)
+                await record_error(conn, exc.kind.value, f"polling batch failed: {exc}",
+                                   provider=job["provider"], batch_job_id=batch_job_id,
+                                   fingerprint=f"poll:{job['provider']}:{exc.kind.value}")
+                return {"poll_error": str(exc)}
+            await resilience.on_provider_success(conn, job["provider"])
+            if not status.state.terminal:
+                delay = next_delay(job["poll_count"])
+                await conn.execute(q("batch_still_running"),
+                                   {"id": batch_job_id, "raw_state": status.raw_state,
+                                    "delay": delay})
+                await defer_poll(conn, batch_job_id, delay)
+                if status.state is BatchState.UNKNOWN:
+                    await record_error(
+                        conn, "unknown_batch_state",
+                        f"provider state {status.raw_state!r} is not known; still polling",
+                        provider=job["provider"], batch_job_id=batch_job_id,
+                        fingerprint=f"unknown-state:{job['provider']}:{status.raw_state}")
+                return {"state": status.raw_state, "next_poll_in": delay}
+            counts = await finish(conn, settings, job, status)
+        # Requests that went back to waiting (or summaries now ready) need a submit.
+        await defer(conn, "submit", "submit")
+    return {"state": status.raw_state, **counts.as_dict()}
+
+
+async def finish(
+    conn: AsyncConnection[Any],
+    settings: CommentarySettings,
+    job: dict[str, Any],
+    status: BatchStatus,
+) -> IngestCounts:
+    """Ingest a terminal batch: whatever results exist, then everything else as missing."""
+    provider = providers().batch(job["provider"])
+    error: str | None = None
+
+    async def lines() -> AsyncIterator[ResultLine]:
+        nonlocal error
+        try:
+            async for line in provider.results(status):
+                yield line
+        except ProviderError as exc:
+            # A failed download is not lost work: the lines not read count as missing
+            # (retried), and the error is recorded (failure mode 12).
+            error = f"reading results failed: {exc}"
+
+    counts = await ingest_lines(
+        conn,
+        settings,
+        owner=str(job["id"]),
+        model_key=job["model_key"],
+        provider=job["provider"],
+        model_name=job["model_name"],
+        batch_job_id=job["id"],
+        batch_priced=True,
+        lines=lines(),
+        missing_reason=MISSING_REASON[status.state],
+    )
+    if status.state is BatchState.COMPLETED and not status.output_file_id \
+            and not status.error_file_id and not status.inline_results:
+        error = error or "completed batch has no output file"
+    await conn.execute(
+        q("batch_finished"),
+        {"id": job["id"], "raw_state": status.raw_state, "state": FINAL_STATE[status.state],
+         "output_file_id": status.output_file_id, "error_file_id": status.error_file_id,
+         "succeeded": counts.succeeded, "failed": counts.failed, "missing": counts.missing,
+         "input_tokens": counts.input_tokens, "output_tokens": counts.output_tokens,
+         "error": error},
+    )
+    from worker import resilience
+
+    await resilience.on_batch_finished(conn, job, status, counts, error)
+    log.info("batch finished", extra={"batch_job_id": str(job["id"]), "state": status.raw_state,
+                                      **counts.as_dict()})
+    return counts

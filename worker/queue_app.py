@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import procrastinate
+import psycopg
 import psycopg_pool
 
 from worker.database import APPLICATION_NAME, resolve_database_url
@@ -24,10 +25,17 @@ QUEUE_MAINTENANCE = "maintenance"
 ALL_QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_REALTIME, QUEUE_MAINTENANCE)
 
 
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+
+
 def _pool_factory(**kwargs: Any) -> psycopg_pool.AsyncConnectionPool:
     return psycopg_pool.AsyncConnectionPool(
         conninfo=resolve_database_url(),
+        # autocommit: every multi-statement unit of work uses an explicit transaction, and
+        # nothing is ever left "idle in transaction" across a provider call.
         kwargs={"application_name": APPLICATION_NAME},
+        configure=_autocommit,
         min_size=2,
         max_size=10,
         **kwargs,

@@ -1,16 +1,428 @@
-"""submit: claim pending questions and send them to the providers (filled in by the pipeline)."""
+"""submit: claim pending questions and send their requests to the providers.
+
+One run: read the settings row; claim up to ``batch_size`` pending questions (and
+summary-missing ones) in one atomic statement; create one request row per question and
+enabled model (plus the summary); then, per model with waiting requests, record a batch
+intent, create the provider batch, and defer its ``poll`` — or, for instant models, call
+them with bounded concurrency and ingest the answers through the same write path. If more
+work waits, submit defers itself again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from worker import custom_ids, ingest, prompts
+from worker.config import get_settings
+from worker.error_log import record_error
+from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
+from worker.providers.base import ChatRequest, ResultLine
+from worker.queries import q
+from worker.routing import providers
+from worker.schemas import COMMENTARY_SCHEMA, SUMMARY_SCHEMA
+from worker.settings_row import CommentarySettings, parse_settings
+
+log = logging.getLogger(__name__)
+
+MAX_BATCHES_PER_MODEL_PER_RUN = 20
+INSTANT_PER_RUN = 200
+
+
+@dataclass
+class SubmitReport:
+    claimed: int = 0
+    summary_claimed: int = 0
+    batches: int = 0
+    requests_sent: int = 0
+    instant_calls: int = 0
+    skipped_models: list[str] | None = None
+    more: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+async def load_settings(conn: AsyncConnection[Any]) -> CommentarySettings:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("read_settings"))
+    return parse_settings(await cur.fetchone())
+
+
+async def defer(
+    conn: AsyncConnection[Any],
+    task: str,
+    lock: str,
+    args: dict[str, Any] | None = None,
+    scheduled_at: datetime | None = None,
+    queue: str | None = None,
+) -> None:
+    await conn.execute(
+        q("defer_job"),
+        {
+            "queue": queue or task,
+            "task": task,
+            "lock": lock,
+            "args": Jsonb(args or {}),
+            "scheduled_at": scheduled_at,
+        },
+    )
+
+
+async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tuple[int, int]:
+    """Claim pending and summary-missing questions and create their request rows."""
+    models = settings.enabled_models
+    async with conn.transaction():
+        cur = await conn.execute(
+            q("claim_pending"),
+            {"delay_minutes": settings.processing_delay_minutes, "limit": settings.batch_size,
+             "models": models},
+        )
+        ids = [r[0] for r in await cur.fetchall()]
+        if ids:
+            await conn.execute(q("reset_requests"), {"ids": ids})
+            await conn.execute(q("create_requests"), {"ids": ids, "models": [*models, "summary"]})
+        left = settings.batch_size - len(ids)
+        summary_ids: list[Any] = []
+        if left > 0:
+            cur = await conn.execute(q("claim_summary_missing"), {"limit": left})
+            summary_ids = [r[0] for r in await cur.fetchall()]
+            if summary_ids:
+                await conn.execute(q("reset_requests"), {"ids": summary_ids})
+                await conn.execute(
+                    q("create_requests"), {"ids": summary_ids, "models": ["summary"]}
+                )
+        # A model switched off stops holding up questions already claimed.
+        cur = await conn.execute(q("drop_disabled_waiting"), {"enabled": models})
+        dropped = [r[0] for r in await cur.fetchall()]
+        if dropped:
+            await conn.execute(q("settle_questions"), {"ids": dropped})
+    return len(ids), len(summary_ids)
+
+
+def _question(row: dict[str, Any]) -> prompts.QuestionText:
+    return prompts.QuestionText(
+        question=row["question"] or "",
+        option_a=row["option_a"] or "",
+        option_b=row["option_b"] or "",
+        option_c=row["option_c"] or "",
+        option_d=row["option_d"] or "",
+        option_e=row["option_e"] or "",
+        subject=row["subject"],
+        correct_answer=row["correct_answer"],
+    )
+
+
+async def build_requests(
+    conn: AsyncConnection[Any],
+    settings: CommentarySettings,
+    model_key: str,
+    rows: Sequence[dict[str, Any]],
+) -> list[ChatRequest]:
+    """The chat requests for ``rows`` (questions) of ``model_key`` (or the summary)."""
+    if model_key == "summary":
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(q("comments_for_summary"), {"ids": [r["question_id"] for r in rows]})
+        by_q: dict[Any, dict[str, dict[str, Any]]] = {}
+        for c in await cur.fetchall():
+            by_q.setdefault(c["question_id"], {})[c["model_key"]] = c
+        return [
+            ChatRequest(
+                custom_id=custom_ids.make(r["question_id"], "summary"),
+                system_prompt=prompts.SUMMARY_SYSTEM_DE_V1,
+                user_prompt=prompts.summary_prompt(_question(r), by_q.get(r["question_id"], {})),
+                schema_name="summary",
+                json_schema=SUMMARY_SCHEMA,
+            )
+            for r in rows
+        ]
+    system = settings.system_prompt or prompts.SYSTEM_DE_V1
+    return [
+        ChatRequest(
+            custom_id=custom_ids.make(r["question_id"], model_key),
+            system_prompt=system,
+            user_prompt=prompts.user_prompt(_question(r), settings.user_prompt_template),
+            schema_name="commentary",
+            json_schema=COMMENTARY_SCHEMA,
+        )
+        for r in rows
+    ]
+
+
+async def _take(
+    conn: AsyncConnection[Any], model_key: str, limit: int
+) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("take_waiting"), {"model_key": model_key, "limit": limit})
+    return list(await cur.fetchall())
+
+
+async def submit_batch_model(
+    pool: AsyncConnectionPool, settings: CommentarySettings, model_key: str
+) -> tuple[int, int]:
+    """Send the waiting requests of one batch-mode model as provider batches.
+    Returns (batches created, requests sent)."""
+    route = settings.route(model_key)
+    provider = providers().batch(route.provider)
+    stage = "summary" if model_key == "summary" else "comment"
+    batches = sent = 0
+    for _ in range(MAX_BATCHES_PER_MODEL_PER_RUN):
+        async with pool.connection() as conn:
+            async with conn.transaction():
+                rows = await _take(conn, model_key, provider.limits.max_requests)
+                if not rows:
+                    return batches, sent
+                requests = await build_requests(conn, settings, model_key, rows)
+                from worker.providers.jsonl import chunk_requests, encode_line
+
+                def size_of(r: ChatRequest) -> bytes:
+                    # Request-line size is dominated by the prompts; the exact provider
+                    # line is built by the adapter. 1 KiB margin covers the envelope.
+                    return encode_line(
+                        {"s": r.system_prompt, "u": r.user_prompt, "j": r.json_schema}
+                    ) + b" " * 1024
+
+                intents: list[tuple[uuid.UUID, list[ChatRequest]]] = []
+                for chunk in chunk_requests(requests, size_of, provider.limits):
+                    job_id = uuid.uuid4()
+                    qids = [custom_ids.parse(r.custom_id)[0] for r in chunk]
+                    await conn.execute(
+                        q("insert_batch_intent"),
+                        {"id": job_id, "provider": route.provider, "stage": stage,
+                         "model_key": model_key, "model_name": route.model,
+                         "question_ids": qids, "request_count": len(chunk)},
+                    )
+                    await conn.execute(
+                        q("mark_submitted"),
+                        {"owner": str(job_id), "batch_job_id": job_id, "model_key": model_key,
+                         "ids": qids},
+                    )
+                    intents.append((job_id, chunk))
+            for job_id, chunk in intents:
+                if await create_provider_batch(conn, route.provider, route.model, job_id, chunk):
+                    batches += 1
+                    sent += len(chunk)
+    return batches, sent
+
+
+async def create_provider_batch(
+    conn: AsyncConnection[Any],
+    provider_name: str,
+    model: str,
+    job_id: uuid.UUID,
+    requests: Sequence[ChatRequest],
+) -> bool:
+    """Create the provider batch for a recorded intent; adopt it if the call failed after
+    the provider created it; abandon the intent (requests wait again) otherwise.
+
+    Holds a session advisory lock on the intent so the reconciler never touches an intent
+    whose submitter is alive."""
+    provider = providers().batch(provider_name)
+    lock_key = custom_ids.lock_key(job_id)
+    await conn.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
+    try:
+        try:
+            submitted = await provider.submit(model, requests, intent_id=str(job_id))
+        except (ProviderError, WorkerError, OSError) as exc:
+            found = None
+            try:
+                found = await provider.find_by_intent(str(job_id))
+            except Exception as find_exc:
+                log.warning("find_by_intent after failed submit: %s", find_exc)
+            if found is None:
+                await abandon_intent(conn, job_id, provider_name, exc)
+                return False
+            submitted = found
+        async with conn.transaction():
+            await conn.execute(
+                q("batch_created"),
+                {"id": job_id, "batch_id": submitted.batch_id,
+                 "input_file_id": submitted.input_file_id, "raw_state": submitted.raw_state,
+                 "first_poll": get_settings().poll_min_seconds},
+            )
+            await defer_poll(conn, job_id, get_settings().poll_min_seconds)
+        log.info("batch created", extra={"batch_job_id": str(job_id), "provider": provider_name,
+                                         "batch_id": submitted.batch_id,
+                                         "requests": len(requests)})
+        return True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
+
+
+async def abandon_intent(
+    conn: AsyncConnection[Any], job_id: uuid.UUID, provider_name: str, exc: BaseException
+) -> None:
+    kind = exc.kind.value if isinstance(exc, ProviderError) else "submit_error"
+    message = f"batch submission failed: {exc}"
+    async with conn.transaction():
+        await conn.execute(q("batch_abandoned"), {"id": job_id, "error": message[:2000]})
+    await record_error(conn, kind, message, provider=provider_name, batch_job_id=job_id,
+                       fingerprint=f"submit:{provider_name}:{kind}")
+    from worker import resilience
+
+    await resilience.on_provider_error(conn, provider_name, exc)
+
+
+async def defer_poll(conn: AsyncConnection[Any], job_id: uuid.UUID | str, delay: float) -> None:
+    from datetime import UTC, timedelta
+
+    await defer(
+        conn,
+        "poll",
+        f"poll:{job_id}",
+        {"batch_job_id": str(job_id)},
+        scheduled_at=datetime.now(UTC) + timedelta(seconds=delay),
+    )
+
+
+async def submit_instant_model(
+    pool: AsyncConnectionPool, settings: CommentarySettings, model_key: str
+) -> int:
+    """Call an instant (realtime) model for its waiting requests, bounded concurrency."""
+    route = settings.route(model_key)
+    chat = providers().chat(route.provider)
+    owner = f"instant:{os.getpid()}:{uuid.uuid4()}"
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            rows = await _take(conn, model_key, INSTANT_PER_RUN)
+            if not rows:
+                return 0
+            requests = await build_requests(conn, settings, model_key, rows)
+            await conn.execute(
+                q("mark_submitted"),
+                {"owner": owner, "batch_job_id": None, "model_key": model_key,
+                 "ids": [r["question_id"] for r in rows]},
+            )
+    sem = asyncio.Semaphore(get_settings().instant_concurrency)
+
+    async def call(req: ChatRequest) -> ResultLine:
+        async with sem:
+            try:
+                return await asyncio.wait_for(
+                    chat.complete(route.model, req), get_settings().provider_timeout_seconds
+                )
+            except TimeoutError:
+                return ResultLine(custom_id=req.custom_id, ok=False, error_code="timeout",
+                                  error_message="instant call timed out")
+            except ProviderError as exc:
+                return ResultLine(custom_id=req.custom_id, ok=False, error_code=exc.kind.value,
+                                  error_message=str(exc))
+
+    results = await asyncio.gather(*(call(r) for r in requests))
+    retryable = [r for r in results if not r.ok and r.error_code in (
+        ErrorKind.RETRYABLE.value, ErrorKind.UNKNOWN.value, "timeout")]
+    async with pool.connection() as conn:
+        await ingest.ingest_lines(
+            conn,
+            settings,
+            owner=owner,
+            model_key=model_key,
+            provider=route.provider,
+            model_name=route.model,
+            batch_job_id=None,
+            batch_priced=False,
+            lines=_aiter(results),
+            missing_reason="instant call returned nothing",
+        )
+        if retryable and len(retryable) == len(results):
+            from worker import resilience
+
+            await resilience.on_provider_error(
+                conn, route.provider,
+                ProviderError(retryable[0].error_message or "failed", kind=ErrorKind.RETRYABLE,
+                              provider=route.provider))
+    return len(results)
+
+
+async def _aiter(items: Sequence[ResultLine]) -> Any:
+    for item in items:
+        yield item
 
 
 async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
+    report = SubmitReport()
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT count(*) FROM questions WHERE ai_commentary_status = 'pending'"
-        )
-        row = await cur.fetchone()
-    return {"pending_seen": int(row[0]) if row else 0}
+        try:
+            settings = await load_settings(conn)
+        except ConfigError as exc:
+            await record_error(conn, "settings", str(exc), fingerprint="settings:invalid")
+            return {"error": str(exc)}
+        if not settings.feature_enabled:
+            return {"feature_enabled": False}
+        from worker import resilience
+
+        if await resilience.budget_exhausted(conn, settings):
+            return {"budget_exhausted": True}
+        report.claimed, report.summary_claimed = await claim(conn, settings)
+        cur = await conn.execute(q("waiting_model_keys"))
+        model_keys = sorted(r[0] for r in await cur.fetchall())
+        blocked = await resilience.blocked_providers(conn)
+
+    skipped: list[str] = []
+    for model_key in model_keys:
+        try:
+            route = settings.route(model_key)
+        except KeyError:
+            async with pool.connection() as conn:
+                await record_error(conn, "settings",
+                                   f"requests wait for model key {model_key!r}, which "
+                                   "ai_commentary_settings.models does not define",
+                                   fingerprint=f"settings:unknown-model:{model_key}")
+            skipped.append(model_key)
+            continue
+        if route.provider in blocked:
+            skipped.append(model_key)
+            continue
+        try:
+            if route.mode == "batch":
+                b, n = await submit_batch_model(pool, settings, model_key)
+                report.batches += b
+                report.requests_sent += n
+            else:
+                report.instant_calls += await submit_instant_model(pool, settings, model_key)
+        except ConfigError as exc:
+            async with pool.connection() as conn:
+                await record_error(conn, "config", str(exc), provider=route.provider,
+                                   fingerprint=f"config:{route.provider}")
+            skipped.append(model_key)
+
+    report.skipped_models = skipped or None
+    async with pool.connection() as conn:
+        await _defer_again(conn, settings, report)
+    return report.as_dict()
+
+
+async def _defer_again(
+    conn: AsyncConnection[Any], settings: CommentarySettings, report: SubmitReport
+) -> None:
+    """Defer the next submit: now if this run was full or left sendable work, later when
+    the only pending questions are still inside processing_delay_minutes."""
+    cur = await conn.execute(q("has_waiting_work"))
+    row = await cur.fetchone()
+    waiting = bool(row and row[0])
+    progressed = report.claimed or report.summary_claimed or report.batches or report.instant_calls
+    cur = await conn.execute(q("next_pending_due"),
+                             {"delay_minutes": settings.processing_delay_minutes})
+    due_row = await cur.fetchone()
+    due = due_row[0] if due_row else None
+    if (waiting and progressed) or report.claimed >= settings.batch_size:
+        report.more = True
+        await defer(conn, "submit", "submit")
+    elif due is not None:
+        await defer(conn, "submit", "submit", scheduled_at=due)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)

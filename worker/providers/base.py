@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
 from worker.errors import ErrorKind
+
+
+def secret_value(api_key: SecretStr | str) -> str:
+    """The plain API key, read only where an SDK client is built (never logged)."""
+    return api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
 
 
 class BatchState(StrEnum):

@@ -1,0 +1,187 @@
+"""Local provider emulator: OpenAI, Gemini (Developer API), Mistral and OpenAI-compatible
+aliases, close enough on the wire that the official SDKs work against it unchanged.
+
+Architecture (one module per concern):
+
+- :mod:`.server`      ThreadingHTTPServer (HTTP/1.1 keep-alive), routing by path prefix,
+                      control endpoints ``/_emulator/{stats,config,reset,health}``
+- :mod:`.wire`        request/response objects, chunked bodies, streaming multipart
+- :mod:`.store`       files (bytes on disk), batches, statistics
+- :mod:`.lifecycle`   lazy batch state advancement, per-line outcomes, result files
+- :mod:`.content`     deterministic schema-valid JSON, filler text, tokens, embeddings
+- :mod:`.config`      :class:`EmulatorConfig` and :class:`FaultRule`
+- :mod:`.faults`      provider-shaped error bodies, fault injection
+- :mod:`.openai_api`, :mod:`.gemini_api`, :mod:`.mistral_api`, :mod:`.compat_api`
+
+Usage::
+
+    emu = Emulator(config=EmulatorConfig(state_seconds=0))
+    emu.start()
+    client = OpenAI(api_key="sk-test", base_url=emu.openai_base_url)
+    emu.configure(http_faults=[{"provider": "openai", "kind": "rate_limit", "count": 1}])
+    emu.stats()["openai"]["custom_ids"]
+    emu.stop()
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from worker.emulator.config import EmulatorConfig, FaultRule
+from worker.emulator.server import App, HTTPServerThread
+from worker.emulator.store import Store
+
+__all__ = ["Emulator", "EmulatorConfig", "FaultRule", "main"]
+
+COMPAT_NAMES = ("openrouter", "perplexity", "deepseek", "ollama")
+
+
+class Emulator:
+    """An in-process emulator server. ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: EmulatorConfig | None = None,
+        data_dir: str | None = None,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.store = Store(data_dir, config or EmulatorConfig())
+        self._http: HTTPServerThread | None = None
+
+    def start(self) -> None:
+        """Bind and serve in a background thread."""
+        if self._http is not None:
+            return
+        self._http = HTTPServerThread(self.host, self._requested_port, App(self.store))
+        self._http.start()
+
+    def stop(self) -> None:
+        """Stop serving and remove the temporary data directory (if we created it)."""
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        self.store.close()
+
+    @property
+    def port(self) -> int:
+        if self._http is None:
+            raise RuntimeError("emulator not started")
+        return self._http.port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.base_url + "/openai/v1"
+
+    @property
+    def gemini_base_url(self) -> str:
+        return self.base_url + "/gemini"
+
+    @property
+    def mistral_base_url(self) -> str:
+        return self.base_url + "/mistral"
+
+    def compat_base_url(self, name: str) -> str:
+        """Base URL of an OpenAI-compatible alias (openrouter, perplexity, deepseek, ollama)."""
+        if name not in COMPAT_NAMES:
+            raise ValueError(f"unknown compat provider {name!r}; expected one of {COMPAT_NAMES}")
+        return self.base_url + f"/{name}/v1"
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self.store.config
+
+    def configure(self, **changes: Any) -> EmulatorConfig:
+        """Change config fields at runtime (same as ``POST /_emulator/config``)."""
+        return self.store.configure(**changes)
+
+    def stats(self) -> dict[str, Any]:
+        """Same as ``GET /_emulator/stats``."""
+        return self.store.snapshot_stats()
+
+    def reset(self) -> None:
+        """Forget all files, batches and stats; restore the start-up config."""
+        self.store.reset()
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the worker at this emulator."""
+        out = {
+            "OPENAI_BASE_URL": self.openai_base_url,
+            "GEMINI_BASE_URL": self.gemini_base_url,
+            "MISTRAL_BASE_URL": self.mistral_base_url,
+        }
+        for name in COMPAT_NAMES:
+            out[f"{name.upper()}_BASE_URL"] = self.compat_base_url(name)
+        for name in ("OPENAI", "GEMINI", "MISTRAL", "OPENROUTER", "PERPLEXITY", "DEEPSEEK"):
+            out[f"{name}_API_KEY"] = "emulator-key"
+        return out
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: serve the emulator until Ctrl-C / SIGTERM."""
+    p = argparse.ArgumentParser(prog="worker emulator", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--state-seconds",
+        type=float,
+        default=1.0,
+        help="seconds a batch stays in each non-terminal state (0 = instant)",
+    )
+    p.add_argument("--line-failure-rate", type=float, default=0.0)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="where files live (default: temp dir)")
+    args = p.parse_args(argv)
+    config = EmulatorConfig(
+        state_seconds=args.state_seconds,
+        line_failure_rate=args.line_failure_rate,
+        latency_ms=args.latency_ms,
+        seed=args.seed,
+    )
+    config.validate()
+    emu = Emulator(args.host, args.port, config, args.data_dir)
+    emu.start()
+    print(f"provider emulator listening on {emu.base_url}")
+    print(f"  OpenAI     {emu.openai_base_url}")
+    print(f"  Gemini     {emu.gemini_base_url}")
+    print(f"  Mistral    {emu.mistral_base_url}")
+    for name in COMPAT_NAMES:
+        print(f"  {name:<11}{emu.compat_base_url(name)}")
+    print(f"  control    {emu.base_url}/_emulator/stats | /config | /reset")
+    print("Point the worker at it with:")
+    for k, v in emu.env().items():
+        print(f"  export {k}={v}")
+    sys.stdout.flush()
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    emu.stop()
+    print("emulator stopped")
+    return 0

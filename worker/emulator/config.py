@@ -1,0 +1,124 @@
+"""Runtime configuration of the emulator: timing, per-line failures and HTTP faults.
+
+Every field can be changed while the server runs, with ``Emulator.configure(**changes)`` or
+``POST /_emulator/config`` (JSON object of the same field names); ``GET /_emulator/config``
+returns the current values. Batch-shaping fields (rates, ``batch_outcome``, ``no_output_file``,
+``seed``) are snapshotted when a batch is *created*, so changing them later does not alter
+batches already in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULT_KINDS = ("rate_limit", "quota", "auth", "server", "unavailable")
+BATCH_OUTCOMES = (None, "failed", "expired", "cancelled")
+PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepseek", "ollama")
+
+
+@dataclass
+class FaultRule:
+    """One HTTP fault injection rule.
+
+    ``kind``: ``rate_limit`` (429 + ``retry-after``), ``quota`` (out of credit), ``auth``
+    (bad key), ``server`` (500) or ``unavailable`` (503); see :mod:`worker.emulator.faults`
+    for the exact bodies. ``provider`` is a provider name or ``"*"``. ``path`` optionally
+    limits the rule to request paths containing that substring (e.g. ``"/batches"``).
+    ``count`` = fire for the next N matching requests, then the rule is spent; ``None`` =
+    fire forever with ``probability`` (a seeded dice roll per matching request).
+    """
+
+    kind: str
+    provider: str = "*"
+    count: int | None = 1
+    probability: float = 1.0
+    path: str | None = None
+    retry_after: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
+        if self.provider != "*" and self.provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {self.provider!r}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be within 0..1")
+
+    @classmethod
+    def from_any(cls, value: FaultRule | dict[str, Any]) -> FaultRule:
+        """Accept a rule object or a plain dict (from JSON)."""
+        if isinstance(value, FaultRule):
+            return value
+        return cls(**value)
+
+
+@dataclass
+class EmulatorConfig:
+    """Tunable behaviour. Defaults model a healthy, fast provider."""
+
+    state_seconds: float = 1.0
+    """Seconds a batch stays in each non-terminal state; 0 = terminal on its first poll."""
+    line_failure_rate: float = 0.0
+    """Share of batch lines (chosen by hash of seed + custom_id) that fail."""
+    line_failure_status: int = 500
+    """HTTP-style status of failed lines: 500 (server_error) or 400 (invalid_request_error)."""
+    batch_outcome: str | None = None
+    """Force the whole-batch outcome: None (normal), "failed", "expired" or "cancelled"."""
+    http_faults: list[FaultRule] = field(default_factory=list)
+    """HTTP fault rules, evaluated in order; the first one that fires wins."""
+    latency_ms: float = 0.0
+    """Extra delay added to realtime chat / embedding calls."""
+    hang_seconds: float = 0.0
+    """Sleep this long before answering any provider request (client-timeout tests)."""
+    malformed_line_rate: float = 0.0
+    """Share of successful result lines written as broken (non-JSON) text."""
+    no_output_file: bool = False
+    """Completed batches report no output file (and no inline results)."""
+    schema_violation_rate: float = 0.0
+    """Share of JSON answers that parse but violate the requested schema."""
+    down: bool = False
+    """Close every provider connection without answering (control endpoints still work)."""
+    seed: int = 0
+    """Mixed into every deterministic choice (content, failures, fault dice)."""
+    openrouter_total_credits: float = 100.0
+    """``total_credits`` reported by ``GET /openrouter/v1/credits``."""
+    openrouter_total_usage: float = 0.0
+    """``total_usage`` reported by ``GET /openrouter/v1/credits``."""
+    max_batch_lines: int = 50_000
+    """OpenAI batch input line limit (``too_many_tasks`` above it)."""
+    max_batch_bytes: int = 200 * 1024 * 1024
+    """OpenAI batch input size limit."""
+
+    def validate(self) -> None:
+        """Raise ValueError on out-of-range values."""
+        for name in (
+            "line_failure_rate",
+            "malformed_line_rate",
+            "schema_violation_rate",
+        ):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1")
+        if self.state_seconds < 0:
+            raise ValueError("state_seconds must be >= 0")
+        if self.batch_outcome not in BATCH_OUTCOMES:
+            raise ValueError(f"batch_outcome must be one of {BATCH_OUTCOMES}")
+        if self.line_failure_status not in (400, 500):
+            raise ValueError("line_failure_status must be 400 or 500")
+
+    def updated(self, **changes: Any) -> EmulatorConfig:
+        """A validated copy with ``changes`` applied (unknown names raise ValueError)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown config field(s): {sorted(unknown)}")
+        if "http_faults" in changes:
+            changes["http_faults"] = [FaultRule.from_any(r) for r in changes["http_faults"] or []]
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``GET /_emulator/config`` returns)."""
+        return dataclasses.asdict(self)

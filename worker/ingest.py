@@ -1,0 +1,179 @@
+"""ingest: write result lines into Postgres, idempotently, accounting for every request.
+
+Lines stream in (never a whole file in memory) and are validated one by one against the
+pydantic schema; they are staged with COPY into a temporary table in chunks, then merged
+set-based: valid answers are upserted (one row per question and model), failed lines count
+an attempt, and requests the owner still holds without any line are "missing", treated as
+failed (failure mode 6). Only requests still owned by this batch or instant call are
+touched, so a late or duplicate result never overwrites newer work.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from worker import custom_ids
+from worker.error_log import record_error
+from worker.providers.base import ResultLine
+from worker.queries import q
+from worker.schemas import OutputError, parse_commentary, parse_summary
+from worker.settings_row import CommentarySettings
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 2000
+COLUMNS = (
+    "question_id", "ok", "error", "chosen_answer", "general_comment",
+    "comment_a", "comment_b", "comment_c", "comment_d", "comment_e",
+    "regenerated_question", "regenerated_option_a", "regenerated_option_b",
+    "regenerated_option_c", "regenerated_option_d", "regenerated_option_e",
+    "model_agreement_analysis", "input_tokens", "output_tokens", "model_version",
+)
+COPY_SQL = f"COPY worker_ingest_lines ({', '.join(COLUMNS)}) FROM STDIN"
+
+
+@dataclass
+class IngestCounts:
+    lines: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    missing: int = 0
+    unknown_ids: int = 0
+    duplicates: int = 0
+    invalid_output: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    question_ids: set[uuid.UUID] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int) and v}
+
+
+def _clean(text: str | None) -> str | None:
+    # Postgres text cannot hold NUL; models (and bad input) sometimes produce it.
+    return None if text is None else text.replace("\x00", "")
+
+
+def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[Any, ...]:
+    """The staged row for one line: parsed answer fields, or the error."""
+    if line.ok:
+        try:
+            if model_key == "summary":
+                s = parse_summary(line.text)
+                fields: list[Any] = [s.general_comment, s.comment_a, s.comment_b, s.comment_c,
+                                     s.comment_d, s.comment_e, None, None, None, None, None,
+                                     None, s.model_agreement_analysis]
+                chosen = None
+            else:
+                c = parse_commentary(line.text)
+                chosen = c.chosen_answer
+                fields = [c.general_comment, c.comment_a, c.comment_b, c.comment_c, c.comment_d,
+                          c.comment_e, c.regenerated_question, c.regenerated_option_a,
+                          c.regenerated_option_b, c.regenerated_option_c,
+                          c.regenerated_option_d, c.regenerated_option_e, None]
+            return (question_id, True, None, chosen, *(_clean(f) for f in fields),
+                    line.input_tokens, line.output_tokens, line.model_version)
+        except OutputError as exc:
+            error = f"invalid_output: {exc}"
+    else:
+        error = f"{line.error_code or 'error'}: {line.error_message or 'request failed'}"
+    return (question_id, False, (_clean(error) or "")[:2000], *([None] * 14),
+            line.input_tokens, line.output_tokens, line.model_version)
+
+
+async def ingest_lines(
+    conn: AsyncConnection[Any],
+    settings: CommentarySettings,
+    *,
+    owner: str,
+    model_key: str,
+    provider: str,
+    model_name: str,
+    batch_job_id: uuid.UUID | str | None,
+    batch_priced: bool,
+    lines: AsyncIterator[ResultLine],
+    missing_reason: str,
+    count_attempt: bool = True,
+) -> IngestCounts:
+    """Stage, validate and merge ``lines`` for requests held by ``owner``; settle questions."""
+    counts = IngestCounts()
+    seen: set[uuid.UUID] = set()
+    params = {
+        "owner": owner, "model_key": model_key, "provider": provider,
+        "model_name": model_name, "prompt_version": settings.prompt_version,
+        "batch_job_id": batch_job_id, "batch_priced": batch_priced,
+        "max_attempts": settings.max_attempts, "count_attempt": 1 if count_attempt else 0,
+    }
+    async with conn.transaction():
+        await conn.execute(q("create_ingest_table"))
+        buffer: list[tuple[Any, ...]] = []
+        async for line in lines:
+            counts.lines += 1
+            try:
+                qid, key = custom_ids.parse(line.custom_id)
+            except ValueError:
+                counts.unknown_ids += 1
+                await record_error(conn, "unknown_custom_id",
+                                   f"result line with an id we never sent: {line.custom_id[:80]!r}",
+                                   provider=provider, batch_job_id=batch_job_id,
+                                   fingerprint=f"unknown-id:{batch_job_id}")
+                continue
+            if key != model_key:
+                counts.unknown_ids += 1
+                await record_error(conn, "unknown_custom_id",
+                                   f"result for model {key!r} in a {model_key!r} batch",
+                                   provider=provider, batch_job_id=batch_job_id,
+                                   fingerprint=f"wrong-model:{batch_job_id}")
+                continue
+            if qid in seen:
+                counts.duplicates += 1
+                continue
+            seen.add(qid)
+            row = to_row(line, qid, model_key)
+            counts.input_tokens += line.input_tokens
+            counts.output_tokens += line.output_tokens
+            if row[1]:
+                counts.succeeded += 1
+            else:
+                counts.failed += 1
+                if line.ok:
+                    counts.invalid_output += 1
+            buffer.append(row)
+            if len(buffer) >= COPY_CHUNK:
+                await _copy(conn, buffer)
+                buffer.clear()
+        if buffer:
+            await _copy(conn, buffer)
+        if counts.invalid_output:
+            await record_error(conn, "invalid_output",
+                               f"{counts.invalid_output} answers violated the schema",
+                               provider=provider, batch_job_id=batch_job_id,
+                               fingerprint=f"invalid-output:{batch_job_id or owner}")
+        upsert = "upsert_summaries" if model_key == "summary" else "upsert_comments"
+        await conn.execute(q(upsert), params)
+        await conn.execute(q("mark_succeeded"), params)
+        await conn.execute(q("mark_line_failed"), params)
+        cur = await conn.execute(q("mark_missing"), {**params, "error": missing_reason})
+        missing = [r[0] for r in await cur.fetchall()]
+        counts.missing = len(missing)
+        counts.question_ids = seen | set(missing)
+        await conn.execute(q("settle_questions"), {"ids": list(counts.question_ids)})
+        await conn.execute("TRUNCATE worker_ingest_lines")
+    if counts.duplicates:
+        await record_error(conn, "duplicate_lines",
+                           f"{counts.duplicates} duplicate result lines ignored",
+                           provider=provider, batch_job_id=batch_job_id,
+                           fingerprint=f"dup:{batch_job_id or owner}")
+    return counts
+
+
+async def _copy(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
+    async with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+        for row in rows:
+            await copy.write_row(row)

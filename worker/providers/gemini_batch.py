@@ -1,0 +1,218 @@
+"""Gemini Developer API Batch adapter (``google-genai`` async client, ``client.aio``).
+
+Flow: requests -> JSONL temp file (``{"key", "request"}`` lines, always deleted) ->
+``aio.files.upload(mime_type="jsonl")`` (resumable upload) -> ``aio.batches.create(model,
+src="files/...", config={"display_name": intent_id})``. Results come from
+``dest.file_name`` (downloaded with ``aio.files.download(destination=path)``, which google-genai
+3.4 streams to disk in 1 MiB chunks, then parsed line by line from the temp file) or from
+``dest.inlined_responses`` (keyed by ``metadata.key``, never by position).
+
+Limits (our choice): 50,000 requests and 1.5 GB per input file. The documented caps are
+2 GB per input file and 20 GB of Files storage per project; 1.5 GB leaves headroom for
+several batches in flight in the same project's storage and keeps a single upload (8 MB
+resumable chunks) well below the file cap. There is no documented request-count cap for
+file input; 50,000 matches the other providers so one chunking policy serves all three and
+a failed batch costs at most that many retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from google import genai
+from google.genai import types
+from pydantic import SecretStr
+
+from worker.error_policy import translate_errors
+from worker.providers.base import (
+    BatchLimits,
+    BatchStatus,
+    ChatRequest,
+    ResultLine,
+    SubmittedBatch,
+    secret_value,
+)
+from worker.providers.jsonl import (
+    MalformedCallback,
+    check_batch_size,
+    encode_line,
+    gemini_request_line,
+    parse_gemini_inline,
+    parse_gemini_line,
+    parse_jsonl_file,
+    temp_path,
+    write_jsonl_path_async,
+)
+from worker.providers.states import map_state, raw_state_str
+
+log = logging.getLogger(__name__)
+
+GEMINI_LIMITS = BatchLimits(max_requests=50_000, max_bytes=1_500 * 1000 * 1000)
+
+#: The docs use ``mime_type='jsonl'``; Python 3.11's mimetypes does not know ``.jsonl``, so
+#: it must be given explicitly.
+JSONL_MIME = "jsonl"
+
+
+def make_genai_client(
+    api_key: SecretStr | str,
+    base_url: str | None,
+    timeout: float,
+    api_version: str | None = None,
+) -> genai.Client:
+    """A Developer-API client (never Vertex). ``base_url`` must not include a version:
+    the SDK appends ``/{api_version}/`` (``v1`` by default in google-genai 3.x)."""
+    options = types.HttpOptions(
+        base_url=base_url,
+        timeout=int(timeout * 1000),  # HttpOptions.timeout is in milliseconds
+        api_version=api_version,
+    )
+    return genai.Client(api_key=secret_value(api_key), vertexai=False, http_options=options)
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    """An SDK pydantic object as a plain dict (snake_case keys; the parsers accept both)."""
+    dumped: dict[str, Any] = model.model_dump(mode="json", exclude_none=True)
+    return dumped
+
+
+class GeminiBatch:
+    """:class:`~worker.providers.base.BatchProvider` for the Gemini Batch API (file input)."""
+
+    name = "gemini"
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        *,
+        api_version: str | None = None,
+        limits: BatchLimits = GEMINI_LIMITS,
+        list_page_size: int = 100,
+        max_list_pages: int = 5,
+        schema_field: str = "responseJsonSchema",
+        on_malformed: MalformedCallback | None = None,
+        client: genai.Client | None = None,
+    ) -> None:
+        self.limits = limits
+        self._list_page_size = list_page_size
+        self._max_list_pages = max_list_pages
+        self._schema_field = schema_field
+        self._on_malformed = on_malformed
+        self._client = client or make_genai_client(api_key, base_url, timeout, api_version)
+
+    async def submit(
+        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+    ) -> SubmittedBatch:
+        """Upload the requests as a JSONL file and create one batch named ``intent_id``."""
+        lines = (
+            encode_line(gemini_request_line(r, model, schema_field=self._schema_field))
+            for r in requests
+        )
+        with temp_path() as path:
+            count, size = await write_jsonl_path_async(path, lines)
+            check_batch_size(self.name, self.limits, count, size)
+            with translate_errors(self.name):
+                uploaded = await self._client.aio.files.upload(
+                    file=path,
+                    config=types.UploadFileConfig(display_name=intent_id, mime_type=JSONL_MIME),
+                )
+                if not uploaded.name:
+                    raise ValueError("upload returned a file without a name")
+                job = await self._client.aio.batches.create(
+                    model=model,
+                    src=uploaded.name,
+                    config=types.CreateBatchJobConfig(display_name=intent_id),
+                )
+        if not job.name:
+            raise ValueError("batch created without a name")
+        return SubmittedBatch(
+            batch_id=job.name,
+            input_file_id=uploaded.name,
+            request_count=count,
+            raw_state=raw_state_str(job.state),
+        )
+
+    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
+        """Search the first ``max_list_pages`` pages of batches for ``display_name``.
+
+        The Developer API offers no server-side filter (the SDK rejects ``filter``), so we
+        page; the request count is unknown from a listing (``batchStats`` is not mapped by
+        the SDK) and reported as 0."""
+        with translate_errors(self.name):
+            pager = await self._client.aio.batches.list(
+                config=types.ListBatchJobsConfig(page_size=self._list_page_size)
+            )
+            for page_no in range(self._max_list_pages):
+                for job in pager.page:
+                    if job.display_name == intent_id and job.name:
+                        return SubmittedBatch(
+                            batch_id=job.name,
+                            input_file_id=job.src.file_name if job.src else None,
+                            request_count=0,
+                            raw_state=raw_state_str(job.state),
+                        )
+                if page_no + 1 >= self._max_list_pages:
+                    break
+                try:
+                    await pager.next_page()
+                except IndexError:  # the pager's "no more pages"
+                    break
+        return None
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        with translate_errors(self.name):
+            job = await self._client.aio.batches.get(name=batch_id)
+        raw = raw_state_str(job.state)
+        dest = job.dest
+        inline: list[dict[str, Any]] | None = None
+        if dest is not None and dest.inlined_responses:
+            inline = [_dump(r) for r in dest.inlined_responses]
+        stats = job.completion_stats  # Vertex only; None on the Developer API
+        total = completed = failed = None
+        if stats is not None:
+            completed = stats.successful_count
+            failed = stats.failed_count
+            if completed is not None and failed is not None:
+                total = completed + failed + (stats.incomplete_count or 0)
+        return BatchStatus(
+            batch_id=job.name or batch_id,
+            state=map_state(self.name, raw),
+            raw_state=raw,
+            output_file_id=dest.file_name if dest is not None else None,
+            error_file_id=None,  # Gemini puts error lines in the same file
+            total=total,
+            completed=completed,
+            failed=failed,
+            inline_results=inline,
+        )
+
+    async def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:
+        """The result file's lines, then any inline responses."""
+        if status.output_file_id:
+            with temp_path() as path:
+                with translate_errors(self.name):
+                    await self._client.aio.files.download(
+                        file=status.output_file_id, destination=path
+                    )
+                async for line in parse_jsonl_file(path, parse_gemini_line, self._on_malformed):
+                    yield line
+        for item in status.inline_results or ():
+            result = parse_gemini_inline(item)
+            if result is not None:
+                yield result
+            elif self._on_malformed is not None:
+                self._on_malformed(repr(item)[:1024].encode(), "inline response has no key")
+            else:
+                log.warning("gemini inline response without metadata.key dropped")
+
+    async def cancel(self, batch_id: str) -> None:
+        with translate_errors(self.name):
+            await self._client.aio.batches.cancel(name=batch_id)
+
+    async def aclose(self) -> None:
+        """Close the async HTTP client."""
+        await self._client.aio.aclose()

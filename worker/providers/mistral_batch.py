@@ -1,0 +1,204 @@
+"""Mistral Batch API adapter (``mistralai.client.Mistral``, ``*_async`` methods).
+
+Flow: requests -> JSONL temp file (``{"custom_id", "body"}`` lines, always deleted) ->
+``files.upload_async(purpose="batch")`` -> ``batch.jobs.create_async(input_files=[id],
+model, endpoint="/v1/chat/completions", metadata={"intent_id": ...})``. Results: the
+``output_file`` then the ``error_file`` are each streamed (``files.download_async`` returns
+an un-read streaming httpx response) to a temp file and parsed line by line; inline
+``outputs`` (if the server filled them) follow.
+
+Limits (our choice): 50,000 requests / 190 MB. Mistral documents only 1,000,000 pending
+requests per workspace and 512 MB per file; we use the OpenAI-sized cap so one chunking
+policy serves every provider and a single failed batch stays cheap to redo.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from mistralai.client import Mistral
+from mistralai.client.models import BatchJob
+from pydantic import SecretStr
+
+from worker.error_policy import translate_errors
+from worker.providers.base import (
+    BatchLimits,
+    BatchStatus,
+    ChatRequest,
+    ResultLine,
+    SubmittedBatch,
+    secret_value,
+)
+from worker.providers.jsonl import (
+    OPENAI_CHAT_URL,
+    MalformedCallback,
+    check_batch_size,
+    encode_line,
+    mistral_request_line,
+    parse_jsonl_file,
+    parse_mistral_line,
+    temp_path,
+    write_jsonl_path_async,
+)
+from worker.providers.states import map_state, raw_state_str
+
+log = logging.getLogger(__name__)
+
+MISTRAL_LIMITS = BatchLimits(max_requests=50_000, max_bytes=190 * 1000 * 1000)
+
+INTENT_KEY = "intent_id"
+
+
+def _str(value: object) -> str | None:
+    """An optional SDK string field (may be the UNSET sentinel) as ``str | None``."""
+    return value if isinstance(value, str) and value else None
+
+
+def make_mistral_client(api_key: SecretStr | str, base_url: str | None, timeout: float) -> Mistral:
+    """``base_url`` must NOT end in ``/v1`` (the SDK's paths start with ``/v1/``)."""
+    return Mistral(
+        api_key=secret_value(api_key),
+        server_url=base_url,
+        timeout_ms=int(timeout * 1000),
+    )
+
+
+class MistralBatch:
+    """:class:`~worker.providers.base.BatchProvider` for the Mistral Batch API."""
+
+    name = "mistral"
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        *,
+        limits: BatchLimits = MISTRAL_LIMITS,
+        list_page_size: int = 100,
+        max_list_pages: int = 5,
+        on_malformed: MalformedCallback | None = None,
+        client: Mistral | None = None,
+    ) -> None:
+        self.limits = limits
+        self._list_page_size = list_page_size
+        self._max_list_pages = max_list_pages
+        self._on_malformed = on_malformed
+        self._client = client or make_mistral_client(api_key, base_url, timeout)
+
+    async def submit(
+        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+    ) -> SubmittedBatch:
+        """Upload the requests as one JSONL file and create one job tagged ``intent_id``."""
+        lines = (encode_line(mistral_request_line(r, model)) for r in requests)
+        with temp_path() as path:
+            count, size = await write_jsonl_path_async(path, lines)
+            check_batch_size(self.name, self.limits, count, size)
+            with translate_errors(self.name):
+                with open(path, "rb") as fh:  # noqa: ASYNC230 - multipart streams it
+                    uploaded = await self._client.files.upload_async(
+                        file={"file_name": f"{intent_id}.jsonl", "content": fh},
+                        purpose="batch",
+                    )
+                job = await self._client.batch.jobs.create_async(
+                    endpoint=OPENAI_CHAT_URL,
+                    input_files=[uploaded.id],
+                    model=model,
+                    metadata={INTENT_KEY: intent_id},
+                )
+        return SubmittedBatch(
+            batch_id=job.id,
+            input_file_id=uploaded.id,
+            request_count=count,
+            raw_state=raw_state_str(job.status),
+        )
+
+    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
+        """Ask the server to filter by our metadata (exploded into query params), and still
+        check each job's metadata ourselves, over at most ``max_list_pages`` pages."""
+        with translate_errors(self.name):
+            for page in range(self._max_list_pages):
+                listing = await self._client.batch.jobs.list_async(
+                    page=page,
+                    page_size=self._list_page_size,
+                    metadata={INTENT_KEY: intent_id},
+                )
+                jobs = listing.data or []
+                for job in jobs:
+                    meta = job.metadata if isinstance(job.metadata, dict) else {}
+                    if meta.get(INTENT_KEY) == intent_id:
+                        return SubmittedBatch(
+                            batch_id=job.id,
+                            input_file_id=job.input_files[0] if job.input_files else None,
+                            request_count=job.total_requests,
+                            raw_state=raw_state_str(job.status),
+                        )
+                total = listing.total if isinstance(listing.total, int) else None
+                if len(jobs) < self._list_page_size or (
+                    total is not None and (page + 1) * self._list_page_size >= total
+                ):
+                    break
+        return None
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        with translate_errors(self.name):
+            job = await self._client.batch.jobs.get_async(job_id=batch_id)
+        return self._status(job)
+
+    def _status(self, job: BatchJob) -> BatchStatus:
+        raw = raw_state_str(job.status)
+        outputs: list[dict[str, Any]] | None = (
+            list(job.outputs) if isinstance(job.outputs, list) else None
+        )
+        return BatchStatus(
+            batch_id=job.id,
+            state=map_state(self.name, raw),
+            raw_state=raw,
+            output_file_id=_str(job.output_file),
+            error_file_id=_str(job.error_file),
+            total=job.total_requests,
+            completed=job.succeeded_requests,
+            failed=job.failed_requests,
+            inline_results=outputs,
+        )
+
+    async def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:
+        """Output file lines, error file lines, then inline ``outputs`` (if any)."""
+        for file_id in (status.output_file_id, status.error_file_id):
+            if not file_id:
+                continue
+            with temp_path() as path:
+                await self._download(file_id, path)
+                async for line in parse_jsonl_file(path, parse_mistral_line, self._on_malformed):
+                    yield line
+        for item in status.inline_results or ():
+            result = parse_mistral_line(item)
+            if result is not None:
+                yield result
+            elif self._on_malformed is not None:
+                self._on_malformed(repr(item)[:1024].encode(), "inline output has no custom_id")
+            else:
+                log.warning("mistral inline output without custom_id dropped")
+
+    async def _download(self, file_id: str, path: str) -> None:
+        with translate_errors(self.name):
+            resp = await self._client.files.download_async(file_id=file_id)
+            try:
+                with open(path, "wb") as fh:  # noqa: ASYNC230 - chunked local writes
+                    async for chunk in resp.aiter_bytes():
+                        fh.write(chunk)
+            finally:
+                await resp.aclose()
+
+    async def cancel(self, batch_id: str) -> None:
+        with translate_errors(self.name):
+            await self._client.batch.jobs.cancel_async(job_id=batch_id)
+
+    async def aclose(self) -> None:
+        """Close the async HTTP client the SDK created."""
+        cfg = self._client.sdk_configuration
+        if cfg.async_client is not None and not cfg.async_client_supplied:
+            await cfg.async_client.aclose()
+        cfg.async_client = None

@@ -1,0 +1,170 @@
+"""OpenAI Batch API adapter (``AsyncOpenAI``: Files + Batches, ``/v1/chat/completions``).
+
+Flow: requests -> JSONL temp file (written in a thread, always deleted) -> ``files.create
+(purpose="batch")`` -> ``batches.create(metadata={"intent_id": ...})``. Results: the output
+file, then the error file, are each streamed to a temp file with
+``files.with_streaming_response.content`` and parsed line by line from disk, so neither a
+whole file nor an open HTTP stream is held while the caller processes lines (a slow
+consumer cannot time out the download, and a failed download yields nothing twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from openai import AsyncOpenAI
+from openai.types import Batch
+from pydantic import SecretStr
+
+from worker.error_policy import translate_errors
+from worker.providers.base import (
+    BatchLimits,
+    BatchStatus,
+    ChatRequest,
+    ResultLine,
+    SubmittedBatch,
+    secret_value,
+)
+from worker.providers.jsonl import (
+    OPENAI_CHAT_URL,
+    MalformedCallback,
+    check_batch_size,
+    encode_line,
+    openai_request_line,
+    parse_jsonl_file,
+    parse_openai_line,
+    temp_path,
+    write_jsonl_path_async,
+)
+from worker.providers.states import map_state
+
+log = logging.getLogger(__name__)
+
+#: 50,000 requests is the documented per-batch cap; 190 MB keeps headroom under the
+#: documented 200 MB input-file cap (multipart overhead, rounding of "MB").
+OPENAI_LIMITS = BatchLimits(max_requests=50_000, max_bytes=190 * 1000 * 1000)
+
+INTENT_KEY = "intent_id"
+
+
+class OpenAIBatch:
+    """:class:`~worker.providers.base.BatchProvider` for the OpenAI Batch API."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        *,
+        max_retries: int = 2,
+        limits: BatchLimits = OPENAI_LIMITS,
+        list_page_size: int = 100,
+        max_list_pages: int = 5,
+        on_malformed: MalformedCallback | None = None,
+        client: AsyncOpenAI | None = None,
+    ) -> None:
+        """``base_url`` must include ``/v1`` (the SDK's paths are relative to it).
+        ``max_list_pages`` bounds :meth:`find_by_intent` (newest batches come first)."""
+        self.limits = limits
+        self._list_page_size = list_page_size
+        self._max_list_pages = max_list_pages
+        self._on_malformed = on_malformed
+        self._client = client or AsyncOpenAI(
+            api_key=secret_value(api_key),
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+
+    async def submit(
+        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+    ) -> SubmittedBatch:
+        """Upload the requests as one JSONL file and create one batch tagged ``intent_id``."""
+        lines = (encode_line(openai_request_line(r, model)) for r in requests)
+        with temp_path() as path:
+            count, size = await write_jsonl_path_async(path, lines)
+            check_batch_size(self.name, self.limits, count, size)
+            with translate_errors(self.name):
+                with open(path, "rb") as fh:  # noqa: ASYNC230 - httpx streams it in chunks
+                    uploaded = await self._client.files.create(
+                        file=(f"{intent_id}.jsonl", fh, "application/jsonl"), purpose="batch"
+                    )
+                batch = await self._client.batches.create(
+                    input_file_id=uploaded.id,
+                    endpoint=OPENAI_CHAT_URL,
+                    completion_window="24h",
+                    metadata={INTENT_KEY: intent_id},
+                )
+        return SubmittedBatch(
+            batch_id=batch.id,
+            input_file_id=batch.input_file_id,
+            request_count=count,
+            raw_state=batch.status,
+        )
+
+    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
+        """Search the newest ``max_list_pages`` pages of batches for our metadata tag."""
+        with translate_errors(self.name):
+            page = await self._client.batches.list(limit=self._list_page_size)
+            for _ in range(self._max_list_pages):
+                for batch in page.data:
+                    if (batch.metadata or {}).get(INTENT_KEY) == intent_id:
+                        return self._submitted(batch)
+                if not page.has_next_page():
+                    break
+                page = await page.get_next_page()
+        return None
+
+    @staticmethod
+    def _submitted(batch: Batch) -> SubmittedBatch:
+        counts = batch.request_counts
+        return SubmittedBatch(
+            batch_id=batch.id,
+            input_file_id=batch.input_file_id,
+            request_count=counts.total if counts is not None else 0,
+            raw_state=batch.status,
+        )
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        with translate_errors(self.name):
+            batch = await self._client.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        return BatchStatus(
+            batch_id=batch.id,
+            state=map_state(self.name, batch.status),
+            raw_state=str(batch.status),
+            output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id,
+            total=counts.total if counts else None,
+            completed=counts.completed if counts else None,
+            failed=counts.failed if counts else None,
+        )
+
+    async def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:
+        """Every line of the output file, then of the error file (either may be absent:
+        a batch whose requests all failed has only an error file)."""
+        for file_id in (status.output_file_id, status.error_file_id):
+            if not file_id:
+                continue
+            with temp_path() as path:
+                await self._download(file_id, path)
+                async for line in parse_jsonl_file(path, parse_openai_line, self._on_malformed):
+                    yield line
+
+    async def _download(self, file_id: str, path: str) -> None:
+        with translate_errors(self.name):
+            async with self._client.files.with_streaming_response.content(file_id) as resp:
+                with open(path, "wb") as fh:  # noqa: ASYNC230 - chunked local writes
+                    async for chunk in resp.iter_bytes():
+                        fh.write(chunk)
+
+    async def cancel(self, batch_id: str) -> None:
+        with translate_errors(self.name):
+            await self._client.batches.cancel(batch_id)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._client.close()

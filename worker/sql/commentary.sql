@@ -1,0 +1,353 @@
+-- Named queries of the commentary pipeline (claim → submit → poll → ingest → settle).
+-- Loaded by worker.queries; every value is a bind parameter.
+
+-- name: read_settings
+SELECT * FROM ai_commentary_settings ORDER BY updated_at DESC LIMIT 1;
+
+-- name: claim_pending
+-- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks.
+WITH picked AS (
+    SELECT id FROM questions
+    WHERE ai_commentary_status = 'pending'
+      AND ai_commentary_queued_at <= now() - make_interval(mins => %(delay_minutes)s)
+    ORDER BY ai_commentary_queued_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE questions q
+SET ai_commentary_status = 'processing',
+    ai_commentary_claimed_at = now(),
+    ai_commentary_models = %(models)s::text[],
+    ai_commentary_error = NULL
+FROM picked
+WHERE q.id = picked.id
+RETURNING q.id;
+
+-- name: claim_summary_missing
+-- Completed questions that have model comments but no summary (e.g. from the old system).
+WITH picked AS (
+    SELECT q.id FROM questions q
+    WHERE q.ai_commentary_status = 'completed'
+      AND NOT EXISTS (SELECT 1 FROM ai_commentary_summaries s WHERE s.question_id = q.id)
+      AND EXISTS (SELECT 1 FROM ai_answer_comments c WHERE c.question_id = q.id)
+      AND NOT EXISTS (SELECT 1 FROM ai_commentary_requests r
+                      WHERE r.question_id = q.id AND r.model_key = 'summary' AND r.status = 'failed')
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE questions q
+SET ai_commentary_status = 'processing',
+    ai_commentary_claimed_at = now(),
+    ai_commentary_models = (SELECT array_agg(c.model_key ORDER BY c.model_key)
+                            FROM ai_answer_comments c WHERE c.question_id = q.id)
+FROM picked
+WHERE q.id = picked.id
+RETURNING q.id;
+
+-- name: next_pending_due
+SELECT min(ai_commentary_queued_at) + make_interval(mins => %(delay_minutes)s) AS due
+FROM questions WHERE ai_commentary_status = 'pending';
+
+-- name: reset_requests
+-- A (re)claimed question starts over: its old request rows go, new ones wait.
+DELETE FROM ai_commentary_requests WHERE question_id = ANY(%(ids)s::uuid[]);
+
+-- name: create_requests
+INSERT INTO ai_commentary_requests (question_id, model_key, stage, status)
+SELECT qid, m, CASE WHEN m = 'summary' THEN 'summary' ELSE 'comment' END, 'waiting'
+FROM unnest(%(ids)s::uuid[]) AS qid
+CROSS JOIN unnest(%(models)s::text[]) AS m
+ON CONFLICT (question_id, model_key) DO NOTHING;
+
+-- name: drop_disabled_waiting
+-- A model switched off no longer holds up questions that still wait for it.
+WITH gone AS (
+    DELETE FROM ai_commentary_requests r
+    WHERE r.status = 'waiting' AND r.stage = 'comment'
+      AND NOT (r.model_key = ANY(%(enabled)s::text[]))
+    RETURNING r.question_id, r.model_key
+)
+UPDATE questions q
+SET ai_commentary_models = array_remove(q.ai_commentary_models, gone.model_key)
+FROM gone WHERE q.id = gone.question_id
+RETURNING q.id;
+
+-- name: waiting_model_keys
+SELECT DISTINCT r.model_key
+FROM ai_commentary_requests r
+WHERE r.status = 'waiting';
+
+-- name: take_waiting
+-- Requests of one model ready to send: comment requests of claimed questions, and summary
+-- requests whose comments all succeeded. Locked so concurrent submits never share a row.
+SELECT r.question_id, r.model_key, q.question, q.option_a, q.option_b, q.option_c,
+       q.option_d, q.option_e, q.subject, q.correct_answer
+FROM ai_commentary_requests r
+JOIN questions q ON q.id = r.question_id
+WHERE r.model_key = %(model_key)s
+  AND r.status = 'waiting'
+  AND q.ai_commentary_status = 'processing'
+  AND (r.stage = 'comment'
+       OR NOT EXISTS (SELECT 1 FROM ai_commentary_requests o
+                      WHERE o.question_id = r.question_id AND o.stage = 'comment'
+                        AND o.status <> 'succeeded'))
+ORDER BY r.created_at, r.question_id
+LIMIT %(limit)s
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: comments_for_summary
+SELECT question_id, model_key, chosen_answer, general_comment,
+       comment_a, comment_b, comment_c, comment_d, comment_e
+FROM ai_answer_comments
+WHERE question_id = ANY(%(ids)s::uuid[]);
+
+-- name: insert_batch_intent
+-- The intent is recorded before the provider batch exists (failure mode 4).
+INSERT INTO ai_commentary_batch_jobs
+    (id, provider, status, state, stage, model_key, model_name, question_ids, request_count)
+VALUES (%(id)s, %(provider)s, 'submitting', 'submitting', %(stage)s, %(model_key)s,
+        %(model_name)s, %(question_ids)s::uuid[], %(request_count)s);
+
+-- name: mark_submitted
+UPDATE ai_commentary_requests
+SET status = 'submitted', claimed_by = %(owner)s, claimed_at = now(),
+    batch_job_id = %(batch_job_id)s, updated_at = now()
+WHERE model_key = %(model_key)s AND question_id = ANY(%(ids)s::uuid[]) AND status = 'waiting';
+
+-- name: batch_created
+UPDATE ai_commentary_batch_jobs
+SET batch_id = %(batch_id)s, input_file_id = %(input_file_id)s, status = %(raw_state)s,
+    state = 'in_flight', submitted_at = now(), next_poll_at = now() + make_interval(secs => %(first_poll)s),
+    error = NULL, updated_at = now()
+WHERE id = %(id)s AND state = 'submitting';
+
+-- name: batch_abandoned
+-- The provider never created the batch: its requests wait for the next one.
+WITH job AS (
+    UPDATE ai_commentary_batch_jobs
+    SET state = 'abandoned', status = 'abandoned', error = %(error)s,
+        finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND state = 'submitting'
+    RETURNING id
+)
+UPDATE ai_commentary_requests r
+SET status = 'waiting', claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
+    last_error = %(error)s, updated_at = now()
+FROM job
+WHERE r.claimed_by = job.id::text AND r.status = 'submitted';
+
+-- name: lock_batch
+SELECT * FROM ai_commentary_batch_jobs WHERE id = %(id)s FOR UPDATE SKIP LOCKED;
+
+-- name: batch_still_running
+UPDATE ai_commentary_batch_jobs
+SET status = %(raw_state)s, poll_count = poll_count + 1, last_polled_at = now(),
+    next_poll_at = now() + make_interval(secs => %(delay)s), updated_at = now()
+WHERE id = %(id)s;
+
+-- name: batch_finished
+UPDATE ai_commentary_batch_jobs
+SET status = %(raw_state)s, state = %(state)s, poll_count = poll_count + 1,
+    last_polled_at = now(), finished_at = coalesce(finished_at, now()), ingested_at = now(),
+    output_file_id = %(output_file_id)s, error_file_id = %(error_file_id)s,
+    succeeded_count = %(succeeded)s, failed_count = %(failed)s, missing_count = %(missing)s,
+    input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s,
+    error = %(error)s, next_poll_at = NULL, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: create_ingest_table
+CREATE TEMP TABLE IF NOT EXISTS worker_ingest_lines (
+    question_id uuid NOT NULL,
+    ok boolean NOT NULL,
+    error text,
+    chosen_answer text,
+    general_comment text,
+    comment_a text, comment_b text, comment_c text, comment_d text, comment_e text,
+    regenerated_question text,
+    regenerated_option_a text, regenerated_option_b text, regenerated_option_c text,
+    regenerated_option_d text, regenerated_option_e text,
+    model_agreement_analysis text,
+    input_tokens integer NOT NULL DEFAULT 0,
+    output_tokens integer NOT NULL DEFAULT 0,
+    model_version text
+) ON COMMIT DELETE ROWS;
+
+-- name: upsert_comments
+-- Idempotent writes (failure mode 3): one row per question and model, only for requests
+-- this batch (or instant call) still owns.
+INSERT INTO ai_answer_comments AS c (
+    question_id, model_key, chosen_answer, general_comment,
+    comment_a, comment_b, comment_c, comment_d, comment_e,
+    regenerated_question, regenerated_option_a, regenerated_option_b, regenerated_option_c,
+    regenerated_option_d, regenerated_option_e,
+    provider, model_name, model_version, prompt_version, batch_job_id,
+    input_tokens, output_tokens, cost_usd, batch_priced, source)
+SELECT l.question_id, %(model_key)s, l.chosen_answer, l.general_comment,
+       l.comment_a, l.comment_b, l.comment_c, l.comment_d, l.comment_e,
+       l.regenerated_question, l.regenerated_option_a, l.regenerated_option_b,
+       l.regenerated_option_c, l.regenerated_option_d, l.regenerated_option_e,
+       %(provider)s, %(model_name)s, l.model_version, %(prompt_version)s, %(batch_job_id)s,
+       l.input_tokens, l.output_tokens,
+       worker_cost_usd(%(provider)s, %(model_name)s, l.input_tokens, l.output_tokens, %(batch_priced)s),
+       %(batch_priced)s, 'worker'
+FROM worker_ingest_lines l
+JOIN ai_commentary_requests r
+  ON r.question_id = l.question_id AND r.model_key = %(model_key)s
+ AND r.status = 'submitted' AND r.claimed_by = %(owner)s
+WHERE l.ok
+ON CONFLICT (question_id, model_key) DO UPDATE SET
+    chosen_answer = EXCLUDED.chosen_answer, general_comment = EXCLUDED.general_comment,
+    comment_a = EXCLUDED.comment_a, comment_b = EXCLUDED.comment_b,
+    comment_c = EXCLUDED.comment_c, comment_d = EXCLUDED.comment_d,
+    comment_e = EXCLUDED.comment_e, regenerated_question = EXCLUDED.regenerated_question,
+    regenerated_option_a = EXCLUDED.regenerated_option_a,
+    regenerated_option_b = EXCLUDED.regenerated_option_b,
+    regenerated_option_c = EXCLUDED.regenerated_option_c,
+    regenerated_option_d = EXCLUDED.regenerated_option_d,
+    regenerated_option_e = EXCLUDED.regenerated_option_e,
+    provider = EXCLUDED.provider, model_name = EXCLUDED.model_name,
+    model_version = EXCLUDED.model_version, prompt_version = EXCLUDED.prompt_version,
+    batch_job_id = EXCLUDED.batch_job_id, input_tokens = EXCLUDED.input_tokens,
+    output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
+    batch_priced = EXCLUDED.batch_priced, source = EXCLUDED.source, updated_at = now();
+
+-- name: upsert_summaries
+INSERT INTO ai_commentary_summaries AS s (
+    question_id, summary_general_comment, summary_comment_a, summary_comment_b,
+    summary_comment_c, summary_comment_d, summary_comment_e, model_agreement_analysis,
+    provider, model_name, model_version, prompt_version, batch_job_id,
+    input_tokens, output_tokens, cost_usd, batch_priced)
+SELECT l.question_id, l.general_comment, l.comment_a, l.comment_b, l.comment_c,
+       l.comment_d, l.comment_e, l.model_agreement_analysis,
+       %(provider)s, %(model_name)s, l.model_version, %(prompt_version)s, %(batch_job_id)s,
+       l.input_tokens, l.output_tokens,
+       worker_cost_usd(%(provider)s, %(model_name)s, l.input_tokens, l.output_tokens, %(batch_priced)s),
+       %(batch_priced)s
+FROM worker_ingest_lines l
+JOIN ai_commentary_requests r
+  ON r.question_id = l.question_id AND r.model_key = %(model_key)s
+ AND r.status = 'submitted' AND r.claimed_by = %(owner)s
+WHERE l.ok
+ON CONFLICT (question_id) DO UPDATE SET
+    summary_general_comment = EXCLUDED.summary_general_comment,
+    summary_comment_a = EXCLUDED.summary_comment_a, summary_comment_b = EXCLUDED.summary_comment_b,
+    summary_comment_c = EXCLUDED.summary_comment_c, summary_comment_d = EXCLUDED.summary_comment_d,
+    summary_comment_e = EXCLUDED.summary_comment_e,
+    model_agreement_analysis = EXCLUDED.model_agreement_analysis,
+    provider = EXCLUDED.provider, model_name = EXCLUDED.model_name,
+    model_version = EXCLUDED.model_version, prompt_version = EXCLUDED.prompt_version,
+    batch_job_id = EXCLUDED.batch_job_id, input_tokens = EXCLUDED.input_tokens,
+    output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
+    batch_priced = EXCLUDED.batch_priced, updated_at = now();
+
+-- name: mark_succeeded
+UPDATE ai_commentary_requests r
+SET status = 'succeeded', last_error = NULL, claimed_by = NULL, updated_at = now()
+FROM worker_ingest_lines l
+WHERE l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
+  AND r.status = 'submitted' AND r.claimed_by = %(owner)s;
+
+-- name: mark_line_failed
+-- A failed line counts an attempt; after max_attempts the request (and so the question)
+-- fails with the reason. Raw error text stays here, never in comment columns (mode 10).
+UPDATE ai_commentary_requests r
+SET attempts = r.attempts + %(count_attempt)s::int,
+    status = CASE WHEN r.attempts + %(count_attempt)s::int >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+    last_error = l.error, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
+    updated_at = now()
+FROM worker_ingest_lines l
+WHERE NOT l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
+  AND r.status = 'submitted' AND r.claimed_by = %(owner)s;
+
+-- name: mark_missing
+-- Whatever this owner still holds had no line at all: treated as failed (mode 6).
+UPDATE ai_commentary_requests r
+SET attempts = r.attempts + %(count_attempt)s::int,
+    status = CASE WHEN r.attempts + %(count_attempt)s::int >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+    last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
+    updated_at = now()
+WHERE r.claimed_by = %(owner)s AND r.status = 'submitted'
+RETURNING r.question_id;
+
+-- name: settle_questions
+-- A question is completed when every request it has succeeded, failed when one gave up.
+WITH st AS (
+    SELECT r.question_id,
+           bool_and(r.status = 'succeeded') AS all_ok,
+           bool_or(r.status = 'failed') AS any_failed,
+           string_agg(r.model_key || ': ' || coalesce(r.last_error, 'failed'), '; '
+                      ORDER BY r.model_key) FILTER (WHERE r.status = 'failed') AS reason
+    FROM ai_commentary_requests r
+    WHERE r.question_id = ANY(%(ids)s::uuid[])
+    GROUP BY r.question_id
+), settled AS (
+    UPDATE questions q
+    SET ai_commentary_status = CASE WHEN st.any_failed THEN 'failed' ELSE 'completed' END,
+        ai_commentary_processed_at = now(),
+        ai_commentary_error = left(st.reason, 2000)
+    FROM st
+    WHERE q.id = st.question_id AND q.ai_commentary_status = 'processing'
+      AND (st.all_ok OR st.any_failed)
+    RETURNING q.id, q.ai_commentary_status
+), dropped AS (
+    -- a failed question's requests that never started are not sent any more
+    DELETE FROM ai_commentary_requests r
+    USING settled s
+    WHERE r.question_id = s.id AND s.ai_commentary_status = 'failed' AND r.status = 'waiting'
+)
+SELECT ai_commentary_status AS status, count(*) AS n FROM settled GROUP BY 1;
+
+-- name: settle_orphans
+-- Safety net: processing questions with no open request at all (e.g. every model was
+-- switched off) are settled; with no request rows at all they go back to pending.
+UPDATE questions q
+SET ai_commentary_status = 'pending', ai_commentary_queued_at = now()
+WHERE q.ai_commentary_status = 'processing'
+  AND NOT EXISTS (SELECT 1 FROM ai_commentary_requests r WHERE r.question_id = q.id)
+RETURNING q.id;
+
+-- name: processing_ids_without_open_requests
+SELECT q.id FROM questions q
+WHERE q.ai_commentary_status = 'processing'
+  AND EXISTS (SELECT 1 FROM ai_commentary_requests r WHERE r.question_id = q.id)
+  AND NOT EXISTS (SELECT 1 FROM ai_commentary_requests r
+                  WHERE r.question_id = q.id AND r.status IN ('waiting', 'submitted'))
+LIMIT 10000;
+
+-- name: has_waiting_work
+SELECT EXISTS (
+    SELECT 1 FROM ai_commentary_requests r JOIN questions q ON q.id = r.question_id
+    WHERE r.status = 'waiting' AND q.ai_commentary_status = 'processing'
+) AS waiting;
+
+-- name: stale_intents
+-- Intents whose submitting worker is gone (checked with an advisory lock by the caller).
+SELECT id, provider, model_key, stage FROM ai_commentary_batch_jobs
+WHERE state = 'submitting' AND created_at < now() - make_interval(secs => %(older_than)s);
+
+-- name: live_batches_without_poll
+SELECT b.id FROM ai_commentary_batch_jobs b
+WHERE b.state = 'in_flight'
+  AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                  WHERE j.queueing_lock = 'poll:' || b.id::text AND j.status IN ('todo', 'doing'));
+
+-- name: release_dead_instant_claims
+-- Instant calls have a hard timeout, so a claim older than that is a dead worker's.
+UPDATE ai_commentary_requests r
+SET status = 'waiting', claimed_by = NULL, claimed_at = NULL,
+    attempts = r.attempts + 1, last_error = 'released: the worker running the call stopped',
+    updated_at = now()
+WHERE r.status = 'submitted' AND r.batch_job_id IS NULL
+  AND r.claimed_at < now() - make_interval(secs => %(older_than)s)
+RETURNING r.question_id;
+
+-- name: defer_job
+SELECT worker_defer_job(%(queue)s, %(task)s, %(lock)s, %(args)s::jsonb, %(scheduled_at)s);
+
+-- name: record_error
+INSERT INTO worker_errors AS e (fingerprint, kind, provider, question_id, batch_job_id, message, detail)
+VALUES (%(fingerprint)s, %(kind)s, %(provider)s, %(question_id)s, %(batch_job_id)s, %(message)s, %(detail)s)
+ON CONFLICT (fingerprint) DO UPDATE
+SET occurrences = e.occurrences + 1, last_seen_at = now(), message = EXCLUDED.message,
+    detail = coalesce(EXCLUDED.detail, e.detail)
+RETURNING occurrences;
