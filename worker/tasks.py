@@ -9,7 +9,7 @@ from __future__ import annotations
 from procrastinate import JobContext
 from psycopg_pool import AsyncConnectionPool
 
-from worker.queue_app import QUEUE_MAINTENANCE, QUEUE_POLL, QUEUE_SUBMIT, app
+from worker.queue_app import QUEUE_MAINTENANCE, QUEUE_POLL, QUEUE_REALTIME, QUEUE_SUBMIT, app
 from worker.task_runs import recorded_run
 
 
@@ -44,3 +44,24 @@ async def tick(context: JobContext, timestamp: int) -> None:
         from worker import maintenance
 
         run.detail = await maintenance.run_tick(_pool())
+
+
+@app.task(name="drain", queue=QUEUE_REALTIME, queueing_lock="drain", pass_context=True)
+async def drain(context: JobContext) -> None:
+    """Claim due ai_jobs rows and run them at provider speed; re-defers itself while work remains."""
+    async with recorded_run(_pool(), "drain", context.job.id) as run:
+        from worker.realtime import drain as drain_stage
+
+        run.detail = await drain_stage.run_drain(_pool())
+
+
+@app.periodic(cron="7 * * * *", periodic_id="credit_check")
+@app.task(
+    name="credit_check", queue=QUEUE_MAINTENANCE, queueing_lock="credit_check", pass_context=True
+)
+async def credit_check(context: JobContext, timestamp: int) -> None:
+    """Hourly: read provider credit balances (OpenRouter) and alert below thresholds."""
+    async with recorded_run(_pool(), "credit_check", context.job.id) as run:
+        from worker import credits
+
+        run.detail = await credits.run_credit_check(_pool())

@@ -1,0 +1,1 @@
+"""The realtime lane: generic ``ai_jobs`` rows drained at provider speed."""
