@@ -1,23 +1,177 @@
-"""The periodic tick: the safety net under LISTEN/NOTIFY."""
+"""The periodic tick (every minute, deduplicated across workers by Procrastinate): the
+safety net under LISTEN/NOTIFY and the healer of crashes.
+
+- re-wakes ``submit`` when work waits (a lost notification costs at most a tick);
+- reconciles batch intents whose submitter died between "provider created the batch" and
+  "our commit": adopts the provider batch found by our intent id, or abandons the intent so
+  its requests wait for the next batch — never a second paid batch (failure mode 4);
+- defers a poll for any live batch that has none;
+- releases requests claimed by an instant call whose worker died (instant calls have a hard
+  timeout, so age is a safe test there; batches are judged only by their state, never by
+  a clock — failure mode 8);
+- re-queues Procrastinate jobs left ``doing`` by a worker that stopped heartbeating;
+- settles questions whose requests are all finished, and returns claimed questions
+  without any request to pending.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
+from procrastinate import exceptions as pexc
+from procrastinate.jobs import Status
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from worker import custom_ids
+from worker.config import get_settings
+from worker.error_log import record_error
+from worker.queries import q
+
+log = logging.getLogger(__name__)
+
+INTENT_GRACE_SECONDS = 60
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
-    """Re-wake submit when pending work exists (a lost notification costs at most a tick)."""
+    detail: dict[str, Any] = {}
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM questions WHERE ai_commentary_status = 'pending')"
-        )
-        row = await cur.fetchone()
-        pending = bool(row and row[0])
-        if pending:
-            await conn.execute("SELECT worker_defer_job('submit', 'submit', 'submit')")
+        detail["intents"] = await reconcile_intents(conn)
+        detail["polls_restored"] = await restore_polls(conn)
+        detail["instant_released"] = await release_dead_instant_claims(conn)
+        detail["settled"] = await settle_stragglers(conn)
+        detail["stalled_jobs"] = await requeue_stalled_jobs()
+        await wake_submit_if_needed(conn)
         await conn.execute(
             "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
         )
-    return {"pending": pending}
+    return {k: v for k, v in detail.items() if v}
+
+
+async def wake_submit_if_needed(conn: AsyncConnection[Any]) -> None:
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM questions WHERE ai_commentary_status = 'pending')"
+        " OR EXISTS (SELECT 1 FROM ai_commentary_requests WHERE status = 'waiting')"
+    )
+    row = await cur.fetchone()
+    if row and row[0]:
+        await conn.execute(
+            q("defer_job"),
+            {
+                "queue": "submit",
+                "task": "submit",
+                "lock": "submit",
+                "args": "{}",
+                "scheduled_at": None,
+            },
+        )
+
+
+async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
+    """Adopt or abandon intents whose submitter is gone (its advisory lock is free)."""
+    from worker.routing import providers
+    from worker.submit import abandon_intent, defer_poll
+
+    out = {"adopted": 0, "abandoned": 0}
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("stale_intents"), {"older_than": INTENT_GRACE_SECONDS})
+    for job in await cur.fetchall():
+        job_id: uuid.UUID = job["id"]
+        key = custom_ids.lock_key(job_id)
+        got = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        row = await got.fetchone()
+        if not (row and row[0]):
+            continue  # its submitter is alive and still talking to the provider
+        try:
+            provider = providers().batch(job["provider"])
+            try:
+                found = await provider.find_by_intent(str(job_id))
+            except Exception as exc:
+                await record_error(
+                    conn,
+                    "reconcile",
+                    f"could not look up intent: {exc}",
+                    provider=job["provider"],
+                    batch_job_id=job_id,
+                )
+                continue
+            if found is not None:
+                async with conn.transaction():
+                    await conn.execute(
+                        q("batch_created"),
+                        {
+                            "id": job_id,
+                            "batch_id": found.batch_id,
+                            "input_file_id": found.input_file_id,
+                            "raw_state": found.raw_state,
+                            "first_poll": 0,
+                        },
+                    )
+                    await defer_poll(conn, job_id, 0)
+                out["adopted"] += 1
+                log.warning("adopted provider batch %s for intent %s", found.batch_id, job_id)
+            else:
+                await abandon_intent(
+                    conn,
+                    job_id,
+                    job["provider"],
+                    RuntimeError(
+                        "the submitting worker stopped before the provider batch was created"
+                    ),
+                )
+                out["abandoned"] += 1
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    return out
+
+
+async def restore_polls(conn: AsyncConnection[Any]) -> int:
+    from worker.submit import defer_poll
+
+    cur = await conn.execute(q("live_batches_without_poll"))
+    ids = [r[0] for r in await cur.fetchall()]
+    for job_id in ids:
+        await defer_poll(conn, job_id, 0)
+    return len(ids)
+
+
+async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
+    older = get_settings().provider_timeout_seconds * 2 + 60
+    async with conn.transaction():
+        cur = await conn.execute(q("release_dead_instant_claims"), {"older_than": older})
+        ids = [r[0] for r in await cur.fetchall()]
+    return len(ids)
+
+
+async def settle_stragglers(conn: AsyncConnection[Any]) -> int:
+    async with conn.transaction():
+        cur = await conn.execute(q("processing_ids_without_open_requests"))
+        ids = [r[0] for r in await cur.fetchall()]
+        if ids:
+            await conn.execute(q("settle_questions"), {"ids": ids})
+        cur = await conn.execute(q("settle_orphans"))
+        orphans = await cur.fetchall()
+    return len(ids) + len(orphans)
+
+
+async def requeue_stalled_jobs() -> int:
+    """Jobs left ``doing`` by a worker without a heartbeat go back to ``todo``; if a job
+    with the same queueing lock already waits, the stalled one is marked failed instead
+    (the waiting one does the same, idempotent work)."""
+    from worker.queue_app import app
+
+    n = 0
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=30):
+        try:
+            await app.job_manager.retry_job(job)
+            n += 1
+        except (pexc.AlreadyEnqueued, pexc.UniqueViolation, pexc.ConnectorException):
+            try:
+                await app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
+                n += 1
+            except Exception as exc:
+                log.warning("could not clear stalled job %s: %s", job.id, exc)
+    return n
