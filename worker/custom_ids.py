@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 import uuid
 
-_RE = re.compile(r"^q-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-([a-z0-9_]{1,24})$")
+_RE = re.compile(
+    r"^q-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-([a-z0-9_]{1,24})$"
+)
 
 
 def make(question_id: uuid.UUID | str, model_key: str) -> str:

@@ -28,15 +28,21 @@ async def record_error(
     fingerprint: str | None = None,
 ) -> int:
     """Upsert the error; return how often it has now been seen (0 if recording failed)."""
-    fp = fingerprint or hashlib.sha1(
-        f"{kind}|{provider}|{question_id}|{batch_job_id}|{message[:200]}".encode()
-    ).hexdigest()
+    fp = (
+        fingerprint
+        or hashlib.sha1(
+            f"{kind}|{provider}|{question_id}|{batch_job_id}|{message[:200]}".encode()
+        ).hexdigest()
+    )
     log.warning(
         "%s: %s",
         kind,
         message,
-        extra={"provider": provider, "question_id": str(question_id or ""),
-               "batch_job_id": str(batch_job_id or "")},
+        extra={
+            "provider": provider,
+            "question_id": str(question_id or ""),
+            "batch_job_id": str(batch_job_id or ""),
+        },
     )
     try:
         async with conn.transaction():

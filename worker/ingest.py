@@ -29,11 +29,26 @@ log = logging.getLogger(__name__)
 
 COPY_CHUNK = 2000
 COLUMNS = (
-    "question_id", "ok", "error", "chosen_answer", "general_comment",
-    "comment_a", "comment_b", "comment_c", "comment_d", "comment_e",
-    "regenerated_question", "regenerated_option_a", "regenerated_option_b",
-    "regenerated_option_c", "regenerated_option_d", "regenerated_option_e",
-    "model_agreement_analysis", "input_tokens", "output_tokens", "model_version",
+    "question_id",
+    "ok",
+    "error",
+    "chosen_answer",
+    "general_comment",
+    "comment_a",
+    "comment_b",
+    "comment_c",
+    "comment_d",
+    "comment_e",
+    "regenerated_question",
+    "regenerated_option_a",
+    "regenerated_option_b",
+    "regenerated_option_c",
+    "regenerated_option_d",
+    "regenerated_option_e",
+    "model_agreement_analysis",
+    "input_tokens",
+    "output_tokens",
+    "model_version",
 )
 COPY_SQL = f"COPY worker_ingest_lines ({', '.join(COLUMNS)}) FROM STDIN"
 
@@ -66,25 +81,63 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
         try:
             if model_key == "summary":
                 s = parse_summary(line.text)
-                fields: list[Any] = [s.general_comment, s.comment_a, s.comment_b, s.comment_c,
-                                     s.comment_d, s.comment_e, None, None, None, None, None,
-                                     None, s.model_agreement_analysis]
+                fields: list[Any] = [
+                    s.general_comment,
+                    s.comment_a,
+                    s.comment_b,
+                    s.comment_c,
+                    s.comment_d,
+                    s.comment_e,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    s.model_agreement_analysis,
+                ]
                 chosen = None
             else:
                 c = parse_commentary(line.text)
                 chosen = c.chosen_answer
-                fields = [c.general_comment, c.comment_a, c.comment_b, c.comment_c, c.comment_d,
-                          c.comment_e, c.regenerated_question, c.regenerated_option_a,
-                          c.regenerated_option_b, c.regenerated_option_c,
-                          c.regenerated_option_d, c.regenerated_option_e, None]
-            return (question_id, True, None, chosen, *(_clean(f) for f in fields),
-                    line.input_tokens, line.output_tokens, line.model_version)
+                fields = [
+                    c.general_comment,
+                    c.comment_a,
+                    c.comment_b,
+                    c.comment_c,
+                    c.comment_d,
+                    c.comment_e,
+                    c.regenerated_question,
+                    c.regenerated_option_a,
+                    c.regenerated_option_b,
+                    c.regenerated_option_c,
+                    c.regenerated_option_d,
+                    c.regenerated_option_e,
+                    None,
+                ]
+            return (
+                question_id,
+                True,
+                None,
+                chosen,
+                *(_clean(f) for f in fields),
+                line.input_tokens,
+                line.output_tokens,
+                line.model_version,
+            )
         except OutputError as exc:
             error = f"invalid_output: {exc}"
     else:
         error = f"{line.error_code or 'error'}: {line.error_message or 'request failed'}"
-    return (question_id, False, (_clean(error) or "")[:2000], *([None] * 14),
-            line.input_tokens, line.output_tokens, line.model_version)
+    return (
+        question_id,
+        False,
+        (_clean(error) or "")[:2000],
+        *([None] * 14),
+        line.input_tokens,
+        line.output_tokens,
+        line.model_version,
+    )
 
 
 async def ingest_lines(
@@ -105,10 +158,15 @@ async def ingest_lines(
     counts = IngestCounts()
     seen: set[uuid.UUID] = set()
     params = {
-        "owner": owner, "model_key": model_key, "provider": provider,
-        "model_name": model_name, "prompt_version": settings.prompt_version,
-        "batch_job_id": batch_job_id, "batch_priced": batch_priced,
-        "max_attempts": settings.max_attempts, "count_attempt": 1 if count_attempt else 0,
+        "owner": owner,
+        "model_key": model_key,
+        "provider": provider,
+        "model_name": model_name,
+        "prompt_version": settings.prompt_version,
+        "batch_job_id": batch_job_id,
+        "batch_priced": batch_priced,
+        "max_attempts": settings.max_attempts,
+        "count_attempt": 1 if count_attempt else 0,
     }
     async with conn.transaction():
         await conn.execute(q("create_ingest_table"))
@@ -119,17 +177,25 @@ async def ingest_lines(
                 qid, key = custom_ids.parse(line.custom_id)
             except ValueError:
                 counts.unknown_ids += 1
-                await record_error(conn, "unknown_custom_id",
-                                   f"result line with an id we never sent: {line.custom_id[:80]!r}",
-                                   provider=provider, batch_job_id=batch_job_id,
-                                   fingerprint=f"unknown-id:{batch_job_id}")
+                await record_error(
+                    conn,
+                    "unknown_custom_id",
+                    f"result line with an id we never sent: {line.custom_id[:80]!r}",
+                    provider=provider,
+                    batch_job_id=batch_job_id,
+                    fingerprint=f"unknown-id:{batch_job_id}",
+                )
                 continue
             if key != model_key:
                 counts.unknown_ids += 1
-                await record_error(conn, "unknown_custom_id",
-                                   f"result for model {key!r} in a {model_key!r} batch",
-                                   provider=provider, batch_job_id=batch_job_id,
-                                   fingerprint=f"wrong-model:{batch_job_id}")
+                await record_error(
+                    conn,
+                    "unknown_custom_id",
+                    f"result for model {key!r} in a {model_key!r} batch",
+                    provider=provider,
+                    batch_job_id=batch_job_id,
+                    fingerprint=f"wrong-model:{batch_job_id}",
+                )
                 continue
             if qid in seen:
                 counts.duplicates += 1
@@ -151,10 +217,14 @@ async def ingest_lines(
         if buffer:
             await _copy(conn, buffer)
         if counts.invalid_output:
-            await record_error(conn, "invalid_output",
-                               f"{counts.invalid_output} answers violated the schema",
-                               provider=provider, batch_job_id=batch_job_id,
-                               fingerprint=f"invalid-output:{batch_job_id or owner}")
+            await record_error(
+                conn,
+                "invalid_output",
+                f"{counts.invalid_output} answers violated the schema",
+                provider=provider,
+                batch_job_id=batch_job_id,
+                fingerprint=f"invalid-output:{batch_job_id or owner}",
+            )
         upsert = "upsert_summaries" if model_key == "summary" else "upsert_comments"
         await conn.execute(q(upsert), params)
         await conn.execute(q("mark_succeeded"), params)
@@ -166,10 +236,14 @@ async def ingest_lines(
         await conn.execute(q("settle_questions"), {"ids": list(counts.question_ids)})
         await conn.execute("TRUNCATE worker_ingest_lines")
     if counts.duplicates:
-        await record_error(conn, "duplicate_lines",
-                           f"{counts.duplicates} duplicate result lines ignored",
-                           provider=provider, batch_job_id=batch_job_id,
-                           fingerprint=f"dup:{batch_job_id or owner}")
+        await record_error(
+            conn,
+            "duplicate_lines",
+            f"{counts.duplicates} duplicate result lines ignored",
+            provider=provider,
+            batch_job_id=batch_job_id,
+            fingerprint=f"dup:{batch_job_id or owner}",
+        )
     return counts
 
 

@@ -68,9 +68,13 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 return {"skipped": f"state {job['state']}"}
             from worker import resilience
 
-            if job["provider"] in await resilience.blocked_providers(conn):
-                await conn.execute(q("batch_still_running"),
-                                   {"id": batch_job_id, "raw_state": job["status"], "delay": 60})
+            if job["provider"] in await resilience.blocked_providers(
+                conn, providers=[job["provider"]]
+            ):
+                await conn.execute(
+                    q("batch_still_running"),
+                    {"id": batch_job_id, "raw_state": job["status"], "delay": 60},
+                )
                 await defer_poll(conn, batch_job_id, 60)
                 return {"waiting": "provider blocked"}
             provider = providers().batch(job["provider"])
@@ -78,27 +82,38 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 status = await provider.status(job["batch_id"])
             except ProviderError as exc:
                 delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
-                await conn.execute(q("batch_still_running"),
-                                   {"id": batch_job_id, "raw_state": job["status"], "delay": delay})
+                await conn.execute(
+                    q("batch_still_running"),
+                    {"id": batch_job_id, "raw_state": job["status"], "delay": delay},
+                )
                 await defer_poll(conn, batch_job_id, delay)
                 await resilience.on_provider_error(conn, job["provider"], exc)
-                await record_error(conn, exc.kind.value, f"polling batch failed: {exc}",
-                                   provider=job["provider"], batch_job_id=batch_job_id,
-                                   fingerprint=f"poll:{job['provider']}:{exc.kind.value}")
+                await record_error(
+                    conn,
+                    exc.kind.value,
+                    f"polling batch failed: {exc}",
+                    provider=job["provider"],
+                    batch_job_id=batch_job_id,
+                    fingerprint=f"poll:{job['provider']}:{exc.kind.value}",
+                )
                 return {"poll_error": str(exc)}
             await resilience.on_provider_success(conn, job["provider"])
             if not status.state.terminal:
                 delay = next_delay(job["poll_count"])
-                await conn.execute(q("batch_still_running"),
-                                   {"id": batch_job_id, "raw_state": status.raw_state,
-                                    "delay": delay})
+                await conn.execute(
+                    q("batch_still_running"),
+                    {"id": batch_job_id, "raw_state": status.raw_state, "delay": delay},
+                )
                 await defer_poll(conn, batch_job_id, delay)
                 if status.state is BatchState.UNKNOWN:
                     await record_error(
-                        conn, "unknown_batch_state",
+                        conn,
+                        "unknown_batch_state",
                         f"provider state {status.raw_state!r} is not known; still polling",
-                        provider=job["provider"], batch_job_id=batch_job_id,
-                        fingerprint=f"unknown-state:{job['provider']}:{status.raw_state}")
+                        provider=job["provider"],
+                        batch_job_id=batch_job_id,
+                        fingerprint=f"unknown-state:{job['provider']}:{status.raw_state}",
+                    )
                 return {"state": status.raw_state, "next_poll_in": delay}
             counts = await finish(conn, settings, job, status)
         # Requests that went back to waiting (or summaries now ready) need a submit.
@@ -138,20 +153,34 @@ async def finish(
         lines=lines(),
         missing_reason=MISSING_REASON[status.state],
     )
-    if status.state is BatchState.COMPLETED and not status.output_file_id \
-            and not status.error_file_id and not status.inline_results:
+    if (
+        status.state is BatchState.COMPLETED
+        and not status.output_file_id
+        and not status.error_file_id
+        and not status.inline_results
+    ):
         error = error or "completed batch has no output file"
     await conn.execute(
         q("batch_finished"),
-        {"id": job["id"], "raw_state": status.raw_state, "state": FINAL_STATE[status.state],
-         "output_file_id": status.output_file_id, "error_file_id": status.error_file_id,
-         "succeeded": counts.succeeded, "failed": counts.failed, "missing": counts.missing,
-         "input_tokens": counts.input_tokens, "output_tokens": counts.output_tokens,
-         "error": error},
+        {
+            "id": job["id"],
+            "raw_state": status.raw_state,
+            "state": FINAL_STATE[status.state],
+            "output_file_id": status.output_file_id,
+            "error_file_id": status.error_file_id,
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "missing": counts.missing,
+            "input_tokens": counts.input_tokens,
+            "output_tokens": counts.output_tokens,
+            "error": error,
+        },
     )
     from worker import resilience
 
     await resilience.on_batch_finished(conn, job, status, counts, error)
-    log.info("batch finished", extra={"batch_job_id": str(job["id"]), "state": status.raw_state,
-                                      **counts.as_dict()})
+    log.info(
+        "batch finished",
+        extra={"batch_job_id": str(job["id"]), "state": status.raw_state, **counts.as_dict()},
+    )
     return counts

@@ -31,6 +31,8 @@ SELECT
     (SELECT count(*) FROM questions q
       WHERE q.ai_commentary_status IN ('pending', 'processing')
         AND EXISTS (SELECT 1 FROM ai_commentary_settings s WHERE s.feature_enabled))
+  + (SELECT count(*) FROM ai_jobs a
+      WHERE a.status IN ('pending', 'processing', 'retrying'))
   + (SELECT count(*) FROM procrastinate_jobs j
       WHERE j.status IN ('todo', 'doing') AND j.task_name <> 'tick') AS open_work
 """
@@ -111,6 +113,18 @@ async def run_async(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    metrics_server: asyncio.Server | None = None
+    if settings.metrics_port is not None:
+        from worker import metrics
+
+        try:
+            metrics_server = await metrics.serve(settings.metrics_port)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on port %s (%s); continuing without",
+                settings.metrics_port,
+                exc,
+            )
     await _open_app_with_retry()
     try:
         workers = [
@@ -132,6 +146,10 @@ async def run_async(
         await asyncio.gather(*workers, return_exceptions=True)
     finally:
         await app.close_async()
+        if metrics_server is not None:
+            from worker import metrics
+
+            await metrics.shutdown(metrics_server)
     if until_idle and not idle_ok and not stop.is_set():
         log.error("not idle after %.0fs", timeout or 0)
         return 1

@@ -108,6 +108,7 @@ def _parse(model: type[M], text: str | None) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
+            f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}"
+            for e in exc.errors()[:5]
         )
         raise OutputError(f"model output violates the {model.__name__} schema: {problems}") from exc

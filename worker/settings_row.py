@@ -12,7 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from worker.errors import ConfigError
 
-PROVIDER_NAMES = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepseek", "ollama", "mock")
+PROVIDER_NAMES = (
+    "openai",
+    "gemini",
+    "mistral",
+    "openrouter",
+    "perplexity",
+    "deepseek",
+    "ollama",
+    "mock",
+)
 BATCH_PROVIDERS = ("openai", "gemini", "mistral")
 
 
@@ -30,9 +39,7 @@ class ModelRoute(BaseModel):
     @model_validator(mode="after")
     def _batch_needs_batch_api(self) -> ModelRoute:
         if self.mode == "batch" and self.provider not in BATCH_PROVIDERS:
-            raise ValueError(
-                f"provider {self.provider!r} has no Batch API; use mode 'instant'"
-            )
+            raise ValueError(f"provider {self.provider!r} has no Batch API; use mode 'instant'")
         return self
 
 

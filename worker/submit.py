@@ -87,8 +87,11 @@ async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tup
     async with conn.transaction():
         cur = await conn.execute(
             q("claim_pending"),
-            {"delay_minutes": settings.processing_delay_minutes, "limit": settings.batch_size,
-             "models": models},
+            {
+                "delay_minutes": settings.processing_delay_minutes,
+                "limit": settings.batch_size,
+                "models": models,
+            },
         )
         ids = [r[0] for r in await cur.fetchall()]
         if ids:
@@ -161,9 +164,7 @@ async def build_requests(
     ]
 
 
-async def _take(
-    conn: AsyncConnection[Any], model_key: str, limit: int
-) -> list[dict[str, Any]]:
+async def _take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("take_waiting"), {"model_key": model_key, "limit": limit})
     return list(await cur.fetchall())
@@ -190,9 +191,10 @@ async def submit_batch_model(
                 def size_of(r: ChatRequest) -> bytes:
                     # Request-line size is dominated by the prompts; the exact provider
                     # line is built by the adapter. 1 KiB margin covers the envelope.
-                    return encode_line(
-                        {"s": r.system_prompt, "u": r.user_prompt, "j": r.json_schema}
-                    ) + b" " * 1024
+                    return (
+                        encode_line({"s": r.system_prompt, "u": r.user_prompt, "j": r.json_schema})
+                        + b" " * 1024
+                    )
 
                 intents: list[tuple[uuid.UUID, list[ChatRequest]]] = []
                 for chunk in chunk_requests(requests, size_of, provider.limits):
@@ -200,20 +202,42 @@ async def submit_batch_model(
                     qids = [custom_ids.parse(r.custom_id)[0] for r in chunk]
                     await conn.execute(
                         q("insert_batch_intent"),
-                        {"id": job_id, "provider": route.provider, "stage": stage,
-                         "model_key": model_key, "model_name": route.model,
-                         "question_ids": qids, "request_count": len(chunk)},
+                        {
+                            "id": job_id,
+                            "provider": route.provider,
+                            "stage": stage,
+                            "model_key": model_key,
+                            "model_name": route.model,
+                            "question_ids": qids,
+                            "request_count": len(chunk),
+                        },
                     )
                     await conn.execute(
                         q("mark_submitted"),
-                        {"owner": str(job_id), "batch_job_id": job_id, "model_key": model_key,
-                         "ids": qids},
+                        {
+                            "owner": str(job_id),
+                            "batch_job_id": job_id,
+                            "model_key": model_key,
+                            "ids": qids,
+                        },
                     )
                     intents.append((job_id, chunk))
-            for job_id, chunk in intents:
+            for i, (job_id, chunk) in enumerate(intents):
                 if await create_provider_batch(conn, route.provider, route.model, job_id, chunk):
                     batches += 1
                     sent += len(chunk)
+                    continue
+                # The provider refused: hand the other intents' requests back at once and
+                # stop hammering it this run (the breaker / stop decides about the next).
+                for other_id, _ in intents[i + 1 :]:
+                    await abandon_intent(
+                        conn,
+                        other_id,
+                        route.provider,
+                        RuntimeError("not sent: an earlier batch of this run failed"),
+                        notify=False,
+                    )
+                return batches, sent
     return batches, sent
 
 
@@ -248,28 +272,54 @@ async def create_provider_batch(
         async with conn.transaction():
             await conn.execute(
                 q("batch_created"),
-                {"id": job_id, "batch_id": submitted.batch_id,
-                 "input_file_id": submitted.input_file_id, "raw_state": submitted.raw_state,
-                 "first_poll": get_settings().poll_min_seconds},
+                {
+                    "id": job_id,
+                    "batch_id": submitted.batch_id,
+                    "input_file_id": submitted.input_file_id,
+                    "raw_state": submitted.raw_state,
+                    "first_poll": get_settings().poll_min_seconds,
+                },
             )
             await defer_poll(conn, job_id, get_settings().poll_min_seconds)
-        log.info("batch created", extra={"batch_job_id": str(job_id), "provider": provider_name,
-                                         "batch_id": submitted.batch_id,
-                                         "requests": len(requests)})
+        from worker import resilience
+
+        await resilience.on_provider_success(conn, provider_name)
+        log.info(
+            "batch created",
+            extra={
+                "batch_job_id": str(job_id),
+                "provider": provider_name,
+                "batch_id": submitted.batch_id,
+                "requests": len(requests),
+            },
+        )
         return True
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
 
 
 async def abandon_intent(
-    conn: AsyncConnection[Any], job_id: uuid.UUID, provider_name: str, exc: BaseException
+    conn: AsyncConnection[Any],
+    job_id: uuid.UUID,
+    provider_name: str,
+    exc: BaseException,
+    *,
+    notify: bool = True,
 ) -> None:
     kind = exc.kind.value if isinstance(exc, ProviderError) else "submit_error"
     message = f"batch submission failed: {exc}"
     async with conn.transaction():
         await conn.execute(q("batch_abandoned"), {"id": job_id, "error": message[:2000]})
-    await record_error(conn, kind, message, provider=provider_name, batch_job_id=job_id,
-                       fingerprint=f"submit:{provider_name}:{kind}")
+    if not notify:
+        return
+    await record_error(
+        conn,
+        kind,
+        message,
+        provider=provider_name,
+        batch_job_id=job_id,
+        fingerprint=f"submit:{provider_name}:{kind}",
+    )
     from worker import resilience
 
     await resilience.on_provider_error(conn, provider_name, exc)
@@ -302,8 +352,12 @@ async def submit_instant_model(
             requests = await build_requests(conn, settings, model_key, rows)
             await conn.execute(
                 q("mark_submitted"),
-                {"owner": owner, "batch_job_id": None, "model_key": model_key,
-                 "ids": [r["question_id"] for r in rows]},
+                {
+                    "owner": owner,
+                    "batch_job_id": None,
+                    "model_key": model_key,
+                    "ids": [r["question_id"] for r in rows],
+                },
             )
     sem = asyncio.Semaphore(get_settings().instant_concurrency)
 
@@ -314,15 +368,32 @@ async def submit_instant_model(
                     chat.complete(route.model, req), get_settings().provider_timeout_seconds
                 )
             except TimeoutError:
-                return ResultLine(custom_id=req.custom_id, ok=False, error_code="timeout",
-                                  error_message="instant call timed out")
+                return ResultLine(
+                    custom_id=req.custom_id,
+                    ok=False,
+                    error_code="timeout",
+                    error_message="instant call timed out",
+                )
             except ProviderError as exc:
-                return ResultLine(custom_id=req.custom_id, ok=False, error_code=exc.kind.value,
-                                  error_message=str(exc))
+                return ResultLine(
+                    custom_id=req.custom_id,
+                    ok=False,
+                    error_code=exc.kind.value,
+                    error_message=str(exc),
+                )
 
     results = await asyncio.gather(*(call(r) for r in requests))
-    retryable = [r for r in results if not r.ok and r.error_code in (
-        ErrorKind.RETRYABLE.value, ErrorKind.UNKNOWN.value, "timeout")]
+    if any(r.ok for r in results):
+        async with pool.connection() as conn:
+            from worker import resilience
+
+            await resilience.on_provider_success(conn, route.provider)
+    retryable = [
+        r
+        for r in results
+        if not r.ok
+        and r.error_code in (ErrorKind.RETRYABLE.value, ErrorKind.UNKNOWN.value, "timeout")
+    ]
     async with pool.connection() as conn:
         await ingest.ingest_lines(
             conn,
@@ -340,9 +411,14 @@ async def submit_instant_model(
             from worker import resilience
 
             await resilience.on_provider_error(
-                conn, route.provider,
-                ProviderError(retryable[0].error_message or "failed", kind=ErrorKind.RETRYABLE,
-                              provider=route.provider))
+                conn,
+                route.provider,
+                ProviderError(
+                    retryable[0].error_message or "failed",
+                    kind=ErrorKind.RETRYABLE,
+                    provider=route.provider,
+                ),
+            )
     return len(results)
 
 
@@ -368,7 +444,10 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
         report.claimed, report.summary_claimed = await claim(conn, settings)
         cur = await conn.execute(q("waiting_model_keys"))
         model_keys = sorted(r[0] for r in await cur.fetchall())
-        blocked = await resilience.blocked_providers(conn)
+        wanted = {
+            settings.route(k).provider for k in model_keys if k == "summary" or k in settings.models
+        }
+        blocked = await resilience.blocked_providers(conn, providers=wanted)
 
     skipped: list[str] = []
     for model_key in model_keys:
@@ -376,10 +455,13 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
             route = settings.route(model_key)
         except KeyError:
             async with pool.connection() as conn:
-                await record_error(conn, "settings",
-                                   f"requests wait for model key {model_key!r}, which "
-                                   "ai_commentary_settings.models does not define",
-                                   fingerprint=f"settings:unknown-model:{model_key}")
+                await record_error(
+                    conn,
+                    "settings",
+                    f"requests wait for model key {model_key!r}, which "
+                    "ai_commentary_settings.models does not define",
+                    fingerprint=f"settings:unknown-model:{model_key}",
+                )
             skipped.append(model_key)
             continue
         if route.provider in blocked:
@@ -394,8 +476,13 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
                 report.instant_calls += await submit_instant_model(pool, settings, model_key)
         except ConfigError as exc:
             async with pool.connection() as conn:
-                await record_error(conn, "config", str(exc), provider=route.provider,
-                                   fingerprint=f"config:{route.provider}")
+                await record_error(
+                    conn,
+                    "config",
+                    str(exc),
+                    provider=route.provider,
+                    fingerprint=f"config:{route.provider}",
+                )
             skipped.append(model_key)
 
     report.skipped_models = skipped or None
@@ -413,8 +500,9 @@ async def _defer_again(
     row = await cur.fetchone()
     waiting = bool(row and row[0])
     progressed = report.claimed or report.summary_claimed or report.batches or report.instant_calls
-    cur = await conn.execute(q("next_pending_due"),
-                             {"delay_minutes": settings.processing_delay_minutes})
+    cur = await conn.execute(
+        q("next_pending_due"), {"delay_minutes": settings.processing_delay_minutes}
+    )
     due_row = await cur.fetchone()
     due = due_row[0] if due_row else None
     if (waiting and progressed) or report.claimed >= settings.batch_size:

@@ -1,11 +1,471 @@
-"""drain: claim due ai_jobs and run them (filled in by the realtime work)."""
+"""drain: claim due ai_jobs and run them at provider speed.
+
+One ``drain`` Procrastinate job (queue ``realtime``, queueing lock ``drain``) serves any
+number of rows - never one Procrastinate job per row, whose one-job-per-round-trip ceiling
+would cap throughput. Inside one run the drain is a pipeline, not a sequence of batches:
+
+* **claim**: whenever slots are free, one statement claims up to ``claim_batch`` due jobs
+  (priority, then age; ``SKIP LOCKED``), at most the free slots of each *lane* (a provider,
+  or a provider's embeddings), so one slow or saturated provider never holds slots another
+  could use. Rate limits are admitted in Postgres right after the claim; what does not fit
+  goes back to waiting with ``next_attempt_at``.
+* **run**: one asyncio task per chat-type job and per embeddings group, under a semaphore per
+  provider (``provider_concurrency``, default 50; mock 2000). A finished call frees its slot
+  at once, and the next claim refills it - no batch waits for its slowest member.
+* **write**: outcomes are collected by a writer that flushes everything finished so far in one
+  statement (results, retries, failures, session messages), a group commit: under load a
+  flush carries hundreds of rows, when quiet a single one, without any fixed delay.
+* **listen**: the run LISTENs on ``worker_ai_jobs`` (sent by the insert trigger), so a row
+  inserted while it runs - or lingers ``linger_seconds`` after the queue ran dry - is claimed
+  within about a millisecond instead of waiting for Procrastinate to fetch the next drain job.
+
+When nothing is due the run ends after lingering; if jobs wait for a later time (retries,
+rate limits), it first defers a drain scheduled at the earliest ``next_attempt_at``
+(queueing lock ``drain@<epoch second>``, so it cannot be swallowed by the waiting
+immediate ``drain`` job's lock).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from worker.config import get_settings
+from worker.database import resolve_database_url
+from worker.error_log import record_error
+from worker.errors import ProviderError
+from worker.queries import q
+from worker.realtime.claim import claim, load_settings, load_templates
+from worker.realtime.embeddings import group_jobs, group_limit, group_token_estimate, run_group
+from worker.realtime.execute import run_chat
+from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
+from worker.realtime.providers import RealtimeClients
+from worker.realtime.rate_limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "worker_ai_jobs"
+BLOCKED_CACHE_SECONDS = 1.0
+#: When due rows exist but none could be claimed (locked by another worker, or waiting for
+#: an earlier job of their session held elsewhere), look again after this long.
+BLOCKED_POLL_SECONDS = 0.1
+
+_clients: RealtimeClients | None = None
+
+
+def clients() -> RealtimeClients:
+    """The process's SDK clients (kept across drain runs: their HTTP pools stay warm)."""
+    global _clients
+    if _clients is None:
+        _clients = RealtimeClients()
+    return _clients
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests, or after the environment changed)."""
+    global _clients
+    _clients = None
+
+
+def _vector_literal(vec: list[float]) -> str:
+    return "{" + ",".join(map(repr, vec)) + "}"
+
+
+class Drain:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        settings: RealtimeSettings,
+        templates: dict[str, Template],
+        rt_clients: RealtimeClients,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.templates = templates
+        self.clients = rt_clients
+        self.owner = f"drain:{os.getpid()}:{uuid.uuid4().hex[:10]}"
+        self.timeout = get_settings().provider_timeout_seconds
+        self.limiter = RateLimiter()
+        self.sems: dict[str, asyncio.Semaphore] = {}
+        self.lane_busy: dict[str, int] = defaultdict(int)  # jobs claimed, call not finished
+        self.unwritten = 0  # jobs claimed, outcome not yet written
+        self.results: list[Outcome] = []
+        self.results_ready = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.blocked: set[str] = set()
+        self._blocked_at = -1e9
+        self.report: dict[str, int] = defaultdict(int)
+        self._estimates: dict[int, int] = {}  # job id -> tokens the rate limiter reserved
+
+    # ------------------------------------------------------------------ capacity
+
+    def sem(self, provider: str) -> asyncio.Semaphore:
+        s = self.sems.get(provider)
+        if s is None:
+            s = self.sems[provider] = asyncio.Semaphore(self.settings.concurrency(provider))
+        return s
+
+    def lane_capacity(self, lane: str) -> int:
+        provider, _, embed = lane.partition(":")
+        cap = self.settings.concurrency(provider)
+        return cap * group_limit(provider) if embed else cap
+
+    def lane_free(self) -> dict[str, int]:
+        return {lane: max(0, self.lane_capacity(lane) - n) for lane, n in self.lane_busy.items()}
+
+    def free_total(self) -> int:
+        return max(0, self.settings.max_in_flight - self.unwritten)
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> dict[str, Any]:
+        listener = asyncio.create_task(self._listen())
+        writer = asyncio.create_task(self._writer())
+        try:
+            await self._loop()
+            while self.tasks:
+                await asyncio.wait(set(self.tasks))
+            while self.unwritten > 0 and not writer.done():
+                self.wake.clear()
+                self.results_ready.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), 5.0)
+            if writer.done() and not writer.cancelled():
+                writer.result()  # re-raise a failed write
+        finally:
+            for t in (listener, writer):
+                t.cancel()
+            for t in (listener, writer):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            for t in list(self.tasks):
+                t.cancel()
+        await self._schedule_next()
+        return {k: v for k, v in self.report.items() if v}
+
+    async def _loop(self) -> None:
+        """Claim while slots are free and work may be due; otherwise wait for a wake-up (a
+        flush freed slots, or a notification), the next due time, or the end of lingering.
+        ``wake`` is cleared at the top of each round, so a wake-up that arrives while a claim
+        runs is never lost."""
+        more = True  # a claim may find work
+        idle_since = time.monotonic()
+        next_due: datetime | None = None
+        while True:
+            self.wake.clear()
+            now = datetime.now(UTC)
+            due_passed = next_due is not None and next_due <= now
+            free = self.free_total()
+            if free > 0 and (more or due_passed):
+                asked = min(free, self.settings.claim_batch)
+                got = await self._claim_round(asked)
+                more = got >= asked
+                if got:
+                    idle_since = time.monotonic()
+                    next_due = None
+                elif not self.unwritten:
+                    next_due = await self._next_due()
+                if more and self.free_total() > 0:
+                    continue
+            timeout: float
+            if self.unwritten:
+                timeout = 1.0
+                if next_due is not None:
+                    timeout = max(0.0, min(timeout, (next_due - now).total_seconds()))
+            else:
+                linger_left = self.settings.linger_seconds - (time.monotonic() - idle_since)
+                due_in = (next_due - datetime.now(UTC)).total_seconds() if next_due else None
+                if due_in is not None and due_in <= 0:
+                    due_in = BLOCKED_POLL_SECONDS  # due but not claimable right now
+                if due_in is not None and due_in <= max(linger_left, 0.0):
+                    timeout = due_in
+                elif linger_left <= 0 and not self.wake.is_set():
+                    return
+                else:
+                    timeout = max(linger_left, 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            if self.wake.is_set():
+                more = True
+
+    async def _blocked_providers(self, conn: AsyncConnection[Any]) -> set[str]:
+        if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
+            from worker import resilience
+
+            try:
+                self.blocked = set(await resilience.blocked_providers(conn))
+            except Exception:
+                log.exception("blocked_providers failed; claiming for every provider")
+                self.blocked = set()
+            self._blocked_at = time.monotonic()
+        return self.blocked
+
+    async def _claim_round(self, asked: int) -> int:
+        async with self.pool.connection() as conn:
+            skip = set(await self._blocked_providers(conn))
+            lane_free = self.lane_free()
+            default_free = self.settings.default_concurrency
+            # Providers with their own concurrency get it even when nothing is in flight.
+            for provider in self.settings.provider_concurrency:
+                for lane in (provider, f"{provider}:embed"):
+                    lane_free.setdefault(lane, self.lane_capacity(lane))
+            jobs = await claim(
+                conn,
+                owner=self.owner,
+                limit=asked,
+                lane_free=lane_free,
+                default_free=default_free,
+                skip_providers=skip,
+                settings=self.settings,
+            )
+            if not jobs:
+                return 0
+            self.report["claimed"] += len(jobs)
+            self.unwritten += len(jobs)
+            await self.limiter.refresh(conn)
+            chats = [j for j in jobs if j.kind != KIND_EMBEDDING]
+            groups = group_jobs(j for j in jobs if j.kind == KIND_EMBEDDING)
+            runnable_chats, runnable_groups = await self._admit(conn, chats, groups)
+        for job in runnable_chats:
+            self._start(job.lane, [job], job.provider, self._run_chat(job))
+        for group in runnable_groups:
+            first = group[0]
+            self._start(first.lane, group, first.provider, self._run_group(group))
+        return len(jobs)
+
+    async def _admit(
+        self, conn: AsyncConnection[Any], chats: list[Job], groups: list[list[Job]]
+    ) -> tuple[list[Job], list[list[Job]]]:
+        """Apply the shared rate limits; jobs not admitted go back to waiting."""
+        keys: dict[tuple[str, str], tuple[list[Job], list[list[Job]]]] = {}
+        for j in chats:
+            keys.setdefault((j.provider, j.model), ([], []))[0].append(j)
+        for g in groups:
+            keys.setdefault((g[0].provider, g[0].model), ([], []))[1].append(g)
+        ok_chats: list[Job] = []
+        ok_groups: list[list[Job]] = []
+        for (provider, model), (cs, gs) in keys.items():
+            if not self.limiter.is_limited(provider, model):
+                ok_chats.extend(cs)
+                ok_groups.extend(gs)
+                continue
+            estimates = [self._estimate(j) for j in cs] + [group_token_estimate(g) for g in gs]
+            granted, retry_at = await self.limiter.acquire(conn, provider, model, estimates)
+            units: list[list[Job]] = [[j] for j in cs] + gs
+            for unit, est in zip(units[:granted], estimates[:granted], strict=True):
+                for j in unit:
+                    self._estimates[j.id] = est if len(unit) == 1 else 0
+                if len(unit) == 1 and unit[0].kind != KIND_EMBEDDING:
+                    ok_chats.append(unit[0])
+                else:
+                    ok_groups.append(unit)
+            waiting = [j.id for unit in units[granted:] for j in unit]
+            if waiting:
+                at = retry_at or datetime.now(UTC) + timedelta(seconds=1)
+                await conn.execute(
+                    q("rt_release_throttled"), {"ids": waiting, "at": at, "owner": self.owner}
+                )
+                self.unwritten -= len(waiting)
+                self.report["rate_limited"] += len(waiting)
+        return ok_chats, ok_groups
+
+    def _estimate(self, job: Job) -> int:
+        text = (job.input_text or "") + (job.system_prompt or "")
+        chars = len(text) + sum(len(m["content"]) for m in job.history)
+        chars += sum(len(m.get("content", "")) for m in job.messages or [])
+        template = self.templates.get(job.kind)
+        if template is not None:
+            chars += len(template.system_prompt) + len(template.user_template)
+        out = (template.max_output_tokens if template else None) or 256
+        return max(1, chars // 4) + out
+
+    def _start(self, lane: str, jobs: list[Job], provider: str, coro: Any) -> None:
+        self.lane_busy[lane] += len(jobs)
+        task = asyncio.create_task(self._guard(lane, jobs, provider, coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _guard(self, lane: str, jobs: list[Job], provider: str, coro: Any) -> None:
+        try:
+            async with self.sem(provider):
+                outcomes: list[Outcome] = await coro
+        except Exception as exc:  # a bug, not a provider failure: retry later, bounded
+            log.exception("realtime job crashed")
+            from worker.realtime.execute import outcome_for_error
+
+            outcomes = [outcome_for_error(j, exc, self.settings) for j in jobs]
+        finally:
+            self.lane_busy[lane] -= len(jobs)
+        self.results.extend(outcomes)
+        self.results_ready.set()
+        # The slot is free now, not after the write: let the loop refill it while the
+        # writer flushes (otherwise every slot idles for a flush + claim per job).
+        self.wake.set()
+
+    async def _run_chat(self, job: Job) -> list[Outcome]:
+        template = self.templates.get(job.kind)
+        if template is None and job.kind not in ("chat", "completion"):
+            self.templates.update(await self._reload_templates())
+            template = self.templates.get(job.kind)
+        out = await run_chat(self.clients, job, template, self.settings, self.timeout)
+        out.token_estimate = self._estimates.pop(job.id, 0)
+        return [out]
+
+    async def _run_group(self, group: list[Job]) -> list[Outcome]:
+        outs = await run_group(self.clients, group, self.settings, self.timeout)
+        est = sum(self._estimates.pop(j.id, 0) for j in group)
+        if outs:
+            outs[0].token_estimate = est
+        return outs
+
+    async def _reload_templates(self) -> dict[str, Template]:
+        async with self.pool.connection() as conn:
+            return await load_templates(conn)
+
+    # ------------------------------------------------------------------ writing
+
+    async def _writer(self) -> None:
+        while True:
+            await self.results_ready.wait()
+            self.results_ready.clear()
+            if not self.results:
+                continue
+            batch, self.results = self.results, []
+            await self._flush(batch)
+            self.unwritten -= len(batch)
+            self.wake.set()
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        params = {
+            "owner": self.owner,
+            "ids": [o.job_id for o in batch],
+            "status": [o.status for o in batch],
+            "result_text": [o.result_text for o in batch],
+            "result_json": [None if o.result_json is None else Jsonb(o.result_json) for o in batch],
+            "embedding": [
+                None if o.embedding is None else _vector_literal(o.embedding) for o in batch
+            ],
+            "error": [o.error for o in batch],
+            "error_kind": [o.error_kind for o in batch],
+            "failed_call": [o.failed_call for o in batch],
+            "throttle": [o.throttle for o in batch],
+            "delay": [o.delay for o in batch],
+            "context_messages": [o.context_messages for o in batch],
+            "input_tokens": [o.input_tokens for o in batch],
+            "output_tokens": [o.output_tokens for o in batch],
+            "latency_ms": [o.latency_ms for o in batch],
+            "called_at": [o.called_at for o in batch],
+            "user_message": [o.user_message for o in batch],
+        }
+        for o in batch:
+            self.report[o.status] += 1
+            if o.token_estimate and o.status == "completed":
+                self.limiter.note_usage(
+                    o.provider,
+                    o.model,
+                    o.token_estimate,
+                    (o.input_tokens or 0) + (o.output_tokens or 0),
+                )
+        delay = 0.1
+        for attempt in range(8):
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(q("rt_finish"), params)
+                    await self._after_write(conn, batch)
+                return
+            except Exception as exc:
+                if attempt == 7:
+                    log.error("could not write %d realtime outcomes: %s", len(batch), exc)
+                    raise
+                log.warning("writing realtime outcomes failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _after_write(self, conn: AsyncConnection[Any], batch: list[Outcome]) -> None:
+        """Bookkeeping after a flush: token settlement, provider health, error log. Never
+        per job: once per provider and error kind per flush."""
+        from worker import resilience
+
+        await self.limiter.settle(conn)
+        ok: set[str] = set()
+        errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
+        for o in batch:
+            if o.status == "completed":
+                ok.add(o.provider)
+            elif o.error_kind:
+                key = (o.provider, o.error_kind)
+                first, n = errors.get(key, (o, 0))
+                errors[key] = (first, n + 1)
+        for provider in sorted(ok):
+            with contextlib.suppress(Exception):
+                await resilience.on_provider_success(conn, provider)
+        for (provider, kind), (o, n) in sorted(errors.items(), key=lambda kv: kv[0]):
+            if o.exc is not None and isinstance(o.exc, ProviderError):
+                with contextlib.suppress(Exception):
+                    await resilience.on_provider_error(conn, provider, o.exc)
+            verb = "failed" if o.status == "failed" else "will be retried"
+            await record_error(
+                conn,
+                f"ai_job:{kind}",
+                f"{n} realtime job(s) {verb}: {o.error}",
+                provider=provider,
+                detail={"ai_job_id": o.job_id, "jobs": n, "status": o.status},
+                fingerprint=f"ai_job:{provider}:{kind}:{o.status}",
+            )
+
+    # ------------------------------------------------------------------ wake-ups
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection; a notification wakes the claim loop."""
+        while True:
+            try:
+                info = self.pool.conninfo
+                conn = await AsyncConnection.connect(
+                    info if isinstance(info, str) else resolve_database_url(),
+                    autocommit=True,
+                    application_name="ai-worker-drain",
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("drain listener failed (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+
+    async def _next_due(self) -> datetime | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("rt_next_due"))
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _schedule_next(self) -> None:
+        due = await self._next_due()
+        if due is None:
+            return
+        lock = f"drain@{int(due.timestamp())}"
+        async with self.pool.connection() as conn:
+            await conn.execute(q("rt_defer_drain"), {"lock": lock, "scheduled_at": due})
+        self.report["scheduled_next"] = 1
 
 
 async def run_drain(pool: AsyncConnectionPool) -> dict[str, Any]:
-    return {}
+    """One drain run (the ``drain`` task): returns counts for ``worker_task_runs``."""
+    async with pool.connection() as conn:
+        settings = await load_settings(conn)
+        templates = await load_templates(conn)
+    return await Drain(pool, settings, templates, clients()).run()

@@ -1,0 +1,166 @@
+"""Readiness checks behind ``/ready``: database reachable, LISTEN alive, worker heartbeat fresh.
+
+- *database*: ``SELECT 1`` on a fresh connection within a timeout.
+- *listen*: this process keeps one connection LISTENing on ``ai_worker_health``; the check
+  sends a NOTIFY with a random token from another connection and waits for it to come back.
+  That proves the notification path the workers' wake-ups use (server, network, this
+  process's event loop) end to end, not just that a socket is open.
+- *heartbeat*: at least one Procrastinate worker heartbeat younger than ``fresh_seconds``
+  (the workers beat every 5 s; stalled after 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from worker.database import aconnect
+from worker.queries import q
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "ai_worker_health"
+HEARTBEAT_FRESH_SECONDS = 30.0
+
+
+@dataclass
+class Check:
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Readiness:
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": "ready" if self.ok else "not ready",
+            "checks": {k: {"ok": c.ok, "detail": c.detail} for k, c in self.checks.items()},
+        }
+
+
+class ListenProbe:
+    """A LISTEN connection kept open (and reopened) in the background."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self.listening = asyncio.Event()
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ai-worker-listen-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self.listening.clear()
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with await aconnect(self._url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    self.last_error = None
+                    backoff = 0.5
+                    while True:
+                        # The timeout bounds how long a dead server goes unnoticed.
+                        async for n in conn.notifies(timeout=15.0):
+                            fut = self._waiters.pop(n.payload, None)
+                            if fut is not None and not fut.done():
+                                fut.set_result(time.monotonic())
+                        await conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("health LISTEN connection lost (%s); reconnecting", self.last_error)
+            self.listening.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def roundtrip(self, conn: psycopg.AsyncConnection[Any], timeout: float = 2.0) -> Check:
+        """NOTIFY a fresh token on ``conn`` and wait for the listener to receive it."""
+        if not self.listening.is_set():
+            return Check(False, f"not listening ({self.last_error or 'connecting'})")
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters[token] = fut
+        started = time.monotonic()
+        try:
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, token))
+            got = await asyncio.wait_for(fut, timeout)
+            return Check(True, f"notification received in {1000 * (got - started):.0f} ms")
+        except TimeoutError:
+            return Check(False, f"no notification within {timeout:.0f} s")
+        finally:
+            self._waiters.pop(token, None)
+
+
+async def readiness(
+    probe: ListenProbe | None,
+    *,
+    url: str | None = None,
+    timeout: float = 3.0,
+    fresh_seconds: float = HEARTBEAT_FRESH_SECONDS,
+) -> Readiness:
+    """Run the three checks (each bounded by ``timeout``)."""
+    out = Readiness()
+    try:
+        conn = await asyncio.wait_for(aconnect(url, autocommit=True), timeout)
+    except Exception as exc:
+        out.checks["database"] = Check(False, f"{type(exc).__name__}: {exc}".strip())
+        out.checks["listen"] = Check(False, "database unreachable")
+        out.checks["heartbeat"] = Check(False, "database unreachable")
+        return out
+    async with conn:
+        try:
+            cur = await asyncio.wait_for(conn.execute(q("ops_ping")), timeout)
+            await cur.fetchone()
+            out.checks["database"] = Check(True, "reachable")
+        except Exception as exc:
+            out.checks["database"] = Check(False, f"{type(exc).__name__}: {exc}")
+        if probe is None:
+            out.checks["listen"] = Check(False, "no listener in this process")
+        else:
+            try:
+                out.checks["listen"] = await probe.roundtrip(conn, timeout)
+            except Exception as exc:
+                out.checks["listen"] = Check(False, f"{type(exc).__name__}: {exc}")
+        try:
+            cur = await asyncio.wait_for(
+                conn.execute(q("ops_workers"), {"fresh_seconds": fresh_seconds}), timeout
+            )
+            row = await cur.fetchone()
+            fresh = int(row["fresh"]) if row else 0
+            age = row["newest_heartbeat_age_seconds"] if row else None
+            if fresh > 0:
+                out.checks["heartbeat"] = Check(
+                    True, f"{fresh} worker(s) beat within {fresh_seconds:.0f} s"
+                )
+            elif age is None:
+                out.checks["heartbeat"] = Check(False, "no worker registered")
+            else:
+                out.checks["heartbeat"] = Check(False, f"newest heartbeat {age:.0f} s old")
+        except Exception as exc:
+            out.checks["heartbeat"] = Check(False, f"{type(exc).__name__}: {exc}")
+    return out

@@ -1,0 +1,407 @@
+"""Realtime provider calls for ai_jobs: chat with a full message list, and embeddings.
+
+The commentary adapters (:mod:`worker.providers.instant`) answer one system + one user
+prompt; realtime jobs need conversation history and plain-text answers, so this module
+calls the official SDKs directly - ``openai.AsyncOpenAI`` for OpenAI and the
+OpenAI-compatible endpoints (OpenRouter with its ``HTTP-Referer``/``X-Title`` headers,
+Perplexity, DeepSeek, Ollama), ``genai.Client(...).aio`` for Gemini and
+``Mistral(...).chat.complete_async`` / ``embeddings.create_async`` for Mistral - pointed at
+the base URLs of :func:`worker.config.get_settings`. Every SDK failure is translated with
+:func:`worker.error_policy.classify`.
+
+SDK-internal retries are off (``max_retries=0``): a failed call frees its concurrency slot
+at once and the job goes back to the queue with our own backoff, which honours
+``retry-after`` and is visible in the table.
+
+``mock`` answers locally and deterministically (same input, same output), for development
+without cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from google import genai
+from google.genai import types
+from mistralai.client import Mistral
+from openai import AsyncOpenAI, omit
+
+from worker.config import Settings, get_settings
+from worker.error_policy import classify
+from worker.errors import ConfigError, ErrorKind, ProviderError
+from worker.providers.gemini_batch import make_genai_client
+from worker.providers.mistral_batch import make_mistral_client
+from worker.providers.registry import OPENAI_COMPATIBLE
+from worker.realtime.sessions import Prompt
+
+#: Providers without an embeddings API (jobs fail at once with invalid_request).
+NO_EMBEDDINGS = frozenset({"perplexity", "deepseek"})
+
+#: Most inputs one embeddings request may carry, per provider (documented limits: OpenAI
+#: 2048 inputs; Gemini batchEmbedContents 100 requests; Mistral and Ollama kept moderate).
+EMBEDDING_GROUP_LIMITS: dict[str, int] = {
+    "openai": 2048,
+    "openrouter": 2048,
+    "gemini": 100,
+    "mistral": 128,
+    "ollama": 256,
+    "mock": 2048,
+}
+#: Token budget of one embeddings request (OpenAI allows 300k; stay well below).
+EMBEDDING_GROUP_TOKENS = 100_000
+
+MOCK_EMBEDDING_DIMS = 256
+
+#: SDK clients per OpenAI-compatible provider (see RealtimeClients.openai_compat).
+CLIENT_SHARDS = 8
+
+
+def openrouter_headers() -> dict[str, str]:
+    """OpenRouter's optional attribution headers (``OPENROUTER_REFERER``/``OPENROUTER_TITLE``)."""
+    return {
+        "HTTP-Referer": os.environ.get("OPENROUTER_REFERER", "https://github.com/pg-ai-worker"),
+        "X-Title": os.environ.get("OPENROUTER_TITLE", "pg-ai-worker"),
+    }
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4) if text else 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]
+    input_tokens: int
+
+
+def _json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "result", "schema": schema, "strict": True},
+    }
+
+
+class RealtimeClients:
+    """SDK clients per provider, created on first use and reused (connection pools)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._openai: dict[str, list[AsyncOpenAI]] = {}
+        self._turn = 0
+        self._gemini: genai.Client | None = None
+        self._mistral: Mistral | None = None
+
+    def _key(self, provider: str) -> str:
+        key = self.settings.api_key(provider)
+        if key is None or not key.get_secret_value():
+            raise ConfigError(f"{provider} is not configured: set {provider.upper()}_API_KEY")
+        return key.get_secret_value()
+
+    def openai_compat(self, provider: str) -> AsyncOpenAI:
+        """One of :data:`CLIENT_SHARDS` clients of ``provider``, round-robin.
+
+        httpcore's pool scans every pooled connection on each request (``has_expired`` polls
+        each socket), so one client with 100 busy connections spends more CPU on the scan
+        than on the request; a few smaller pools keep that cost flat."""
+        shards = self._openai.get(provider)
+        if shards is None:
+            if provider not in OPENAI_COMPATIBLE:
+                raise ConfigError(f"no OpenAI-compatible API for provider {provider!r}")
+            default_url, _mode = OPENAI_COMPATIBLE[provider]
+            key = self._key(provider)
+            shards = [
+                AsyncOpenAI(
+                    api_key=key,
+                    base_url=self.settings.base_url(provider) or default_url,
+                    timeout=self.settings.provider_timeout_seconds,
+                    max_retries=0,
+                    default_headers=openrouter_headers() if provider == "openrouter" else None,
+                )
+                for _ in range(CLIENT_SHARDS)
+            ]
+            self._openai[provider] = shards
+        self._turn += 1
+        return shards[self._turn % len(shards)]
+
+    def gemini(self) -> genai.Client:
+        if self._gemini is None:
+            self._gemini = make_genai_client(
+                self._key("gemini"),
+                self.settings.base_url("gemini"),
+                self.settings.provider_timeout_seconds,
+            )
+        return self._gemini
+
+    def mistral(self) -> Mistral:
+        if self._mistral is None:
+            self._mistral = make_mistral_client(
+                self._key("mistral"),
+                self.settings.base_url("mistral"),
+                self.settings.provider_timeout_seconds,
+            )
+        return self._mistral
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(
+        self, provider: str, model: str, prompt: Prompt, keep: int | None = None
+    ) -> Reply:
+        """One chat call with the last ``keep`` history turns. Raises ProviderError (or
+        ConfigError for an unconfigured provider)."""
+        messages = prompt.messages(keep)
+        if provider == "mock":
+            return mock_chat(model, prompt, messages)
+        try:
+            if provider == "gemini":
+                return await self._gemini_chat(model, prompt, messages)
+            if provider == "mistral":
+                return await self._mistral_chat(model, prompt, messages)
+            return await self._openai_chat(provider, model, prompt, messages)
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, provider) from exc
+
+    async def _openai_chat(
+        self, provider: str, model: str, prompt: Prompt, messages: list[dict[str, str]]
+    ) -> Reply:
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        if prompt.json_output:
+            _url, mode = OPENAI_COMPATIBLE.get(provider, (None, "json_schema"))
+            if prompt.json_schema is not None and mode == "json_schema":
+                body["response_format"] = _json_schema_format(prompt.json_schema)
+            else:
+                # json_object-only endpoints (DeepSeek): the schema travels in the prompt.
+                body["response_format"] = {"type": "json_object"}
+                if prompt.json_schema is not None:
+                    hint = "Answer with JSON valid against this JSON schema: " + json.dumps(
+                        prompt.json_schema, ensure_ascii=False
+                    )
+                    body["messages"] = [{"role": "system", "content": hint}, *messages]
+        if prompt.max_output_tokens is not None:
+            field = "max_completion_tokens" if provider == "openai" else "max_tokens"
+            body[field] = prompt.max_output_tokens
+        if prompt.temperature is not None:
+            body["temperature"] = prompt.temperature
+        completion = await self.openai_compat(provider).chat.completions.create(**cast(Any, body))
+        choice = completion.choices[0] if completion.choices else None
+        text = choice.message.content if choice is not None else None
+        finish = choice.finish_reason if choice is not None else None
+        usage = completion.usage
+        return _reply(
+            provider,
+            text,
+            finish,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            messages,
+        )
+
+    async def _mistral_chat(
+        self, model: str, prompt: Prompt, messages: list[dict[str, str]]
+    ) -> Reply:
+        extra: dict[str, Any] = {}
+        if prompt.json_output:
+            extra["response_format"] = (
+                _json_schema_format(prompt.json_schema)
+                if prompt.json_schema is not None
+                else {"type": "json_object"}
+            )
+        if prompt.max_output_tokens is not None:
+            extra["max_tokens"] = prompt.max_output_tokens
+        if prompt.temperature is not None:
+            extra["temperature"] = prompt.temperature
+        response = await self.mistral().chat.complete_async(
+            model=model, messages=cast(Any, messages), **extra
+        )
+        choice = response.choices[0] if response.choices else None
+        content = choice.message.content if choice is not None and choice.message else None
+        text = content if isinstance(content, str) or content is None else str(content)
+        usage = response.usage
+        return _reply(
+            "mistral",
+            text,
+            str(choice.finish_reason) if choice is not None else None,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            messages,
+        )
+
+    async def _gemini_chat(
+        self, model: str, prompt: Prompt, messages: list[dict[str, str]]
+    ) -> Reply:
+        contents = [
+            types.Content(
+                role="model" if m["role"] == "assistant" else "user",
+                parts=[types.Part(text=m["content"])],
+            )
+            for m in messages
+            if m["role"] != "system"
+        ]
+        config = types.GenerateContentConfig(
+            system_instruction=prompt.system or None,
+            response_mime_type="application/json" if prompt.json_output else None,
+            response_json_schema=prompt.json_schema if prompt.json_output else None,
+            max_output_tokens=prompt.max_output_tokens,
+            temperature=prompt.temperature,
+        )
+        response = await self.gemini().aio.models.generate_content(
+            model=model, contents=cast(Any, contents), config=config
+        )
+        finish = None
+        if response.candidates:
+            fr = response.candidates[0].finish_reason
+            finish = str(fr.value if hasattr(fr, "value") else fr) if fr is not None else None
+        meta = response.usage_metadata
+        text: str | None
+        try:
+            text = response.text
+        except ValueError:
+            text = None
+        return _reply(
+            "gemini",
+            text,
+            finish,
+            meta.prompt_token_count if meta else None,
+            meta.candidates_token_count if meta else None,
+            messages,
+        )
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, provider: str, model: str, texts: Sequence[str]) -> Embedded:
+        """Embed ``texts`` in one request (the caller groups within the provider's limit)."""
+        if provider in NO_EMBEDDINGS:
+            raise ProviderError(
+                f"{provider} has no embeddings API",
+                kind=ErrorKind.INVALID_REQUEST,
+                provider=provider,
+                code="no_embeddings_api",
+            )
+        if provider == "mock":
+            return mock_embed(model, texts)
+        try:
+            if provider == "gemini":
+                result = await self.gemini().aio.models.embed_content(
+                    model=model, contents=cast(Any, list(texts))
+                )
+                vectors = [list(e.values or []) for e in (result.embeddings or [])]
+                tokens = sum(estimate_tokens(t) for t in texts)
+            elif provider == "mistral":
+                response = await self.mistral().embeddings.create_async(
+                    model=model, inputs=list(texts)
+                )
+                data = sorted(response.data, key=lambda d: d.index or 0)
+                vectors = [list(d.embedding or []) for d in data]
+                tokens = response.usage.prompt_tokens or 0
+            else:
+                # base64 (the SDK's default, decoded by the SDK) is ~4x smaller on the wire
+                # and far cheaper to parse than JSON floats; Ollama gets plain floats.
+                emb = await self.openai_compat(provider).embeddings.create(
+                    model=model,
+                    input=list(texts),
+                    encoding_format="float" if provider == "ollama" else omit,
+                )
+                vectors = [list(d.embedding) for d in sorted(emb.data, key=lambda d: d.index)]
+                tokens = emb.usage.prompt_tokens if emb.usage else 0
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, provider) from exc
+        if len(vectors) != len(texts):
+            raise ProviderError(
+                f"embeddings answer has {len(vectors)} vectors for {len(texts)} inputs",
+                kind=ErrorKind.UNKNOWN,
+                provider=provider,
+                code="embedding_count",
+            )
+        return Embedded(vectors, int(tokens))
+
+    async def aclose(self) -> None:
+        for shards in self._openai.values():
+            for client in shards:
+                await client.close()
+        self._openai.clear()
+        if self._gemini is not None:
+            await self._gemini.aio.aclose()
+            self._gemini = None
+        if self._mistral is not None:
+            cfg = self._mistral.sdk_configuration
+            if cfg.async_client is not None and not cfg.async_client_supplied:
+                await cfg.async_client.aclose()
+            cfg.async_client = None
+            self._mistral = None
+
+
+_REFUSED = {"content_filter", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION"}
+
+
+def _reply(
+    provider: str,
+    text: str | None,
+    finish: str | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    messages: list[dict[str, str]],
+) -> Reply:
+    if finish is not None and finish.rsplit(".", 1)[-1] in _REFUSED:
+        raise ProviderError(
+            f"the model refused to answer (finish reason {finish})",
+            kind=ErrorKind.CONTENT_REFUSED,
+            provider=provider,
+            code="content_refused",
+        )
+    if not text:
+        raise ProviderError(
+            "empty answer", kind=ErrorKind.UNKNOWN, provider=provider, code="empty_response"
+        )
+    return Reply(
+        text=text,
+        input_tokens=input_tokens
+        if input_tokens is not None
+        else estimate_tokens(" ".join(m["content"] for m in messages)),
+        output_tokens=output_tokens if output_tokens is not None else estimate_tokens(text),
+    )
+
+
+def mock_chat(model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
+    """Deterministic answer seeded by model and messages (schema-valid JSON for JSON jobs)."""
+    from worker.emulator.content import generate_json, plain_answer, seed_from
+
+    joined = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    seed = seed_from("mock", model, joined)
+    if prompt.json_output:
+        schema = prompt.json_schema or {
+            "type": "object",
+            "properties": {"answer": {"type": "string"}},
+            "required": ["answer"],
+        }
+        text = json.dumps(generate_json(schema, seed), ensure_ascii=False)
+    else:
+        text = plain_answer(seed)
+    return Reply(text, estimate_tokens(joined), estimate_tokens(text))
+
+
+def mock_embed(model: str, texts: Sequence[str]) -> Embedded:
+    from worker.emulator.content import embed
+
+    return Embedded(
+        [embed(model, t, MOCK_EMBEDDING_DIMS) for t in texts],
+        sum(estimate_tokens(t) for t in texts),
+    )
+
+
+def monotonic_ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)

@@ -1,0 +1,171 @@
+-- Named queries of the operations surface: /metrics, /ready, `worker status`, credit checks.
+-- Loaded by worker.queries; every value is a bind parameter. Each is cheap enough to run at
+-- every scrape (partial indexes, small tables, or today's range of updated_at).
+
+-- name: ops_question_counts
+SELECT coalesce(ai_commentary_status, 'not_enrolled') AS status, count(*) AS n
+FROM questions GROUP BY 1 ORDER BY 1;
+
+-- name: ops_pending_summary
+SELECT * FROM ops_pending;
+
+-- name: ops_jobs_by_queue
+SELECT queue_name AS queue, status::text AS status, count(*) AS n
+FROM procrastinate_jobs
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_queue_due
+-- Jobs due now per queue and how long the oldest has waited (since it was due or deferred).
+SELECT j.queue_name AS queue, count(*) AS due,
+       coalesce(extract(epoch FROM now() - min(coalesce(j.scheduled_at, e.at))), 0)::float8
+           AS oldest_age_seconds
+FROM procrastinate_jobs j
+LEFT JOIN LATERAL (
+    SELECT min(ev.at) AS at FROM procrastinate_events ev
+    WHERE ev.job_id = j.id AND ev.type = 'deferred') e ON true
+WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+GROUP BY 1 ORDER BY 1;
+
+-- name: ops_batches_live
+SELECT provider, state, provider_status, count(*) AS n, max(age_seconds) AS oldest_age_seconds,
+       sum(request_count) AS requests
+FROM ops_batches_in_flight
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: ops_batches_in_flight_list
+SELECT id, provider, stage, model_key, model_name, batch_id, state, provider_status,
+       request_count, poll_count, age_seconds, last_polled_at, next_poll_at
+FROM ops_batches_in_flight
+ORDER BY age_seconds DESC
+LIMIT %(limit)s;
+
+-- name: ops_batch_totals
+-- Submissions and results per provider (ai_commentary_batch_jobs: one row per batch).
+SELECT provider, stage, state, count(*) AS batches,
+       count(submitted_at) AS submitted,
+       coalesce(sum(request_count) FILTER (WHERE submitted_at IS NOT NULL), 0) AS requests,
+       coalesce(sum(succeeded_count), 0) AS succeeded,
+       coalesce(sum(failed_count), 0) AS failed,
+       coalesce(sum(missing_count), 0) AS missing,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens
+FROM ai_commentary_batch_jobs
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: ops_batch_turnaround_buckets
+-- Cumulative histogram buckets of submitted -> finished per provider and stage.
+WITH d AS (
+    SELECT provider, stage, extract(epoch FROM finished_at - submitted_at)::float8 AS s
+    FROM ai_commentary_batch_jobs
+    WHERE finished_at IS NOT NULL AND submitted_at IS NOT NULL
+)
+SELECT d.provider, d.stage, le.le, count(*) FILTER (WHERE d.s <= le.le) AS n
+FROM d CROSS JOIN unnest(%(buckets)s::float8[]) AS le (le)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: ops_batch_turnaround_totals
+SELECT provider, stage, count(*) AS n,
+       coalesce(sum(extract(epoch FROM finished_at - submitted_at)), 0)::float8 AS total_seconds
+FROM ai_commentary_batch_jobs
+WHERE finished_at IS NOT NULL AND submitted_at IS NOT NULL
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_errors_by_kind
+SELECT coalesce(provider, '') AS provider, kind, sum(occurrences) AS occurrences,
+       count(*) AS distinct_errors
+FROM worker_errors GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_last_errors
+SELECT id, kind, provider, question_id, batch_job_id, message, occurrences,
+       first_seen_at, last_seen_at,
+       extract(epoch FROM now() - last_seen_at)::float8 AS age_seconds
+FROM worker_errors
+ORDER BY last_seen_at DESC
+LIMIT %(limit)s;
+
+-- name: ops_spend_since
+-- The ledger from a point in time on (index range scan of updated_at).
+SELECT provider, model_name, batch_priced, count(*) AS requests,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM ai_cost_ledger
+WHERE recorded_at >= %(since)s
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: ops_today_start
+SELECT current_date::timestamptz AS since;
+
+-- name: ops_now
+SELECT now() AS now;
+
+-- name: ops_workers
+SELECT count(*) AS workers,
+       count(*) FILTER (WHERE last_heartbeat > now() - make_interval(secs => %(fresh_seconds)s))
+           AS fresh,
+       extract(epoch FROM now() - max(last_heartbeat))::float8 AS newest_heartbeat_age_seconds
+FROM procrastinate_workers;
+
+-- name: ops_ping
+SELECT 1 AS ok;
+
+-- name: ops_table_exists
+SELECT to_regclass(%(name)s) IS NOT NULL AS present;
+
+-- name: ops_table_columns
+SELECT a.attname AS name
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(%(name)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;
+
+-- name: ops_last_credit_check
+SELECT id, provider, checked_at, total_credits, total_usage, remaining_usd, usage_today_usd,
+       level, alerts, error,
+       extract(epoch FROM now() - checked_at)::float8 AS age_seconds
+FROM provider_credit_checks
+WHERE provider = %(provider)s
+ORDER BY checked_at DESC
+LIMIT 1;
+
+-- name: ops_credit_usage_baseline
+-- The cumulative usage the day started from: the last successful check before today, else
+-- today's first one.
+SELECT total_usage FROM (
+    (SELECT total_usage, 0 AS pref FROM provider_credit_checks
+      WHERE provider = %(provider)s AND total_usage IS NOT NULL AND checked_at < %(day_start)s
+      ORDER BY checked_at DESC LIMIT 1)
+    UNION ALL
+    (SELECT total_usage, 1 AS pref FROM provider_credit_checks
+      WHERE provider = %(provider)s AND total_usage IS NOT NULL AND checked_at >= %(day_start)s
+      ORDER BY checked_at ASC LIMIT 1)
+) b
+ORDER BY pref
+LIMIT 1;
+
+-- name: ops_credit_alerted_since
+-- Alert kinds already raised since a point in time (so an alert is not repeated every hour).
+SELECT DISTINCT a ->> 'kind' AS kind
+FROM provider_credit_checks c
+CROSS JOIN LATERAL jsonb_array_elements(c.alerts) AS a
+WHERE c.provider = %(provider)s AND c.checked_at >= %(since)s;
+
+-- name: ops_credit_previous_level
+SELECT level FROM provider_credit_checks
+WHERE provider = %(provider)s AND level <> 'error'
+ORDER BY checked_at DESC LIMIT 1;
+
+-- name: ops_credit_insert
+INSERT INTO provider_credit_checks
+    (provider, total_credits, total_usage, remaining_usd, usage_today_usd, level, alerts, error)
+VALUES (%(provider)s, %(total_credits)s, %(total_usage)s, %(remaining_usd)s,
+        %(usage_today_usd)s, %(level)s, %(alerts)s, %(error)s)
+RETURNING id, checked_at;
+
+-- name: ops_database
+SELECT current_database() AS name, now() AS now;
+
+-- name: ops_errors_24h_summary
+SELECT kind, provider, distinct_errors, occurrences, last_seen_at
+FROM ops_errors_24h
+ORDER BY occurrences DESC, kind
+LIMIT 10;
