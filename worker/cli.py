@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings = get_settings()
     logs.setup(settings.log_level, settings.log_format)
+    if argv[:1] == ["emulator"]:
+        # The emulator parses its own options (argparse REMAINDER would reject them).
+        from worker.emulator import main as emulator_main
+
+        return int(emulator_main(argv[1:]))
     args = _parser().parse_args(argv)
     try:
         if args.command == "db":

@@ -6,10 +6,14 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
   "our commit": adopts the provider batch found by our intent id, or abandons the intent so
   its requests wait for the next batch — never a second paid batch (failure mode 4);
 - defers a poll for any live batch that has none;
-- releases requests claimed by an instant call whose worker died (instant calls have a hard
-  timeout, so age is a safe test there; batches are judged only by their state, never by
-  a clock — failure mode 8);
+- releases requests claimed by an instant call whose worker died: no ``submit`` job that
+  started before the claim is still running on a heartbeating worker (batches are judged
+  only by their state, never by a clock — failure mode 8). A release counts an attempt,
+  so a question that kills its worker every time ends ``failed`` after ``max_attempts``;
 - re-queues Procrastinate jobs left ``doing`` by a worker that stopped heartbeating;
+
+"Alive" means: a ``submit`` job in ``doing`` on a worker whose heartbeat is younger than
+``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
   without any request to pending.
 """
@@ -17,6 +21,7 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -33,7 +38,43 @@ from worker.queries import q
 
 log = logging.getLogger(__name__)
 
-INTENT_GRACE_SECONDS = 60
+INTENT_GRACE_SECONDS = 5
+"""An intent younger than this is never judged (its submitter may not hold its lock yet)."""
+
+
+def stalled_seconds() -> float:
+    """Seconds without a heartbeat after which a worker counts as dead."""
+    return max(1.0, float(os.environ.get("WORKER_STALLED_SECONDS", "30")))
+
+
+# A submit job that was already running at %(at)s on a live worker: the only possible owner
+# of an intent recorded, or an instant claim made, at that moment.
+_LIVE_SUBMIT_SINCE = """
+EXISTS (
+    SELECT 1 FROM procrastinate_jobs j
+    JOIN procrastinate_workers w ON w.id = j.worker_id
+    WHERE j.task_name = 'submit' AND j.status = 'doing'
+      AND w.last_heartbeat > now() - make_interval(secs => %(stalled)s)
+      AND (SELECT max(e.at) FROM procrastinate_events e
+           WHERE e.job_id = j.id AND e.type = 'started') <= {at}
+)"""
+
+STALE_INTENTS = (
+    "SELECT b.id, b.provider, b.model_key, b.stage FROM ai_commentary_batch_jobs b"
+    " WHERE b.state = 'submitting'"
+    " AND b.created_at < now() - make_interval(secs => %(older_than)s)"
+    " AND NOT " + _LIVE_SUBMIT_SINCE.format(at="b.created_at")
+)
+
+RELEASE_DEAD_INSTANT_CLAIMS = (
+    "UPDATE ai_commentary_requests r"
+    " SET status = CASE WHEN r.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,"
+    " claimed_by = NULL, claimed_at = NULL, attempts = r.attempts + 1,"
+    " last_error = 'released: the worker running the call stopped', updated_at = now()"
+    " WHERE r.status = 'submitted' AND r.batch_job_id IS NULL"
+    " AND r.claimed_at < now() - make_interval(secs => %(grace)s)"
+    " AND NOT " + _LIVE_SUBMIT_SINCE.format(at="r.claimed_at") + " RETURNING r.question_id"
+)
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
@@ -77,7 +118,10 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
 
     out = {"adopted": 0, "abandoned": 0}
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("stale_intents"), {"older_than": INTENT_GRACE_SECONDS})
+    await cur.execute(
+        STALE_INTENTS,
+        {"older_than": INTENT_GRACE_SECONDS, "stalled": stalled_seconds()},
+    )
     for job in await cur.fetchall():
         job_id: uuid.UUID = job["id"]
         key = custom_ids.lock_key(job_id)
@@ -139,10 +183,27 @@ async def restore_polls(conn: AsyncConnection[Any]) -> int:
 
 
 async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
-    older = get_settings().provider_timeout_seconds * 2 + 60
+    """Requests held by an instant call whose submit job is gone go back to waiting (or to
+    failed after max_attempts: a question that crashes its worker must not loop forever)."""
+    max_attempts = get_settings().max_attempts
+    try:
+        from worker.submit import load_settings
+
+        max_attempts = (await load_settings(conn)).max_attempts
+    except Exception as exc:  # invalid settings row: fall back to the process default
+        log.warning("settings row unreadable (%s); max_attempts=%s", exc, max_attempts)
     async with conn.transaction():
-        cur = await conn.execute(q("release_dead_instant_claims"), {"older_than": older})
-        ids = [r[0] for r in await cur.fetchall()]
+        cur = await conn.execute(
+            RELEASE_DEAD_INSTANT_CLAIMS,
+            {
+                "grace": INTENT_GRACE_SECONDS,
+                "stalled": stalled_seconds(),
+                "max_attempts": max_attempts,
+            },
+        )
+        ids = list({r[0] for r in await cur.fetchall()})
+        if ids:
+            await conn.execute(q("settle_questions"), {"ids": ids})
     return len(ids)
 
 
@@ -164,7 +225,7 @@ async def requeue_stalled_jobs() -> int:
     from worker.queue_app import app
 
     n = 0
-    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=30):
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_seconds()):
         try:
             await app.job_manager.retry_job(job)
             n += 1

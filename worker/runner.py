@@ -3,14 +3,23 @@
 Each process runs one Procrastinate worker per queue at concurrency 1 (Procrastinate loses
 wake-ups above 1; see docs), each under a supervisor loop that restarts it after a
 database outage or a terminated connection instead of exiting, as a bare
-``procrastinate worker`` would. ``--processes N`` starts N such processes and restarts any
-that dies. ``--until-idle`` exits once nothing is pending, claimed or due.
+``procrastinate worker`` would (Procrastinate also *returns* quietly when its LISTEN or
+heartbeat side task dies, e.g. after ``pg_terminate_backend``: that is restarted too).
+Every process also defers the maintenance ``tick`` at start-up and every ``TICK_SECONDS``
+(the cron tick has minute granularity; the queueing lock keeps one tick waiting at most),
+so a restarted worker heals what its predecessor left behind without waiting for the cron.
+
+``--processes N`` starts N such processes and restarts any that dies; the children die with
+their parent (``PR_SET_PDEATHSIG``: a SIGKILLed supervisor leaves no orphan workers).
+``--until-idle`` exits once nothing is pending, claimed or due. SIGTERM drains: running
+jobs finish (up to ``SHUTDOWN_GRACEFUL_SECONDS``), then the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -38,35 +47,76 @@ SELECT
 """
 
 
+def shutdown_graceful_seconds() -> float:
+    return float(os.environ.get("SHUTDOWN_GRACEFUL_SECONDS", "60"))
+
+
+# Jobs woken by NOTIFY (submit, drain) run at concurrency 1: Procrastinate loses wake-ups
+# above 1. Polls are scheduled in the future and found by polling anyway, so several can
+# run at once (each locks its own batch row).
+QUEUE_CONCURRENCY = {"poll": 4}
+
+
 async def _supervised_worker(queue: str, polling_interval: float) -> None:
-    """Run a worker for ``queue`` forever, restarting it after any failure."""
+    """Run a worker for ``queue`` until cancelled, restarting it whenever it stops."""
+    from worker.maintenance import stalled_seconds
+
+    stalled = stalled_seconds()
     backoff = 0.2
     while True:
         started = time.monotonic()
+        reason: object
         try:
             await app.run_worker_async(
                 queues=[queue],
                 name=f"{queue}-{os.getpid()}",
-                concurrency=1,
+                concurrency=QUEUE_CONCURRENCY.get(queue, 1),
                 wait=True,
                 install_signal_handlers=False,
                 fetch_job_polling_interval=polling_interval,
-                shutdown_graceful_timeout=60.0,
-                update_heartbeat_interval=5.0,
-                stalled_worker_timeout=30.0,
+                shutdown_graceful_timeout=shutdown_graceful_seconds(),
+                update_heartbeat_interval=stalled / 6,
+                stalled_worker_timeout=stalled,
                 delete_jobs="successful",
             )
-            return
+            # Only cancellation stops us; a normal return means a side task (LISTEN,
+            # heartbeat) died and Procrastinate stopped itself.
+            reason = "a side task (listener or heartbeat) failed"
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if time.monotonic() - started > 30:
-                backoff = 0.2
-            log.warning(
-                "worker for queue %s stopped (%s); restarting in %.1fs", queue, exc, backoff
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            reason = exc
+        if time.monotonic() - started > 30:
+            backoff = 0.2
+        log.warning("worker for queue %s stopped (%s); restarting in %.1fs", queue, reason, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
+async def _tick_loop(interval: float) -> None:
+    """Defer the maintenance tick now and every ``interval`` seconds (deduplicated by its
+    queueing lock), so healing never waits for the minute cron."""
+    from worker.queries import q
+
+    while True:
+        try:
+            pool = app.connector.pool  # type: ignore[attr-defined]
+            async with pool.connection(timeout=10) as conn:
+                await conn.execute(
+                    q("defer_job"),
+                    {
+                        "queue": "maintenance",
+                        "task": "tick",
+                        "lock": "tick",
+                        "args": json.dumps({"timestamp": int(time.time())}),
+                        "scheduled_at": None,
+                    },
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not defer the maintenance tick: %s", exc)
+        await asyncio.sleep(interval)
 
 
 async def _open_app_with_retry() -> None:
@@ -131,6 +181,8 @@ async def run_async(
             asyncio.create_task(_supervised_worker(q, settings.fetch_job_polling_interval))
             for q in queues
         ]
+        if "maintenance" in queues:
+            workers.append(asyncio.create_task(_tick_loop(float(settings.tick_seconds))))
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if until_idle:
             waiters.append(asyncio.create_task(_wait_idle(timeout)))
@@ -172,14 +224,20 @@ def run_processes(n: int, *, until_idle: bool, timeout: float | None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    children = [subprocess.Popen(base) for _ in range(n)]
+
+    parent = os.getpid()
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(base, preexec_fn=lambda: _die_with_parent(parent))
+
+    children = [spawn() for _ in range(n)]
     deadline = None if timeout is None else time.monotonic() + timeout
     while not stopping:
         time.sleep(0.5)
         for i, c in enumerate(children):
             if c.poll() is not None and not stopping:
                 log.warning("worker process %s exited with %s; restarting", c.pid, c.returncode)
-                children[i] = subprocess.Popen(base)
+                children[i] = spawn()
         if until_idle and asyncio.run(_wait_idle(2.0)):
             _stop(signal.SIGTERM, None)
         if deadline is not None and time.monotonic() > deadline:
@@ -187,3 +245,16 @@ def run_processes(n: int, *, until_idle: bool, timeout: float | None) -> int:
     for c in children:
         c.wait()
     return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: get SIGTERM (a graceful drain) when the parent dies."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)

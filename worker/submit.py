@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from worker import custom_ids, ingest, prompts
+from worker import custom_ids, ingest, prompts, question_input
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
@@ -116,15 +116,18 @@ async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tup
 
 
 def _question(row: dict[str, Any]) -> prompts.QuestionText:
+    # Bad input (issue #5 item 8): text is cleaned before it is sent, and an official
+    # answer outside A-E goes to the summary as unknown (worker.question_input).
+    clean = question_input.clean_text
     return prompts.QuestionText(
-        question=row["question"] or "",
-        option_a=row["option_a"] or "",
-        option_b=row["option_b"] or "",
-        option_c=row["option_c"] or "",
-        option_d=row["option_d"] or "",
-        option_e=row["option_e"] or "",
-        subject=row["subject"],
-        correct_answer=row["correct_answer"],
+        question=clean(row["question"]),
+        option_a=clean(row["option_a"]),
+        option_b=clean(row["option_b"]),
+        option_c=clean(row["option_c"]),
+        option_d=clean(row["option_d"]),
+        option_e=clean(row["option_e"]),
+        subject=clean(row["subject"]) or None,
+        correct_answer=question_input.official_answer(row),
     )
 
 
@@ -166,8 +169,14 @@ async def build_requests(
 
 async def _take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("take_waiting"), {"model_key": model_key, "limit": limit})
-    return list(await cur.fetchall())
+    while True:
+        await cur.execute(q("take_waiting"), {"model_key": model_key, "limit": limit})
+        rows = list(await cur.fetchall())
+        # Bad input (issue #5 item 8): questions that cannot be sent fail here, with a
+        # reason, and are never sent (worker.question_input). Take again if none was left.
+        good = await question_input.reject_bad_questions(conn, rows, model_key)
+        if good or not rows:
+            return good
 
 
 async def submit_batch_model(
@@ -450,7 +459,10 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
         blocked = await resilience.blocked_providers(conn, providers=wanted)
 
     skipped: list[str] = []
-    for model_key in model_keys:
+
+    async def one_model(model_key: str) -> None:
+        """Send one model's waiting requests. Models run concurrently: while one
+        provider uploads or answers, another's requests are being built."""
         try:
             route = settings.route(model_key)
         except KeyError:
@@ -463,10 +475,10 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
                     fingerprint=f"settings:unknown-model:{model_key}",
                 )
             skipped.append(model_key)
-            continue
+            return
         if route.provider in blocked:
             skipped.append(model_key)
-            continue
+            return
         try:
             if route.mode == "batch":
                 b, n = await submit_batch_model(pool, settings, model_key)
@@ -484,6 +496,8 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
                     fingerprint=f"config:{route.provider}",
                 )
             skipped.append(model_key)
+
+    await asyncio.gather(*(one_model(k) for k in model_keys))
 
     report.skipped_models = skipped or None
     async with pool.connection() as conn:

@@ -110,6 +110,14 @@ def main() -> int:
             f"median {median:,.0f} result lines/s (generate + download), peak RSS {peak_mb:.0f} MB"
         )
         print(f"RESULT emulator_lines_per_s={median:.0f}")
+        from tests.bench.common import emit
+
+        emit(
+            f"emulator throughput, {args.lines}-line OpenAI batch (generate + download)",
+            median,
+            "result lines/s",
+            target="≥ 20,000 lines/s",
+        )
     finally:
         emu.stop()
     return 0

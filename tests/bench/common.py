@@ -106,7 +106,11 @@ def emulator_process(*args: str) -> Iterator[str]:
                 httpx.get(base + "/_emulator/health", timeout=0.5)
                 break
             except httpx.HTTPError:
+                if proc.poll() is not None:
+                    raise RuntimeError("emulator process exited") from None
                 time.sleep(0.1)
+        else:
+            raise RuntimeError("emulator did not answer")
         yield base
     finally:
         proc.terminate()

@@ -95,6 +95,25 @@ ORDER BY r.created_at, r.question_id
 LIMIT %(limit)s
 FOR UPDATE OF r SKIP LOCKED;
 
+-- name: fail_questions
+-- Bad input (issue #5 item 8, worker.question_input): a question that cannot be sent fails
+-- at once with its reason; its waiting requests fail too and are never sent.
+WITH bad AS (
+    SELECT b.id, b.reason
+    FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS b(id, reason)
+), reqs AS (
+    UPDATE ai_commentary_requests r
+    SET status = 'failed', last_error = left('bad question: ' || bad.reason, 2000),
+        claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL, updated_at = now()
+    FROM bad
+    WHERE r.question_id = bad.id AND r.status = 'waiting'
+)
+UPDATE questions q
+SET ai_commentary_status = 'failed', ai_commentary_processed_at = now(),
+    ai_commentary_error = left('bad question: ' || bad.reason, 2000)
+FROM bad
+WHERE q.id = bad.id AND q.ai_commentary_status = 'processing';
+
 -- name: comments_for_summary
 SELECT question_id, model_key, chosen_answer, general_comment,
        comment_a, comment_b, comment_c, comment_d, comment_e
