@@ -22,6 +22,7 @@ from worker import custom_ids
 from worker.error_log import record_error
 from worker.providers.base import ResultLine
 from worker.queries import q
+from worker.question_input import clean_text
 from worker.schemas import OutputError, parse_commentary, parse_summary
 from worker.settings_row import CommentarySettings
 
@@ -62,6 +63,7 @@ class IngestCounts:
     unknown_ids: int = 0
     duplicates: int = 0
     invalid_output: int = 0
+    malformed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     question_ids: set[uuid.UUID] = field(default_factory=set)
@@ -71,8 +73,9 @@ class IngestCounts:
 
 
 def _clean(text: str | None) -> str | None:
-    # Postgres text cannot hold NUL; models (and bad input) sometimes produce it.
-    return None if text is None else text.replace("\x00", "")
+    # Postgres text cannot hold NUL, and a lone surrogate (a JSON "\udcff" escape) cannot
+    # even be encoded for COPY: one such answer would abort the whole batch's ingest.
+    return None if text is None else clean_text(text)
 
 
 def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[Any, ...]:
@@ -157,6 +160,9 @@ async def ingest_lines(
     """Stage, validate and merge ``lines`` for requests held by ``owner``; settle questions."""
     counts = IngestCounts()
     seen: set[uuid.UUID] = set()
+    # A few examples (custom_id: reason) for the worker_errors rows a person reads.
+    invalid_examples: list[str] = []
+    malformed_examples: list[str] = []
     params = {
         "owner": owner,
         "model_key": model_key,
@@ -210,6 +216,12 @@ async def ingest_lines(
                 counts.failed += 1
                 if line.ok:
                     counts.invalid_output += 1
+                    if len(invalid_examples) < 3:
+                        invalid_examples.append(f"{line.custom_id}: {row[2][:300]}")
+                elif line.error_code == "malformed_line":
+                    counts.malformed += 1
+                    if len(malformed_examples) < 3:
+                        malformed_examples.append(f"{line.custom_id}: {row[2][:200]}")
             buffer.append(row)
             if len(buffer) >= COPY_CHUNK:
                 await _copy(conn, buffer)
@@ -220,10 +232,36 @@ async def ingest_lines(
             await record_error(
                 conn,
                 "invalid_output",
-                f"{counts.invalid_output} answers violated the schema",
+                f"{counts.invalid_output} answers were not usable (not JSON or violating "
+                f"the schema), e.g. {'; '.join(invalid_examples)}",
                 provider=provider,
                 batch_job_id=batch_job_id,
                 fingerprint=f"invalid-output:{batch_job_id or owner}",
+            )
+        if counts.malformed:
+            await record_error(
+                conn,
+                "malformed_line",
+                f"{counts.malformed} result lines were not valid JSON (truncated or broken "
+                f"file), e.g. {'; '.join(malformed_examples)}",
+                provider=provider,
+                batch_job_id=batch_job_id,
+                fingerprint=f"malformed:{batch_job_id or owner}",
+            )
+        # Well-formed ids of requests this batch (or call) does not hold: never sent in it,
+        # or already settled. They are ignored by the merge below; say so.
+        cur = await conn.execute(q("unowned_lines"), params)
+        unowned = await cur.fetchone()
+        if unowned and unowned[0]:
+            counts.unknown_ids += unowned[0]
+            await record_error(
+                conn,
+                "unknown_custom_id",
+                f"{unowned[0]} result lines for requests this batch does not hold (never "
+                f"sent in it, or already settled), e.g. {', '.join(unowned[1])}",
+                provider=provider,
+                batch_job_id=batch_job_id,
+                fingerprint=f"unowned:{batch_job_id or owner}",
             )
         upsert = "upsert_summaries" if model_key == "summary" else "upsert_comments"
         await conn.execute(q(upsert), params)

@@ -86,6 +86,7 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["settled"] = await settle_stragglers(conn)
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
+        detail["drain_woken"] = await wake_drain_if_due(conn)
         await conn.execute(
             "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
         )
@@ -236,3 +237,21 @@ async def requeue_stalled_jobs() -> int:
             except Exception as exc:
                 log.warning("could not clear stalled job %s: %s", job.id, exc)
     return n
+
+
+async def wake_drain_if_due(conn: AsyncConnection[Any]) -> bool:
+    """Defer a realtime drain when an ai_jobs row is due (a retry whose time came, or an
+    expired lease of a dead worker) and no drain is waiting: the safety net for the
+    realtime lane."""
+    cur = await conn.execute(q("rt_next_due"))
+    row = await cur.fetchone()
+    due = row[0] if row else None
+    if due is None:
+        return False
+    cur = await conn.execute("SELECT now() >= %s", (due,))
+    now_due = await cur.fetchone()
+    if not (now_due and now_due[0]):
+        return False
+    await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
+    return True
+
