@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import sys
 
+from dotenv import load_dotenv
+
 from worker import logs
 from worker.config import get_settings
 from worker.errors import WorkerError
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # `.env` feeds modules that read os.environ directly too (breakers, alerts, credits).
+    load_dotenv(override=False)
     settings = get_settings()
     logs.setup(settings.log_level, settings.log_format)
     if argv[:1] == ["emulator"]:

@@ -163,6 +163,7 @@ async def ingest_lines(
     # A few examples (custom_id: reason) for the worker_errors rows a person reads.
     invalid_examples: list[str] = []
     malformed_examples: list[str] = []
+    duplicate_examples: list[str] = []
     params = {
         "owner": owner,
         "model_key": model_key,
@@ -205,6 +206,8 @@ async def ingest_lines(
                 continue
             if qid in seen:
                 counts.duplicates += 1
+                if len(duplicate_examples) < 3:
+                    duplicate_examples.append(line.custom_id)
                 continue
             seen.add(qid)
             row = to_row(line, qid, model_key)
@@ -254,11 +257,13 @@ async def ingest_lines(
         unowned = await cur.fetchone()
         if unowned and unowned[0]:
             counts.unknown_ids += unowned[0]
+            counts.succeeded -= unowned[1]
+            counts.failed -= unowned[0] - unowned[1]
             await record_error(
                 conn,
                 "unknown_custom_id",
                 f"{unowned[0]} result lines for requests this batch does not hold (never "
-                f"sent in it, or already settled), e.g. {', '.join(unowned[1])}",
+                f"sent in it, or already settled), e.g. {', '.join(unowned[2])}",
                 provider=provider,
                 batch_job_id=batch_job_id,
                 fingerprint=f"unowned:{batch_job_id or owner}",
@@ -277,7 +282,8 @@ async def ingest_lines(
         await record_error(
             conn,
             "duplicate_lines",
-            f"{counts.duplicates} duplicate result lines ignored",
+            f"{counts.duplicates} duplicate result lines ignored (the first line of each "
+            f"id was used), e.g. {', '.join(duplicate_examples)}",
             provider=provider,
             batch_job_id=batch_job_id,
             fingerprint=f"dup:{batch_job_id or owner}",

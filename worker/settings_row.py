@@ -8,7 +8,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import ConfigError
 
@@ -23,6 +30,16 @@ PROVIDER_NAMES = (
     "mock",
 )
 BATCH_PROVIDERS = ("openai", "gemini", "mistral")
+# The placeholders a user_prompt_template may use (worker.prompts.user_prompt fills them).
+TEMPLATE_FIELDS = (
+    "question",
+    "option_a",
+    "option_b",
+    "option_c",
+    "option_d",
+    "option_e",
+    "subject",
+)
 
 
 class ModelRoute(BaseModel):
@@ -67,6 +84,22 @@ class CommentarySettings(BaseModel):
         if "summary" in self.models:
             raise ValueError("'summary' is reserved for the summary stage")
         return self
+
+    @field_validator("user_prompt_template")
+    @classmethod
+    def _template_fills(cls, v: str | None) -> str | None:
+        # Checked here, not at the first prompt: a template that cannot be filled would
+        # otherwise crash every submit run (bad input, issue #5 item 8).
+        if v is not None:
+            try:
+                v.format_map(dict.fromkeys(TEMPLATE_FIELDS, ""))
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                raise ValueError(
+                    f"cannot be filled ({type(exc).__name__}: {exc}); it may use only "
+                    + ", ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
+                    + " (write {{ and }} for literal braces)"
+                ) from exc
+        return v
 
     @property
     def enabled_models(self) -> list[str]:

@@ -259,6 +259,17 @@ ON CONFLICT (question_id) DO UPDATE SET
     output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
     batch_priced = EXCLUDED.batch_priced, updated_at = now();
 
+-- name: unowned_lines
+-- Staged lines whose request this owner does not hold (never in this batch, or settled):
+-- how many, how many of them were answers, and a few of their ids for the error row.
+SELECT count(*) AS n, count(*) FILTER (WHERE l.ok) AS ok,
+       (array_agg('q-' || l.question_id || '-' || %(model_key)s ORDER BY l.question_id))[1:3]
+           AS examples
+FROM worker_ingest_lines l
+WHERE NOT EXISTS (SELECT 1 FROM ai_commentary_requests r
+                  WHERE r.question_id = l.question_id AND r.model_key = %(model_key)s
+                    AND r.status = 'submitted' AND r.claimed_by = %(owner)s);
+
 -- name: mark_succeeded
 UPDATE ai_commentary_requests r
 SET status = 'succeeded', last_error = NULL, claimed_by = NULL, updated_at = now()
