@@ -28,6 +28,10 @@ from worker.routing import providers
 pytestmark = pytest.mark.timeout(180)
 
 
+class SimulatedCrash(Exception):
+    """Stands in for the process dying at that point (nothing after it runs)."""
+
+
 def comment_counts(db: psycopg.Connection[Any]) -> dict[str, int]:
     rows = db.execute(
         "SELECT model_key, count(*) AS n FROM ai_answer_comments GROUP BY 1"
@@ -130,10 +134,10 @@ async def test_4_crash_after_provider_created_batch_is_adopted_not_paid_twice(
         conn: Any, provider_name: str, model: str, job_id: uuid.UUID, requests: Any
     ) -> bool:
         await providers().batch(provider_name).submit(model, requests, intent_id=str(job_id))
-        raise SystemExit("worker killed between provider create and our commit")
+        raise SimulatedCrash("worker killed between provider create and our commit")
 
     monkeypatch.setattr(submit, "create_provider_batch", crash_after_create)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SimulatedCrash):
         await submit.run_submit(pool)
     monkeypatch.setattr(submit, "create_provider_batch", real)
     assert batch_ids(db, "submitting") != []
@@ -158,10 +162,10 @@ async def test_4b_intent_never_created_at_provider_is_abandoned_and_resent(
     pool = opened_app.connector.pool
 
     async def crash_before_create(*args: Any, **kwargs: Any) -> bool:
-        raise SystemExit("worker killed before the provider call")
+        raise SimulatedCrash("worker killed before the provider call")
 
     monkeypatch.setattr(submit, "create_provider_batch", crash_before_create)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SimulatedCrash):
         await submit.run_submit(pool)
     monkeypatch.undo()
     from tests.fixtures.pipeline import point_env_at_emulator
