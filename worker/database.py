@@ -19,7 +19,8 @@ from worker.config import get_settings
 
 log = logging.getLogger(__name__)
 
-LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Overridable so the embedded fallback can be exercised on a machine that has a server.
+LOCAL_URL = os.environ.get("AI_WORKER_LOCAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 APPLICATION_NAME = "ai-worker"
 _embedded: Any = None  # keeps the embedded server handle alive for this process
 
