@@ -254,4 +254,3 @@ async def wake_drain_if_due(conn: AsyncConnection[Any]) -> bool:
         return False
     await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
     return True
-

@@ -70,6 +70,7 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Characters that render as nothing: zero-width space/joiners, direction marks, word joiner
 # and invisible operators, BOM, soft hyphen, combining grapheme joiner, Mongolian separator.
+_DIRTY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _INVISIBLE = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff\u00ad\u034f\u180e]")
 
 
@@ -77,6 +78,11 @@ def clean_text(s: str | None) -> str:
     """The text as it may be sent to a provider (see the module docstring); ``None`` -> ''."""
     if not s:
         return ""
+    if _DIRTY.search(s) is None:
+        # Fast path (almost every string): nothing to strip, and ASCII is always NFC.
+        if s.isascii() or unicodedata.is_normalized("NFC", s):
+            return s
+        return unicodedata.normalize("NFC", s)
     s = _SURROGATES.sub("\ufffd", s)
     s = _CONTROLS.sub("", s)
     s = s.replace("\u2028", "\n").replace("\u2029", "\n")
@@ -145,8 +151,7 @@ async def reject_bad_questions(
     (``fail_questions``) and recorded, in the caller's transaction; for the summary stage a
     bad ``correct_answer`` is recorded as a warning (the row is still sent)."""
     good: list[dict[str, Any]] = []
-    bad_ids: list[Any] = []
-    reasons: list[str] = []
+    bad: dict[Any, str] = {}
     for row in rows:
         reason = check_question(row)
         if reason is None:
@@ -161,15 +166,17 @@ async def reject_bad_questions(
                     fingerprint=f"bad-answer:{row['question_id']}",
                 )
             continue
-        bad_ids.append(row["question_id"])
-        reasons.append(reason)
-    if bad_ids:
-        await conn.execute(q("fail_questions"), {"ids": bad_ids, "reasons": reasons})
-        for qid, reason in zip(bad_ids, reasons, strict=True):
+        bad[row["question_id"]] = reason
+    if bad:
+        cur = await conn.execute(
+            q("fail_questions"), {"ids": list(bad), "reasons": list(bad.values())}
+        )
+        # Recorded once, by the submit that failed the question (others may judge it too).
+        for (qid,) in await cur.fetchall():
             await record_error(
                 conn,
                 "bad_question",
-                f"question {qid} not sent to any model: {reason}",
+                f"question {qid} not sent to any model: {bad[qid]}",
                 question_id=qid,
                 fingerprint=f"bad-question:{qid}",
             )

@@ -119,6 +119,29 @@ async def _tick_loop(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+MAX_POOL_RECONNECT_DELAY = 2.0
+
+
+def cap_pool_reconnect_backoff(max_delay: float = MAX_POOL_RECONNECT_DELAY) -> None:
+    """psycopg_pool retries a failed connection attempt after 1, 2, 4, 8, ... seconds (up to
+    ``reconnect_timeout``, 5 min): after a one-minute outage the pool would wait another
+    minute before reconnecting, and a burst of ``pg_terminate_backend`` starves it for tens
+    of seconds. Cap the delay so the pool is back within ``max_delay`` of the server."""
+    from psycopg_pool import base
+
+    cls: Any = base.AttemptWithBackoff
+    if getattr(cls, "_ai_worker_capped", False):
+        return
+    original = cls.update_delay
+
+    def update_delay(self: Any, now: float) -> None:
+        original(self, now)
+        self.delay = min(self.delay, max_delay)
+
+    cls.update_delay = update_delay
+    cls._ai_worker_capped = True
+
+
 async def _open_app_with_retry() -> None:
     backoff = 0.5
     while True:
@@ -175,6 +198,7 @@ async def run_async(
                 settings.metrics_port,
                 exc,
             )
+    cap_pool_reconnect_backoff()
     await _open_app_with_retry()
     try:
         workers = [

@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from worker.question_input import clean_text
+
 Letter = Literal["A", "B", "C", "D", "E"]
 M = TypeVar("M", bound=BaseModel)
 
@@ -104,6 +106,9 @@ def _parse(model: type[M], text: str | None) -> M:
         raise OutputError(f"model output is not JSON ({exc.msg} at char {exc.pos})") from exc
     if not isinstance(data, dict):
         raise OutputError(f"model output is JSON {type(data).__name__}, not an object")
+    # JSON escapes can carry what no answer should (NUL, lone surrogates, which pydantic
+    # rejects and Postgres cannot store): cleaned, not a reason to throw the answer away.
+    data = {k: clean_text(v) if isinstance(v, str) else v for k, v in data.items()}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

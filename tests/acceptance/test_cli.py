@@ -13,8 +13,11 @@ from tests.bench.common import free_port
 
 def test_emulator_command_serves_on_the_given_port() -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "worker", "emulator", "--port", str(port),
-                             "--state-seconds", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "emulator", "--port", str(port), "--state-seconds", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -34,8 +37,14 @@ def test_emulator_command_serves_on_the_given_port() -> None:
 
 def test_db_status_lists_migrations(db_url: str) -> None:
     import os
-    out = subprocess.run([sys.executable, "-m", "worker", "db", "status"], capture_output=True,
-                         text=True, env={**os.environ, "DATABASE_URL": db_url}, timeout=60)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "db", "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": db_url},
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("procrastinate/schema.sql") and "applied" in lines[0]

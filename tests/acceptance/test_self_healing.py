@@ -57,6 +57,16 @@ def _assert_nothing_lost(url: str, emu: Emulator, n: int) -> None:
     assert result["completed_unfinished"] == 0, result
 
 
+LIVE_WORKERS = (
+    "SELECT count(*) AS n FROM procrastinate_workers"
+    " WHERE last_heartbeat > now() - interval '4 seconds'"
+)
+LISTENERS = (
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ai-worker'"
+    " AND datname = current_database() AND query ILIKE 'LISTEN%'"
+)
+
+
 @pytest.fixture
 def worker_log(tmp_path: Path) -> Path:
     return tmp_path / "worker.log"
@@ -80,18 +90,20 @@ def test_terminated_connections_are_reopened_and_no_work_is_missed(
             "a batch in flight",
         )
         killed = 0
-        for _ in range(3):
+        for _ in range(12):
             killed += terminate_worker_backends(db_url)
-            time.sleep(1.0)
-        assert killed >= 3  # pool + LISTEN connections were really cut
+            time.sleep(0.4)
+        assert killed >= 12  # pool + LISTEN connections were really cut, again and again
         wait_for(lambda: _all_done(db_url), 60, "every question settled")
-        # The worker reconnected (new backends) and is still the same process.
+        # The same process still runs one live worker per queue (fresh heartbeats), and
+        # listens again.
         assert worker.alive(), worker.log_tail()
-        listening = db.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ai-worker'"
-            " AND datname = current_database() AND query ILIKE 'LISTEN%%'"
-        ).fetchone()
-        assert listening and listening["n"] >= 1, "no worker LISTEN connection after the cuts"
+        wait_for(
+            lambda: query_one(db_url, LIVE_WORKERS)["n"] == 4,
+            10,
+            "one heartbeating worker per queue",
+        )
+        wait_for(lambda: query_one(db_url, LISTENERS)["n"] >= 4, 10, "LISTEN connections back")
     finally:
         code = worker.terminate(30)
     assert code == 0, worker.log_tail()

@@ -97,22 +97,35 @@ FOR UPDATE OF r SKIP LOCKED;
 
 -- name: fail_questions
 -- Bad input (issue #5 item 8, worker.question_input): a question that cannot be sent fails
--- at once with its reason; its waiting requests fail too and are never sent.
+-- at once with its reason; its waiting requests fail too and are never sent. Never waits
+-- for a lock (SKIP LOCKED): submits of other models may judge the same question at the same
+-- time, each fails the requests it holds, and one of them fails the question. Returns the
+-- questions failed here.
 WITH bad AS (
-    SELECT b.id, b.reason
+    SELECT b.id, left('bad question: ' || b.reason, 2000) AS reason
     FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS b(id, reason)
 ), reqs AS (
+    SELECT r.question_id, r.model_key
+    FROM ai_commentary_requests r
+    WHERE r.question_id IN (SELECT id FROM bad) AND r.status = 'waiting'
+    FOR UPDATE SKIP LOCKED
+), failed_reqs AS (
     UPDATE ai_commentary_requests r
-    SET status = 'failed', last_error = left('bad question: ' || bad.reason, 2000),
-        claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL, updated_at = now()
-    FROM bad
-    WHERE r.question_id = bad.id AND r.status = 'waiting'
+    SET status = 'failed', last_error = bad.reason, claimed_by = NULL, claimed_at = NULL,
+        batch_job_id = NULL, updated_at = now()
+    FROM reqs JOIN bad ON bad.id = reqs.question_id
+    WHERE r.question_id = reqs.question_id AND r.model_key = reqs.model_key
+), qs AS (
+    SELECT q.id FROM questions q
+    WHERE q.id IN (SELECT id FROM bad) AND q.ai_commentary_status = 'processing'
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE questions q
 SET ai_commentary_status = 'failed', ai_commentary_processed_at = now(),
-    ai_commentary_error = left('bad question: ' || bad.reason, 2000)
-FROM bad
-WHERE q.id = bad.id AND q.ai_commentary_status = 'processing';
+    ai_commentary_error = bad.reason
+FROM qs JOIN bad ON bad.id = qs.id
+WHERE q.id = qs.id
+RETURNING q.id;
 
 -- name: comments_for_summary
 SELECT question_id, model_key, chosen_answer, general_comment,
