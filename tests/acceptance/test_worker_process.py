@@ -67,7 +67,13 @@ def procrastinate_worker(worker_env: dict[str, str]) -> Iterator[subprocess.Pope
 def test_procrastinate_cli_worker_runs_submit_on_insert(
     db: psycopg.Connection[Any], procrastinate_worker: subprocess.Popen[bytes]
 ) -> None:
-    _wait_for(db, "SELECT 1 FROM procrastinate_workers")  # listening
+    # The worker registers before it LISTENs: wait for the LISTEN itself, since a NOTIFY
+    # sent earlier is lost (the 30 s polling interval would then fail the test).
+    _wait_for(
+        db,
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query ILIKE 'LISTEN%'",
+    )
     db.execute(QUESTION, ("Q1",))
     run = _wait_for(db, "SELECT * FROM worker_task_runs WHERE task_name = 'submit'")
     assert run["outcome"] == "ok"
