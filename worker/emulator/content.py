@@ -219,42 +219,42 @@ def _flat_plan(schema: dict[str, Any]) -> _FlatPlan | None:
         return None
     if key in _PLANS:
         return _PLANS[key]
-    plan: _FlatPlan | None = []
-    if _types(schema) != ["object"] or any(
-        k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "const", "enum", "nullable")
-    ):
-        plan = None
-    else:
-        for name, sub in (schema.get("properties") or {}).items():
-            if not isinstance(sub, dict) or any(
-                k in sub
-                for k in (
-                    "$ref",
-                    "anyOf",
-                    "oneOf",
-                    "allOf",
-                    "const",
-                    "format",
-                    "minLength",
-                    "maxLength",
-                )
-            ):
-                plan = None
-                break
-            enum = sub.get("enum")
-            if isinstance(enum, list) and enum:
-                plan.append((name, enum))
-                continue
-            types = _types(sub)
-            if not types or [t for t in types if t != "null"] != ["string"]:
-                plan = None
-                break
-            plan.append((name, None))
-        if plan is not None and not plan:
-            plan = None
+    plan = _build_flat_plan(schema)
     if len(_PLANS) < 1024:
         _PLANS[key] = plan
     return plan
+
+
+def _build_flat_plan(schema: dict[str, Any]) -> _FlatPlan | None:
+    if _types(schema) != ["object"] or any(
+        k in schema for k in ("$ref", "anyOf", "oneOf", "allOf", "const", "enum", "nullable")
+    ):
+        return None
+    plan: _FlatPlan = []
+    for name, sub in (schema.get("properties") or {}).items():
+        if not isinstance(sub, dict) or any(
+            k in sub
+            for k in (
+                "$ref",
+                "anyOf",
+                "oneOf",
+                "allOf",
+                "const",
+                "format",
+                "minLength",
+                "maxLength",
+            )
+        ):
+            return None
+        enum = sub.get("enum")
+        if isinstance(enum, list) and enum:
+            plan.append((name, enum))
+            continue
+        types = _types(sub)
+        if not types or [t for t in types if t != "null"] != ["string"]:
+            return None
+        plan.append((name, None))
+    return plan or None
 
 
 def _gen(schema: Any, root: dict[str, Any], rng: random.Random, depth: int) -> Any:
