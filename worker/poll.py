@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.config import get_settings
 from worker.error_log import record_error
-from worker.errors import ConfigError, ProviderError
+from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.ingest import IngestCounts, ingest_lines
 from worker.providers.base import BatchState, BatchStatus, ResultLine
 from worker.queries import q
@@ -40,6 +40,14 @@ MISSING_REASON = {
     BatchState.EXPIRED: "the batch expired before this request ran",
     BatchState.CANCELLED: "the batch was cancelled before this request ran",
 }
+
+
+class ResultsUnavailable(Exception):
+    """Downloading a finished batch's results failed transiently."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def next_delay(poll_count: int) -> float:
@@ -115,7 +123,29 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                         fingerprint=f"unknown-state:{job['provider']}:{status.raw_state}",
                     )
                 return {"state": status.raw_state, "next_poll_in": delay}
-            counts = await finish(conn, settings, job, status)
+            try:
+                counts = await finish(conn, settings, job, status)
+            except ResultsUnavailable as exc:
+                # A transient error while downloading results: nothing of this batch was
+                # written (ingest's savepoint rolled back) and the provider keeps the file,
+                # so read it again later. Counting its lines as missing would re-send them
+                # in a new batch: paid twice.
+                delay = max(next_delay(job["poll_count"]), exc.error.retry_after or 0)
+                await conn.execute(
+                    q("batch_still_running"),
+                    {"id": batch_job_id, "raw_state": status.raw_state, "delay": delay},
+                )
+                await defer_poll(conn, batch_job_id, delay)
+                await resilience.on_provider_error(conn, job["provider"], exc.error)
+                await record_error(
+                    conn,
+                    exc.error.kind.value,
+                    f"reading results failed, retrying: {exc.error}",
+                    provider=job["provider"],
+                    batch_job_id=batch_job_id,
+                    fingerprint=f"results:{job['provider']}:{exc.error.kind.value}",
+                )
+                return {"results_error": str(exc.error), "next_poll_in": delay}
         # Requests that went back to waiting (or summaries now ready) need a submit.
         await defer(conn, "submit", "submit")
     return {"state": status.raw_state, **counts.as_dict()}
@@ -137,8 +167,10 @@ async def finish(
             async for line in provider.results(status):
                 yield line
         except ProviderError as exc:
-            # A failed download is not lost work: the lines not read count as missing
-            # (retried), and the error is recorded (failure mode 12).
+            if exc.kind is ErrorKind.RETRYABLE:
+                raise ResultsUnavailable(exc) from exc  # retried by run_poll
+            # A permanent download failure is not lost work: the lines not read count as
+            # missing (retried), and the error is recorded (failure mode 12).
             error = f"reading results failed: {exc}"
 
     counts = await ingest_lines(

@@ -13,7 +13,6 @@ ids, duplicates, unencodable text). The policy for bad questions is documented i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +21,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.fixtures.pipeline import DEFAULT_MODELS, adrain, drain, set_models, status_counts
-from worker import custom_ids, poll, submit
+from tests.fixtures.pipeline import (
+    DEFAULT_MODELS,
+    adrain,
+    drain,
+    one_round,
+    set_models,
+    status_counts,
+)
+from worker import custom_ids, submit
 from worker.emulator import Emulator
 from worker.providers.base import BatchStatus, ChatRequest, ResultLine
 from worker.providers.jsonl import recover_id
@@ -151,26 +157,6 @@ def answer(general_comment: str = "Das Pankreas bildet Insulin.", **extra: Any) 
         },
         ensure_ascii=True,
     )
-
-
-def live_batches(db: psycopg.Connection[Any]) -> list[str]:
-    rows = db.execute(
-        "SELECT id FROM ai_commentary_batch_jobs WHERE state = 'in_flight' ORDER BY created_at"
-    ).fetchall()
-    return [str(r["id"]) for r in rows]
-
-
-async def one_round(pool: Any, db: psycopg.Connection[Any]) -> None:
-    """submit, then poll every live batch until none is left (no drain: faults stay on)."""
-    await submit.run_submit(pool)
-    for _ in range(50):
-        live = live_batches(db)
-        if not live:
-            return
-        for job_id in live:
-            await poll.run_poll(pool, job_id)
-        await asyncio.sleep(0.05)
-    raise AssertionError("batches did not end")
 
 
 # ------------------------------------------------------------------ bad questions (policy)

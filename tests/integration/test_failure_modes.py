@@ -14,8 +14,10 @@ import pytest
 
 from tests.fixtures.pipeline import (
     adrain,
+    batch_ids,
     drain,
     insert_questions,
+    one_round,
     set_models,
     status_counts,
     submitted_twice,
@@ -37,13 +39,6 @@ def comment_counts(db: psycopg.Connection[Any]) -> dict[str, int]:
         "SELECT model_key, count(*) AS n FROM ai_answer_comments GROUP BY 1"
     ).fetchall()
     return {r["model_key"]: r["n"] for r in rows}
-
-
-def batch_ids(db: psycopg.Connection[Any], state: str = "in_flight") -> list[str]:
-    rows = db.execute(
-        "SELECT id FROM ai_commentary_batch_jobs WHERE state = %s ORDER BY created_at", (state,)
-    ).fetchall()
-    return [str(r["id"]) for r in rows]
 
 
 def only(db: psycopg.Connection[Any], **models: bool) -> None:
@@ -179,17 +174,6 @@ async def test_4b_intent_never_created_at_provider_is_abandoned_and_resent(
 
 
 # 5 — a failed, expired or cancelled batch (or a submit exception) stranded questions
-async def one_round(pool: Any, db: psycopg.Connection[Any]) -> None:
-    """submit, then poll every live batch until it ends (no drain: faults stay on)."""
-    await submit.run_submit(pool)
-    for _ in range(50):
-        live = batch_ids(db)
-        if not live:
-            return
-        for job_id in live:
-            await poll.run_poll(pool, job_id)
-        await asyncio.sleep(0.05)
-    raise AssertionError("batches did not end")
 
 
 @pytest.mark.parametrize("outcome", ["failed", "expired", "cancelled"])
