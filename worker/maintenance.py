@@ -235,7 +235,7 @@ async def requeue_stalled_jobs() -> int:
                 await app.job_manager.finish_job(job, Status.FAILED, delete_job=False)
                 n += 1
             except Exception as exc:
-                log.warning("could not clear stalled job %s: %s", job.id, exc)
+                log.warning("could not clear stalled job %s: %r", job.id, exc)
     return n
 
 

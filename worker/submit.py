@@ -266,6 +266,14 @@ async def create_provider_batch(
     lock_key = custom_ids.lock_key(job_id)
     await conn.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
     try:
+        # The reconciler may have abandoned this intent (its requests already wait for
+        # another batch) if this worker looked dead for a moment: never create it then.
+        cur = await conn.execute(
+            "SELECT state FROM ai_commentary_batch_jobs WHERE id = %s", (job_id,)
+        )
+        row = await cur.fetchone()
+        if not row or row[0] != "submitting":
+            return False
         try:
             submitted = await provider.submit(model, requests, intent_id=str(job_id))
         except (ProviderError, WorkerError, OSError) as exc:

@@ -394,6 +394,8 @@ def test_12_a_failed_download_loses_nothing_and_other_batches_go_on(
     assert drain(90) == 0
     assert status_counts(db) == {"completed": 12}
     assert comment_counts(db) == {"chatgpt": 12, "mistral": 12}
+    # a failed download is retried, not treated as missing lines paid for again
+    assert submitted_twice(pipeline.stats(), succeeded_only=True) == {}
 
 
 # 13 — unbounded reads, temp files never deleted
@@ -501,3 +503,40 @@ def test_15b_invalid_settings_row_is_reported_not_replaced(
     assert status_counts(db) == {"pending": 2}
     err = db.execute("SELECT message FROM worker_errors WHERE kind = 'settings'").fetchone()
     assert err is not None and "batch_size" in err["message"]
+
+
+async def test_4c_an_intent_abandoned_by_the_reconciler_is_never_created_late(
+    pipeline: Emulator,
+    db: psycopg.Connection[Any],
+    opened_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A submitter that looked dead (and whose intent was abandoned) must not create the
+    provider batch when it wakes up: the requests already wait for another batch."""
+    only(db, chatgpt=True)
+    insert_questions(db, 6)
+    pool = opened_app.connector.pool
+    real = submit.create_provider_batch
+
+    async def abandoned_meanwhile(
+        conn: Any, provider_name: str, model: str, job_id: uuid.UUID, requests: Any
+    ) -> bool:
+        db.execute(
+            "UPDATE ai_commentary_batch_jobs SET state = 'abandoned' WHERE id = %s", (job_id,)
+        )
+        db.execute(
+            "UPDATE ai_commentary_requests SET status = 'waiting', claimed_by = NULL,"
+            " batch_job_id = NULL WHERE claimed_by = %s",
+            (str(job_id),),
+        )
+        created = await real(conn, provider_name, model, job_id, requests)
+        assert created is False
+        return created
+
+    monkeypatch.setattr(submit, "create_provider_batch", abandoned_meanwhile)
+    await submit.run_submit(pool)
+    assert pipeline.stats()["openai"]["batches_created"] == 0
+    monkeypatch.setattr(submit, "create_provider_batch", real)
+    assert await adrain(60) == 0
+    assert status_counts(db) == {"completed": 6}
+    assert submitted_twice(pipeline.stats()) == {}
