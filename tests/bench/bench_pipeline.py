@@ -291,7 +291,8 @@ def main() -> None:
         one_job_ai = [one_job_per_question_ai_rate(base) for _ in range(RUNS)]
     print(
         f"ceiling q/s: {[round(x) for x in ceilings]}; one-job-per-question q/s: "
-        f"{[round(x) for x in one_job]}; ours: {[round(x) for x in ours]}"
+        f"{[round(x) for x in one_job]} (doing the AI work: {[round(x) for x in one_job_ai]});"
+        f" ours: {[round(x) for x in ours]}"
     )
     emit(
         f"pipeline throughput, {N} questions × 3 models (+summary), emulator at 0 delay",
