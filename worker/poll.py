@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from worker import metrics
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError
@@ -87,7 +88,8 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 return {"waiting": "provider blocked"}
             provider = providers().batch(job["provider"])
             try:
-                status = await provider.status(job["batch_id"])
+                with metrics.timed_call(job["provider"], "batch_status"):
+                    status = await provider.status(job["batch_id"])
             except ProviderError as exc:
                 delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
                 await conn.execute(

@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from worker import custom_ids, ingest, prompts, question_input
+from worker import custom_ids, ingest, metrics, prompts, question_input
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
@@ -275,7 +275,8 @@ async def create_provider_batch(
         if not row or row[0] != "submitting":
             return False
         try:
-            submitted = await provider.submit(model, requests, intent_id=str(job_id))
+            with metrics.timed_call(provider_name, "batch_submit"):
+                submitted = await provider.submit(model, requests, intent_id=str(job_id))
         except (ProviderError, WorkerError, OSError) as exc:
             found = None
             try:
@@ -381,9 +382,10 @@ async def submit_instant_model(
     async def call(req: ChatRequest) -> ResultLine:
         async with sem:
             try:
-                return await asyncio.wait_for(
-                    chat.complete(route.model, req), get_settings().provider_timeout_seconds
-                )
+                with metrics.timed_call(route.provider, "chat"):
+                    return await asyncio.wait_for(
+                        chat.complete(route.model, req), get_settings().provider_timeout_seconds
+                    )
             except TimeoutError:
                 return ResultLine(
                     custom_id=req.custom_id,

@@ -153,6 +153,22 @@ def test_metrics_after_a_pipeline_run(
     b10 = value(samples, "ai_worker_provider_call_seconds_bucket", provider="openai", le="10")
     assert b10 >= b05 + 1
     assert value(samples, "ai_worker_provider_calls_total", outcome="TimeoutError") >= 1
+    # The pipeline's own provider calls were timed (batch create, status polls, instant chat).
+    for provider, operation in (
+        ("openai", "batch_submit"),
+        ("gemini", "batch_status"),
+        ("perplexity", "chat"),
+    ):
+        assert (
+            value(
+                samples,
+                "ai_worker_provider_calls_total",
+                provider=provider,
+                operation=operation,
+                outcome="ok",
+            )
+            >= 1
+        )
     assert value(samples, "ai_worker_workers") == 0
 
 
