@@ -49,31 +49,24 @@ def stalled_seconds() -> float:
 
 # A submit job that was already running at %(at)s on a live worker: the only possible owner
 # of an intent recorded, or an instant claim made, at that moment.
-_LIVE_SUBMIT_SINCE = """
-EXISTS (
-    SELECT 1 FROM procrastinate_jobs j
-    JOIN procrastinate_workers w ON w.id = j.worker_id
-    WHERE j.task_name = 'submit' AND j.status = 'doing'
-      AND w.last_heartbeat > now() - make_interval(secs => %(stalled)s)
-      AND (SELECT max(e.at) FROM procrastinate_events e
-           WHERE e.job_id = j.id AND e.type = 'started') <= {at}
-)"""
-
 STALE_INTENTS = (
     "SELECT b.id, b.provider, b.model_key, b.stage FROM ai_commentary_batch_jobs b"
     " WHERE b.state = 'submitting'"
     " AND b.created_at < now() - make_interval(secs => %(older_than)s)"
-    " AND NOT " + _LIVE_SUBMIT_SINCE.format(at="b.created_at")
 )
 
-RELEASE_DEAD_INSTANT_CLAIMS = (
+INSTANT_OWNERS = (
+    "SELECT DISTINCT r.claimed_by FROM ai_commentary_requests r"
+    " WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by LIKE 'instant:%%'"
+    " AND r.claimed_at < now() - make_interval(secs => %(grace)s)"
+)
+RELEASE_INSTANT_OWNER = (
     "UPDATE ai_commentary_requests r"
     " SET status = CASE WHEN r.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,"
     " claimed_by = NULL, claimed_at = NULL, attempts = r.attempts + 1,"
     " last_error = 'released: the worker running the call stopped', updated_at = now()"
-    " WHERE r.status = 'submitted' AND r.batch_job_id IS NULL"
-    " AND r.claimed_at < now() - make_interval(secs => %(grace)s)"
-    " AND NOT " + _LIVE_SUBMIT_SINCE.format(at="r.claimed_at") + " RETURNING r.question_id"
+    " WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by = %(owner)s"
+    " RETURNING r.question_id"
 )
 
 
@@ -121,7 +114,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         STALE_INTENTS,
-        {"older_than": INTENT_GRACE_SECONDS, "stalled": stalled_seconds()},
+        {"older_than": INTENT_GRACE_SECONDS},
     )
     for job in await cur.fetchall():
         job_id: uuid.UUID = job["id"]
@@ -193,18 +186,25 @@ async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
         max_attempts = (await load_settings(conn)).max_attempts
     except Exception as exc:  # invalid settings row: fall back to the process default
         log.warning("settings row unreadable (%s); max_attempts=%s", exc, max_attempts)
-    async with conn.transaction():
-        cur = await conn.execute(
-            RELEASE_DEAD_INSTANT_CLAIMS,
-            {
-                "grace": INTENT_GRACE_SECONDS,
-                "stalled": stalled_seconds(),
-                "max_attempts": max_attempts,
-            },
-        )
-        ids = list({r[0] for r in await cur.fetchall()})
-        if ids:
-            await conn.execute(q("settle_questions"), {"ids": ids})
+    cur = await conn.execute(INSTANT_OWNERS, {"grace": INTENT_GRACE_SECONDS})
+    owners = [r[0] for r in await cur.fetchall()]
+    ids: set[Any] = set()
+    for owner in owners:
+        got = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (owner,))
+        row = await got.fetchone()
+        if not (row and row[0]):
+            continue  # the call's session still holds its lock: it is alive
+        try:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    RELEASE_INSTANT_OWNER, {"owner": owner, "max_attempts": max_attempts}
+                )
+                released = {r[0] for r in await cur.fetchall()}
+                if released:
+                    await conn.execute(q("settle_questions"), {"ids": list(released)})
+            ids |= released
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (owner,))
     return len(ids)
 
 

@@ -43,7 +43,17 @@ SELECT
   + (SELECT count(*) FROM ai_jobs a
       WHERE a.status IN ('pending', 'processing', 'retrying'))
   + (SELECT count(*) FROM procrastinate_jobs j
-      WHERE j.status IN ('todo', 'doing') AND j.task_name <> 'tick') AS open_work
+      WHERE j.task_name <> 'tick'
+        AND (j.status = 'todo'
+             -- a 'doing' job counts while its worker is alive and it started recently: a
+             -- job whose worker lost its connection while finishing stays 'doing' forever
+             OR (j.status = 'doing' AND EXISTS (
+                    SELECT 1 FROM procrastinate_workers w
+                    WHERE w.id = j.worker_id AND w.last_heartbeat > now() - interval '1 minute')
+                 AND NOT EXISTS (
+                    SELECT 1 FROM procrastinate_events e
+                    WHERE e.job_id = j.id AND e.type = 'started'
+                      AND e.at < now() - interval '15 minutes')))) AS open_work
 """
 
 

@@ -11,6 +11,7 @@ work waits, submit defers itself again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -358,10 +359,26 @@ async def defer_poll(conn: AsyncConnection[Any], job_id: uuid.UUID | str, delay:
 async def submit_instant_model(
     pool: AsyncConnectionPool, settings: CommentarySettings, model_key: str
 ) -> int:
-    """Call an instant (realtime) model for its waiting requests, bounded concurrency."""
+    """Call an instant (realtime) model for its waiting requests, bounded concurrency.
+
+    The claim's liveness token is a session advisory lock on the owner id, held on a
+    connection of its own while the calls run: the tick releases claims whose lock is free
+    (the worker, or its connection, died) — by liveness, never by a clock."""
+    owner = f"instant:{os.getpid()}:{uuid.uuid4()}"
+    async with pool.connection() as live:
+        await live.execute("SELECT pg_advisory_lock(hashtext(%s))", (owner,))
+        try:
+            return await _instant_round(pool, settings, model_key, owner)
+        finally:
+            with contextlib.suppress(Exception):
+                await live.execute("SELECT pg_advisory_unlock(hashtext(%s))", (owner,))
+
+
+async def _instant_round(
+    pool: AsyncConnectionPool, settings: CommentarySettings, model_key: str, owner: str
+) -> int:
     route = settings.route(model_key)
     chat = providers().chat(route.provider)
-    owner = f"instant:{os.getpid()}:{uuid.uuid4()}"
     async with pool.connection() as conn:
         async with conn.transaction():
             rows = await _take(conn, model_key, INSTANT_PER_RUN)

@@ -369,10 +369,15 @@ SELECT id, provider, model_key, stage FROM ai_commentary_batch_jobs
 WHERE state = 'submitting' AND created_at < now() - make_interval(secs => %(older_than)s);
 
 -- name: live_batches_without_poll
+-- Live batches overdue for a poll by a minute with no poll waiting. A 'doing' poll job is
+-- not trusted: one whose worker lost its connection while finishing stays 'doing' forever
+-- (its worker is alive, so it is not stalled). A second poll is harmless: the batch row
+-- lock and its state make it skip.
 SELECT b.id FROM ai_commentary_batch_jobs b
 WHERE b.state = 'in_flight'
+  AND coalesce(b.next_poll_at, b.submitted_at, b.created_at) < now() - interval '1 minute'
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
-                  WHERE j.queueing_lock = 'poll:' || b.id::text AND j.status IN ('todo', 'doing'));
+                  WHERE j.queueing_lock = 'poll:' || b.id::text AND j.status = 'todo');
 
 -- name: release_dead_instant_claims
 -- Instant calls have a hard timeout, so a claim older than that is a dead worker's.
