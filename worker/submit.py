@@ -424,6 +424,7 @@ async def _instant_round(
             from worker import resilience
 
             await resilience.on_provider_success(conn, route.provider)
+    total = len(results)
     retryable = [
         r
         for r in results
@@ -431,6 +432,18 @@ async def _instant_round(
         and r.error_code in (ErrorKind.RETRYABLE.value, ErrorKind.UNKNOWN.value, "timeout")
     ]
     async with pool.connection() as conn:
+        transient = [r for r in results if not r.ok and r.error_code == ErrorKind.RETRYABLE.value]
+        if transient:
+            await conn.execute(
+                q("release_claims"),
+                {
+                    "owner": owner,
+                    "ids": [custom_ids.parse(r.custom_id)[0] for r in transient],
+                    "error": (transient[0].error_message or "transient provider error")[:2000],
+                },
+            )
+            gone = {id(r) for r in transient}
+            results = [r for r in results if id(r) not in gone]
         await ingest.ingest_lines(
             conn,
             settings,
@@ -443,7 +456,7 @@ async def _instant_round(
             lines=_aiter(results),
             missing_reason="instant call returned nothing",
         )
-        if retryable and len(retryable) == len(results):
+        if retryable and len(retryable) == total:
             from worker import resilience
 
             await resilience.on_provider_error(
@@ -455,7 +468,7 @@ async def _instant_round(
                     provider=route.provider,
                 ),
             )
-    return len(results)
+    return total
 
 
 async def _aiter(items: Sequence[ResultLine]) -> Any:

@@ -540,3 +540,21 @@ async def test_4c_an_intent_abandoned_by_the_reconciler_is_never_created_late(
     assert await adrain(60) == 0
     assert status_counts(db) == {"completed": 6}
     assert submitted_twice(pipeline.stats()) == {}
+
+
+def test_11b_transient_instant_failures_spend_no_attempts(
+    pipeline: Emulator, db: psycopg.Connection[Any]
+) -> None:
+    """An outage of an instant provider must not fail good questions: with max_attempts 1,
+    one counted attempt would fail them all."""
+    only(db, perplexity=True)
+    db.execute("UPDATE ai_commentary_settings SET max_attempts = 1")
+    insert_questions(db, 5)
+    # 30 > 5 calls × 3 SDK attempts: the whole first round fails
+    pipeline.configure(http_faults=[{"kind": "unavailable", "provider": "perplexity", "count": 30}])
+    assert drain(90) == 0
+    assert status_counts(db) == {"completed": 5}
+    row = db.execute(
+        "SELECT max(attempts) AS a FROM ai_commentary_requests WHERE model_key = 'perplexity'"
+    ).fetchone()
+    assert row == {"a": 0}

@@ -399,3 +399,12 @@ ON CONFLICT (fingerprint) DO UPDATE
 SET occurrences = e.occurrences + 1, last_seen_at = now(), message = EXCLUDED.message,
     detail = coalesce(EXCLUDED.detail, e.detail)
 RETURNING occurrences;
+
+-- name: release_claims
+-- Instant requests that failed for a transient reason (connection, rate limit, 5xx) go
+-- back to waiting without spending an attempt: an outage must not fail good questions.
+-- (The breaker stops the calls while the provider is down.)
+UPDATE ai_commentary_requests
+SET status = 'waiting', claimed_by = NULL, claimed_at = NULL, last_error = %(error)s,
+    updated_at = now()
+WHERE claimed_by = %(owner)s AND status = 'submitted' AND question_id = ANY(%(ids)s::uuid[]);
