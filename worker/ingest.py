@@ -123,7 +123,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
                 True,
                 None,
                 chosen,
-                *(_clean(f) for f in fields),
+                *fields,  # already cleaned by worker.schemas before validation
                 line.input_tokens,
                 line.output_tokens,
                 line.model_version,

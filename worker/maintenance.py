@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from procrastinate import exceptions as pexc
@@ -45,29 +46,6 @@ INTENT_GRACE_SECONDS = 5
 def stalled_seconds() -> float:
     """Seconds without a heartbeat after which a worker counts as dead."""
     return max(1.0, float(os.environ.get("WORKER_STALLED_SECONDS", "30")))
-
-
-# A submit job that was already running at %(at)s on a live worker: the only possible owner
-# of an intent recorded, or an instant claim made, at that moment.
-STALE_INTENTS = (
-    "SELECT b.id, b.provider, b.model_key, b.stage FROM ai_commentary_batch_jobs b"
-    " WHERE b.state = 'submitting'"
-    " AND b.created_at < now() - make_interval(secs => %(older_than)s)"
-)
-
-INSTANT_OWNERS = (
-    "SELECT DISTINCT r.claimed_by FROM ai_commentary_requests r"
-    " WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by LIKE 'instant:%%'"
-    " AND r.claimed_at < now() - make_interval(secs => %(grace)s)"
-)
-RELEASE_INSTANT_OWNER = (
-    "UPDATE ai_commentary_requests r"
-    " SET status = CASE WHEN r.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,"
-    " claimed_by = NULL, claimed_at = NULL, attempts = r.attempts + 1,"
-    " last_error = 'released: the worker running the call stopped', updated_at = now()"
-    " WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by = %(owner)s"
-    " RETURNING r.question_id"
-)
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
@@ -93,16 +71,9 @@ async def wake_submit_if_needed(conn: AsyncConnection[Any]) -> None:
     )
     row = await cur.fetchone()
     if row and row[0]:
-        await conn.execute(
-            q("defer_job"),
-            {
-                "queue": "submit",
-                "task": "submit",
-                "lock": "submit",
-                "args": "{}",
-                "scheduled_at": None,
-            },
-        )
+        from worker.submit import defer
+
+        await defer(conn, "submit", "submit")
 
 
 async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
@@ -113,7 +84,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
     out = {"adopted": 0, "abandoned": 0}
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        STALE_INTENTS,
+        q("stale_intents"),
         {"older_than": INTENT_GRACE_SECONDS},
     )
     for job in await cur.fetchall():
@@ -186,7 +157,7 @@ async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
         max_attempts = (await load_settings(conn)).max_attempts
     except Exception as exc:  # invalid settings row: fall back to the process default
         log.warning("settings row unreadable (%s); max_attempts=%s", exc, max_attempts)
-    cur = await conn.execute(INSTANT_OWNERS, {"grace": INTENT_GRACE_SECONDS})
+    cur = await conn.execute(q("instant_claim_owners"), {"grace": INTENT_GRACE_SECONDS})
     owners = [r[0] for r in await cur.fetchall()]
     ids: set[Any] = set()
     for owner in owners:
@@ -197,7 +168,7 @@ async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
         try:
             async with conn.transaction():
                 cur = await conn.execute(
-                    RELEASE_INSTANT_OWNER, {"owner": owner, "max_attempts": max_attempts}
+                    q("release_instant_owner"), {"owner": owner, "max_attempts": max_attempts}
                 )
                 released = {r[0] for r in await cur.fetchall()}
                 if released:
@@ -248,9 +219,7 @@ async def wake_drain_if_due(conn: AsyncConnection[Any]) -> bool:
     due = row[0] if row else None
     if due is None:
         return False
-    cur = await conn.execute("SELECT now() >= %s", (due,))
-    now_due = await cur.fetchone()
-    if not (now_due and now_due[0]):
+    if due > datetime.now(UTC):
         return False
     await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
     return True

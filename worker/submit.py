@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import uuid
@@ -31,6 +30,7 @@ from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
 from worker.providers.base import ChatRequest, ResultLine
+from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.queries import q
 from worker.routing import providers
 from worker.schemas import COMMENTARY_SCHEMA, SUMMARY_SCHEMA
@@ -188,6 +188,8 @@ async def submit_batch_model(
     route = settings.route(model_key)
     provider = providers().batch(route.provider)
     stage = "summary" if model_key == "summary" else "comment"
+    # Chunks are measured on the exact lines the adapter will upload.
+    line_size = request_line_encoder(route.provider, route.model)
     batches = sent = 0
     for _ in range(MAX_BATCHES_PER_MODEL_PER_RUN):
         async with pool.connection() as conn:
@@ -196,18 +198,8 @@ async def submit_batch_model(
                 if not rows:
                     return batches, sent
                 requests = await build_requests(conn, settings, model_key, rows)
-                from worker.providers.jsonl import chunk_requests, encode_line
-
-                def size_of(r: ChatRequest) -> bytes:
-                    # Request-line size is dominated by the prompts; the exact provider
-                    # line is built by the adapter. 1 KiB margin covers the envelope.
-                    return (
-                        encode_line({"s": r.system_prompt, "u": r.user_prompt, "j": r.json_schema})
-                        + b" " * 1024
-                    )
-
                 intents: list[tuple[uuid.UUID, list[ChatRequest]]] = []
-                for chunk in chunk_requests(requests, size_of, provider.limits):
+                for chunk in chunk_requests(requests, line_size, provider.limits):
                     job_id = uuid.uuid4()
                     qids = [custom_ids.parse(r.custom_id)[0] for r in chunk]
                     await conn.execute(
@@ -564,7 +556,3 @@ async def _defer_again(
         await defer(conn, "submit", "submit")
     elif due is not None:
         await defer(conn, "submit", "submit", scheduled_at=due)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)

@@ -364,7 +364,8 @@ SELECT EXISTS (
 ) AS waiting;
 
 -- name: stale_intents
--- Intents whose submitting worker is gone (checked with an advisory lock by the caller).
+-- Intents old enough to check; the caller tests each intent's advisory lock (a live
+-- submitter holds it) and the submitter re-checks the state under that lock.
 SELECT id, provider, model_key, stage FROM ai_commentary_batch_jobs
 WHERE state = 'submitting' AND created_at < now() - make_interval(secs => %(older_than)s);
 
@@ -379,14 +380,20 @@ WHERE b.state = 'in_flight'
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
                   WHERE j.queueing_lock = 'poll:' || b.id::text AND j.status = 'todo');
 
--- name: release_dead_instant_claims
--- Instant calls have a hard timeout, so a claim older than that is a dead worker's.
+-- name: instant_claim_owners
+-- Owners of instant claims old enough to check; the caller tests each owner's session lock.
+SELECT DISTINCT r.claimed_by FROM ai_commentary_requests r
+WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by LIKE 'instant:%%'
+  AND r.claimed_at < now() - make_interval(secs => %(grace)s);
+
+-- name: release_instant_owner
+-- The owner's lock is free: its worker (or connection) died. Counts an attempt, so a
+-- question that kills its worker cannot loop forever.
 UPDATE ai_commentary_requests r
-SET status = 'waiting', claimed_by = NULL, claimed_at = NULL,
-    attempts = r.attempts + 1, last_error = 'released: the worker running the call stopped',
-    updated_at = now()
-WHERE r.status = 'submitted' AND r.batch_job_id IS NULL
-  AND r.claimed_at < now() - make_interval(secs => %(older_than)s)
+SET status = CASE WHEN r.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+    claimed_by = NULL, claimed_at = NULL, attempts = r.attempts + 1,
+    last_error = 'released: the worker running the call stopped', updated_at = now()
+WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by = %(owner)s
 RETURNING r.question_id;
 
 -- name: defer_job
