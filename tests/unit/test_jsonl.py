@@ -462,3 +462,59 @@ def test_request_line_encoder_matches_adapter_lines(provider: str) -> None:
     line = json.loads(enc(req(4)))
     assert line.get("custom_id", line.get("key")) == "q-4"
     assert enc(req(4)).endswith(b"\n")
+
+
+FULL_BUILDERS = {
+    "openai": openai_request_line,
+    "gemini": gemini_request_line,
+    "mistral": mistral_request_line,
+}
+AWKWARD_TEXTS = [
+    "Explain question 1.",
+    'Zitat: "Ptyalin" \\ Backslash, Tab\tund Zeilenumbruch\n',
+    "Umlaute äöü ß, Emoji 🧬, Steuerzeichen \x01 und \u2028",
+    "",
+]
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini", "mistral"])
+def test_line_template_bytes_equal_full_encoding(provider: str) -> None:
+    """The per-run line template writes exactly the bytes of a full json.dumps of the line,
+    for awkward ids and prompts, with options, and for a second schema object."""
+    enc = request_line_encoder(provider, "m")
+    other_schema = {**SCHEMA, "description": "zweites Schema"}
+    for text in AWKWARD_TEXTS:
+        for extra in ({}, {"max_output_tokens": 50, "temperature": 0.3}):
+            for schema in (SCHEMA, other_schema):
+                r = ChatRequest(
+                    custom_id=f"q-{text[:5]}",
+                    system_prompt=f"System {text}",
+                    user_prompt=text,
+                    schema_name="commentary",
+                    json_schema=schema,
+                    **extra,  # type: ignore[arg-type]
+                )
+                assert enc(r) == encode_line(FULL_BUILDERS[provider](r, "m"))
+
+
+def test_line_template_falls_back_when_a_prompt_holds_the_placeholder() -> None:
+    from worker.providers import jsonl
+
+    enc = request_line_encoder("openai", "m")
+    r = req(7)
+    tricky = ChatRequest(
+        custom_id="q-7",
+        system_prompt=f"odd {jsonl._HOLE_USER}",
+        user_prompt="Explain.",
+        schema_name="commentary",
+        json_schema=SCHEMA,
+    )
+    assert enc(tricky) == encode_line(openai_request_line(tricky, "m"))
+    assert enc(r) == encode_line(openai_request_line(r, "m"))
+
+
+def test_gemini_line_encoder_takes_the_schema_field_option() -> None:
+    enc = request_line_encoder("gemini", "m", schema_field="responseSchema")
+    line = json.loads(enc(req(3)))
+    assert "responseSchema" in line["request"]["generationConfig"]
+    assert "responseJsonSchema" not in line["request"]["generationConfig"]

@@ -37,11 +37,10 @@ from worker.providers.base import (
 from worker.providers.jsonl import (
     MalformedCallback,
     check_batch_size,
-    encode_line,
-    gemini_request_line,
     parse_gemini_inline,
     parse_gemini_line,
     parse_jsonl_file,
+    request_line_encoder,
     temp_path,
     write_jsonl_path_async,
 )
@@ -108,10 +107,8 @@ class GeminiBatch:
         self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
     ) -> SubmittedBatch:
         """Upload the requests as a JSONL file and create one batch named ``intent_id``."""
-        lines = (
-            encode_line(gemini_request_line(r, model, schema_field=self._schema_field))
-            for r in requests
-        )
+        encode = request_line_encoder(self.name, model, schema_field=self._schema_field)
+        lines = (encode(r) for r in requests)
         with temp_path() as path:
             count, size = await write_jsonl_path_async(path, lines)
             check_batch_size(self.name, self.limits, count, size)

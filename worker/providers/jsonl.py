@@ -44,7 +44,7 @@ import re
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, TypeVar
 
 from worker.error_policy import classify_http, classify_rpc_status, kind_for_result_code
@@ -167,7 +167,7 @@ def mistral_request_line(request: ChatRequest, model: str) -> JsonDict:
     }
 
 
-REQUEST_LINE_BUILDERS: Mapping[str, Callable[[ChatRequest, str], JsonDict]] = {
+REQUEST_LINE_BUILDERS: Mapping[str, Callable[..., JsonDict]] = {
     "openai": openai_request_line,
     "gemini": gemini_request_line,
     "mistral": mistral_request_line,
@@ -179,13 +179,84 @@ def encode_line(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def request_line_encoder(provider: str, model: str) -> Callable[[ChatRequest], bytes]:
-    """``request -> exact upload-line bytes`` for ``provider``; pass it to
-    :func:`chunk_requests` so chunks are measured on the lines the adapter will write."""
+# Two placeholders (private-use characters, so never real ids or prompts) mark where the
+# per-request strings go in a line encoded once per run.
+_HOLE_ID = "\ue000aiw:custom_id\ue000"
+_HOLE_USER = "\ue000aiw:user_prompt\ue000"
+
+
+def _json_str(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+class _LineTemplate:
+    """The upload line of one (provider, model, system prompt, schema, options) with holes
+    for the two strings that differ per request: ``custom_id`` and the user prompt. Only
+    those are JSON-encoded per line; the rest (the system prompt and the JSON Schema, most
+    of a line's bytes) was encoded once. The bytes equal :func:`encode_line` of the built
+    line exactly (``test_line_template_bytes_equal_full_encoding``)."""
+
+    __slots__ = ("id_first", "parts", "schema")
+
+    def __init__(self, parts: tuple[bytes, bytes, bytes], id_first: bool, schema: object):
+        self.parts = parts
+        self.id_first = id_first
+        self.schema = schema  # held so its id() in the cache key cannot be reused
+
+    @classmethod
+    def build(cls, line: bytes, schema: object) -> _LineTemplate | None:
+        hole_id, hole_user = _json_str(_HOLE_ID), _json_str(_HOLE_USER)
+        if line.count(hole_id) != 1 or line.count(hole_user) != 1:
+            return None
+        id_first = line.index(hole_id) < line.index(hole_user)
+        first, second = (hole_id, hole_user) if id_first else (hole_user, hole_id)
+        head, rest = line.split(first)
+        middle, tail = rest.split(second)
+        return cls((head, middle, tail), id_first, schema)
+
+    def render(self, request: ChatRequest) -> bytes:
+        head, middle, tail = self.parts
+        a, b = _json_str(request.custom_id), _json_str(request.user_prompt)
+        if not self.id_first:
+            a, b = b, a
+        return b"".join((head, a, middle, b, tail))
+
+
+def request_line_encoder(
+    provider: str, model: str, **options: Any
+) -> Callable[[ChatRequest], bytes]:
+    """``request -> exact upload-line bytes`` for ``provider`` (``options`` go to the line
+    builder, e.g. Gemini's ``schema_field``). The adapters write these bytes, and
+    :func:`chunk_requests` measures them.
+
+    Lines are rendered from a :class:`_LineTemplate` per distinct system prompt, schema and
+    options: about 2 µs a line instead of 16 µs for a full ``json.dumps`` of the nested body
+    (50,000-line batches are encoded twice, once to chunk and once to upload)."""
     build = REQUEST_LINE_BUILDERS[provider]
+    templates: dict[tuple[Any, ...], _LineTemplate | None] = {}
 
     def encode(request: ChatRequest) -> bytes:
-        return encode_line(build(request, model))
+        key = (
+            request.system_prompt,
+            request.schema_name,
+            id(request.json_schema),
+            request.max_output_tokens,
+            request.temperature,
+        )
+        template = templates.get(key)
+        if key not in templates or (
+            template is not None and template.schema is not request.json_schema
+        ):
+            if len(templates) >= 16:
+                templates.clear()
+            probe = replace(request, custom_id=_HOLE_ID, user_prompt=_HOLE_USER)
+            template = _LineTemplate.build(
+                encode_line(build(probe, model, **options)), request.json_schema
+            )
+            templates[key] = template
+        if template is None:  # a placeholder inside the constant part: encode it whole
+            return encode_line(build(request, model, **options))
+        return template.render(request)
 
     return encode
 

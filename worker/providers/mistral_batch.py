@@ -35,10 +35,9 @@ from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,
     check_batch_size,
-    encode_line,
-    mistral_request_line,
     parse_jsonl_file,
     parse_mistral_line,
+    request_line_encoder,
     temp_path,
     write_jsonl_path_async,
 )
@@ -92,7 +91,8 @@ class MistralBatch:
         self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
     ) -> SubmittedBatch:
         """Upload the requests as one JSONL file and create one job tagged ``intent_id``."""
-        lines = (encode_line(mistral_request_line(r, model)) for r in requests)
+        encode = request_line_encoder(self.name, model)
+        lines = (encode(r) for r in requests)
         with temp_path() as path:
             count, size = await write_jsonl_path_async(path, lines)
             check_batch_size(self.name, self.limits, count, size)

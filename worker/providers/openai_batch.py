@@ -30,10 +30,9 @@ from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,
     check_batch_size,
-    encode_line,
-    openai_request_line,
     parse_jsonl_file,
     parse_openai_line,
+    request_line_encoder,
     temp_path,
     write_jsonl_path_async,
 )
@@ -83,7 +82,8 @@ class OpenAIBatch:
         self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
     ) -> SubmittedBatch:
         """Upload the requests as one JSONL file and create one batch tagged ``intent_id``."""
-        lines = (encode_line(openai_request_line(r, model)) for r in requests)
+        encode = request_line_encoder(self.name, model)
+        lines = (encode(r) for r in requests)
         with temp_path() as path:
             count, size = await write_jsonl_path_async(path, lines)
             check_batch_size(self.name, self.limits, count, size)
