@@ -206,7 +206,9 @@ CREATE TEMP TABLE IF NOT EXISTS worker_ingest_lines (
 
 -- name: upsert_comments
 -- Idempotent writes (failure mode 3): one row per question and model, only for requests
--- this batch (or instant call) still owns.
+-- this batch (or instant call) still owns. The price is read once (sql/0013).
+WITH price AS MATERIALIZED (
+    SELECT * FROM worker_price(%(provider)s, %(model_name)s, %(batch_priced)s))
 INSERT INTO ai_answer_comments AS c (
     question_id, model_key, chosen_answer, general_comment,
     comment_a, comment_b, comment_c, comment_d, comment_e,
@@ -220,9 +222,11 @@ SELECT l.question_id, %(model_key)s, l.chosen_answer, l.general_comment,
        l.regenerated_option_c, l.regenerated_option_d, l.regenerated_option_e,
        %(provider)s, %(model_name)s, l.model_version, %(prompt_version)s, %(batch_job_id)s,
        l.input_tokens, l.output_tokens,
-       worker_cost_usd(%(provider)s, %(model_name)s, l.input_tokens, l.output_tokens, %(batch_priced)s),
+       worker_cost_at(l.input_tokens, l.output_tokens, w.input_usd_per_mtok,
+                      w.output_usd_per_mtok, w.factor),
        %(batch_priced)s, 'worker'
 FROM worker_ingest_lines l
+LEFT JOIN price w ON true
 JOIN ai_commentary_requests r
   ON r.question_id = l.question_id AND r.model_key = %(model_key)s
  AND r.status = 'submitted' AND r.claimed_by = %(owner)s
@@ -244,6 +248,8 @@ ON CONFLICT (question_id, model_key) DO UPDATE SET
     batch_priced = EXCLUDED.batch_priced, source = EXCLUDED.source, updated_at = now();
 
 -- name: upsert_summaries
+WITH price AS MATERIALIZED (
+    SELECT * FROM worker_price(%(provider)s, %(model_name)s, %(batch_priced)s))
 INSERT INTO ai_commentary_summaries AS s (
     question_id, summary_general_comment, summary_comment_a, summary_comment_b,
     summary_comment_c, summary_comment_d, summary_comment_e, model_agreement_analysis,
@@ -253,9 +259,11 @@ SELECT l.question_id, l.general_comment, l.comment_a, l.comment_b, l.comment_c,
        l.comment_d, l.comment_e, l.model_agreement_analysis,
        %(provider)s, %(model_name)s, l.model_version, %(prompt_version)s, %(batch_job_id)s,
        l.input_tokens, l.output_tokens,
-       worker_cost_usd(%(provider)s, %(model_name)s, l.input_tokens, l.output_tokens, %(batch_priced)s),
+       worker_cost_at(l.input_tokens, l.output_tokens, w.input_usd_per_mtok,
+                      w.output_usd_per_mtok, w.factor),
        %(batch_priced)s
 FROM worker_ingest_lines l
+LEFT JOIN price w ON true
 JOIN ai_commentary_requests r
   ON r.question_id = l.question_id AND r.model_key = %(model_key)s
  AND r.status = 'submitted' AND r.claimed_by = %(owner)s
