@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 from typing import Any
@@ -10,12 +11,17 @@ from typing import Any
 import pytest
 
 from worker.emulator.content import (
+    Answer,
+    Dice,
+    compile_schema,
     count_tokens,
     embed,
     embedding_b64,
     embedding_dims,
     generate_json,
+    plain_answer,
     schema_errors,
+    seed_from,
     violate_schema,
 )
 
@@ -149,3 +155,84 @@ def test_embeddings() -> None:
     assert embedding_dims("whatever", 12) == 12
     decoded = struct.unpack("<4f", base64.b64decode(embedding_b64([0.5, -1.0, 0.25, 0.0])))
     assert decoded == (0.5, -1.0, 0.25, 0.0)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+FLAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "choice": {"type": "string", "enum": ["A", "B", "C"]},
+        "comment": {"type": "string"},
+        "maybe": {"type": ["string", "null"]},
+        "quote": {"enum": ['say "hi"', "50%", "{x}", "ü\\n"]},
+    },
+    "required": ["choice", "comment", "maybe", "quote"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("schema", [*SCHEMAS, FLAT_SCHEMA])
+def test_compiled_text_is_the_json_of_the_value(schema: dict[str, Any]) -> None:
+    compiled = compile_schema(schema)
+    for seed in (0, 7, 2**63 + 5, -3, 10**30):
+        value = compiled.value(seed)
+        assert compiled.text(seed) == json.dumps(value, ensure_ascii=False)
+        assert schema_errors(value, schema) == []
+
+
+def test_flat_schema_values_vary_and_validate() -> None:
+    values = [generate_json(FLAT_SCHEMA, s) for s in range(200)]
+    assert all(schema_errors(v, FLAT_SCHEMA) == [] for v in values)
+    assert {v["choice"] for v in values} == {"A", "B", "C"}
+    assert len({v["quote"] for v in values}) == 4
+    assert len({v["comment"] for v in values}) > 150
+
+
+def test_seed_from_is_stable() -> None:
+    # Pinned values: request ids and answers must not change between releases by accident.
+    assert seed_from("a", 1, b"x") == 18417380361900309240
+    assert seed_from(0, "gpt-4o-mini", "user: hi") == 10406095850735094083
+    assert seed_from("ä\udc80", True) == seed_from(
+        "ä\udc80".encode("utf-8", "surrogatepass"), "True"
+    )
+
+
+def test_dice_ranges() -> None:
+    dice = Dice(12345)
+    draws = [dice.between(-2, 2) for _ in range(500)]  # more than one digest's words
+    assert set(draws) == {-2, -1, 0, 1, 2}
+    big = [dice.between(0, 10**30) for _ in range(50)]
+    assert all(0 <= b <= 10**30 for b in big) and max(big) > 10**29
+    assert all(0.0 <= dice.fraction() < 1.0 for _ in range(100))
+    assert dice.bits(128) < 2**128
+    assert [Dice(5).word() for _ in range(3)] == [Dice(5).word()] * 3, "deterministic"
+    assert Dice(5).take(20) == Dice(5).take(20)
+
+
+def test_schema_cache_is_by_content_and_copies() -> None:
+    schema: dict[str, Any] = {"type": "object", "properties": {"x": {"const": 1}}}
+    assert generate_json(schema, 1) == {"x": 1}
+    schema["properties"]["x"]["const"] = 2  # edited after use: not served from the cache
+    assert generate_json(schema, 1) == {"x": 2}
+    # == takes True for 1: such schemas must still get their own generator
+    assert json.dumps(generate_json({"const": 1}, 0)) == "1"
+    assert json.dumps(generate_json({"const": True}, 0)) == "true"
+    assert json.dumps(generate_json({"enum": [1.0]}, 0)) == "1.0"
+    # a returned object is the caller's to edit
+    compiled = compile_schema({"const": {"a": [1]}})
+    compiled.value(0)["a"].append(2)
+    assert compiled.value(0) == {"a": [1]}
+
+
+def test_answers() -> None:
+    plain = Answer(False, None)
+    assert plain.text(3) == plain_answer(3) and plain.text(3) != plain_answer(4)
+    assert json.loads(Answer(True, None).text(3)) == {"antwort": plain_answer(3)}
+    structured = Answer(True, FLAT_SCHEMA)
+    assert schema_errors(json.loads(structured.text(3)), FLAT_SCHEMA) == []
+    assert schema_errors(json.loads(structured.text(3, violate=True)), FLAT_SCHEMA) != []
+    assert structured.matches(True, json.loads(json.dumps(FLAT_SCHEMA)))
+    assert not structured.matches(False, FLAT_SCHEMA)
+    assert not structured.matches(True, SCHEMAS[0])
+    assert not Answer(True, {"const": 1}).matches(True, {"const": True})

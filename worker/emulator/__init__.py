@@ -3,7 +3,8 @@ aliases, close enough on the wire that the official SDKs work against it unchang
 
 Architecture (one module per concern):
 
-- :mod:`.server`      ThreadingHTTPServer (HTTP/1.1 keep-alive), routing by path prefix,
+- :mod:`.server`      selectors event loop (HTTP/1.1 keep-alive; slow requests get a thread
+                      each), routing by path prefix,
                       control endpoints ``/_emulator/{stats,config,reset,health}``
 - :mod:`.wire`        request/response objects, chunked bodies, streaming multipart
 - :mod:`.store`       files (bytes on disk), batches, statistics

@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 from worker.emulator import content
 from worker.emulator.faults import bad_request_reply, not_found_reply
 from worker.emulator.lifecycle import (
+    LineTemplate,
+    PreparedLines,
     advance,
     is_malformed,
     iter_jsonl,
@@ -31,6 +34,7 @@ from worker.emulator.lifecycle import (
     record_outcomes,
     request_cancel,
     shuffled_blocks,
+    slot,
     violates,
 )
 from worker.emulator.store import BatchRecord, BatchSettings, FileRecord, Store, new_id, now
@@ -96,6 +100,28 @@ def gemini_schema(request: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]
     return (mime == "application/json" or schema is not None), schema
 
 
+def content_response(
+    text: Any, tokens_in: Any, tokens_out: Any, tokens_total: Any, model: Any, response_id: Any
+) -> dict[str, Any]:
+    """A GenerateContentResponse (also filled with placeholders for line templates)."""
+    return {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": tokens_in,
+            "candidatesTokenCount": tokens_out,
+            "totalTokenCount": tokens_total,
+        },
+        "modelVersion": model,
+        "responseId": response_id,
+    }
+
+
 def generate_content(
     model: str, request: dict[str, Any], config_seed: int, violate: bool
 ) -> tuple[dict[str, Any], int, int]:
@@ -104,37 +130,35 @@ def generate_content(
     prompt = contents_text(request)
     seed = content.seed_from(config_seed, model, prompt)
     wants_json, schema = gemini_schema(request)
-    if schema is not None:
-        value = (
-            content.violate_schema(schema, seed) if violate else content.generate_json(schema, seed)
-        )
-        text = json.dumps(value, ensure_ascii=False)
-    elif wants_json:
-        text = json.dumps({"antwort": content.plain_answer(seed)}, ensure_ascii=False)
-    else:
-        text = content.plain_answer(seed)
+    text = content.answer_text(wants_json, schema, seed, violate)
     tin = content.count_tokens(prompt)
     tout = content.count_tokens(text)
-    return (
-        {
-            "candidates": [
-                {
-                    "content": {"parts": [{"text": text}], "role": "model"},
-                    "finishReason": "STOP",
-                    "index": 0,
-                }
-            ],
-            "usageMetadata": {
-                "promptTokenCount": tin,
-                "candidatesTokenCount": tout,
-                "totalTokenCount": tin + tout,
-            },
-            "modelVersion": model,
-            "responseId": f"{seed:016x}",
-        },
-        tin,
-        tout,
-    )
+    return content_response(text, tin, tout, tin + tout, model, f"{seed:016x}"), tin, tout
+
+
+def prepare_request(prepared: PreparedLines, model: str, request: Any, config_seed: int) -> None:
+    """Record what :func:`generate_content` needs for one batch line's ``request``."""
+    try:
+        if not isinstance(request, dict):
+            raise TypeError("request must be an object")
+        model = model.removeprefix("models/")
+        prompt = contents_text(request)
+        wants_json, schema = gemini_schema(request)
+        seed = content.seed_from(config_seed, model, prompt)
+        prepared.add(seed, content.count_tokens(prompt), model, wants_json, schema)
+    except (AttributeError, TypeError, ValueError):
+        prepared.add_unreadable()
+
+
+# A successful line of a results file.
+_RESULT_LINE = LineTemplate(
+    {
+        "key": slot("key"),
+        "response": content_response(
+            slot("text"), slot("tin"), slot("tout"), slot("ttotal"), slot("model"), slot("rid")
+        ),
+    }
+)
 
 
 def _line_error(status: int) -> dict[str, Any]:
@@ -295,6 +319,7 @@ class GeminiApi:
             "display_name": _get(batch_body, "displayName", "display_name") or "",
         }
         custom_ids: list[str] = []
+        settings = BatchSettings.from_config(self.store.config)
         if file_name:
             f = self.store.get_file("gemini", str(file_name))
             if f is None:
@@ -303,8 +328,17 @@ class GeminiApi:
                 )
             data["file_name"] = f.id
             data["input_path"] = f.path
+            prepared = data["prepared"] = PreparedLines()
+            seed = settings.seed
             for i, raw in iter_jsonl(f.path):
-                custom_ids.append(_line_key(raw, i))
+                try:
+                    line = json.loads(raw)
+                    custom_ids.append(str(line.get("key", f"#{i}")))
+                except (ValueError, AttributeError):
+                    custom_ids.append(f"#{i}")
+                    prepared.add_unreadable()
+                    continue
+                prepare_request(prepared, model, line.get("request") or {}, seed)
         else:
             reqs = ic.get("requests")
             if isinstance(reqs, dict):
@@ -322,7 +356,7 @@ class GeminiApi:
             id="batches/" + new_id(nbytes=8),
             provider="gemini",
             created_at=created,
-            settings=BatchSettings.from_config(self.store.config),
+            settings=settings,
             finisher=self._finish,
             phase_since=created,
             custom_ids=custom_ids,
@@ -445,28 +479,34 @@ class GeminiApi:
                 "batch_output",
                 {"mime_type": "application/jsonl", "source": "GENERATED"},
             )
-            for idx, raw in shuffled_blocks(iter_jsonl(b.data["input_path"]), s.seed):
+            prepared: PreparedLines = b.data["prepared"]
+            short_model = model.removeprefix("models/")
+            for idx in shuffled_blocks(range(len(prepared)), s.seed):
                 cid = b.custom_ids[idx]
                 outcome = line_outcome(s, terminal, cid, idx, partial_on_expiry=False)
+                if prepared.answer_of[idx] < 0:
+                    outcome = "failed"
                 outcomes[idx] = outcome
-                try:
-                    line = json.loads(raw)
-                    request = line.get("request") or {}
-                except ValueError:
-                    outcome = outcomes[idx] = "failed"
-                    request = {}
                 if outcome != "succeeded":
                     out.write_obj({"key": cid, "error": _line_error(s.line_failure_status)})
                     b.counts["failed"] += 1
                     continue
-                resp, tin, tout = generate_content(model, request, s.seed, violates(s, cid))
+                seed = prepared.seeds[idx]
+                tin = prepared.tokens_in[idx]
+                text = prepared.answers[prepared.answer_of[idx]].text(seed, violates(s, cid))
+                tout = content.count_tokens(text)
                 tin_total += tin
                 tout_total += tout
-                record = {"key": cid, "response": resp}
-                if is_malformed(s, cid):
-                    out.write_raw(malformed_text(json.dumps(record, ensure_ascii=False)))
-                else:
-                    out.write_obj(record)
+                line = _RESULT_LINE.render(
+                    key=encode_basestring(cid),
+                    text=encode_basestring(text),
+                    tin=str(tin),
+                    tout=str(tout),
+                    ttotal=str(tin + tout),
+                    model=encode_basestring(short_model),
+                    rid=f'"{seed:016x}"',
+                )
+                out.write_line(malformed_text(line) if is_malformed(s, cid) else line)
                 b.counts["ok"] += 1
             b.output_file_id = out.close(keep=not s.no_output_file)
         b.usage["input"] = tin_total
@@ -481,9 +521,9 @@ class GeminiApi:
     def generate(self, req: Request) -> Response:
         body = req.json()
         cfg = self.store.config
-        prompt = contents_text(body)
         violate = bool(cfg.schema_violation_rate) and (
-            content.unit_fraction(cfg.seed, "violation", prompt) < cfg.schema_violation_rate
+            content.unit_fraction(cfg.seed, "violation", contents_text(body))
+            < cfg.schema_violation_rate
         )
         resp, tin, tout = generate_content(req.params["m"], body, cfg.seed, violate)
         self.store.count("gemini", "chat_calls")
@@ -520,14 +560,6 @@ class GeminiApi:
 
 def short_id(name: str) -> str:
     return name.split("/", 1)[-1]
-
-
-def _line_key(raw: str, i: int) -> str:
-    try:
-        obj = json.loads(raw)
-        return str(obj.get("key", f"#{i}"))
-    except (ValueError, AttributeError):
-        return f"#{i}"
 
 
 def _page(items: list[Any], size: str | None, token: str | None) -> tuple[list[Any], str | None]:

@@ -12,15 +12,21 @@ and inline results, line by line, once, under the batch's own lock.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import random
-from collections.abc import Iterator
-from typing import IO, Any
+import re
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, TypeVar
 
-from worker.emulator.content import unit_fraction
+from worker.emulator.content import Answer, unit_fraction
 from worker.emulator.store import BatchRecord, BatchSettings, FileRecord, Store, new_id, now
 
+T = TypeVar("T")
+
 _SHUFFLE_BLOCK = 1000
+_WRITE_BLOCK = 1000  # result lines joined into one write
 
 
 def _next_phase(batch: BatchRecord) -> str:
@@ -140,11 +146,11 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, str]]:
                 i += 1
 
 
-def shuffled_blocks(items: Iterator[tuple[int, str]], seed: int) -> Iterator[tuple[int, str]]:
-    """Re-order a stream in blocks of 1000 lines, deterministically: output order differs
+def shuffled_blocks(items: Iterable[T], seed: int) -> Iterator[T]:
+    """Re-order a stream in blocks of 1000 items, deterministically: output order differs
     from input order (as real providers' does) while memory stays bounded."""
     rng = random.Random(seed)
-    block: list[tuple[int, str]] = []
+    block: list[T] = []
     for item in items:
         block.append(item)
         if len(block) >= _SHUFFLE_BLOCK:
@@ -153,6 +159,99 @@ def shuffled_blocks(items: Iterator[tuple[int, str]], seed: int) -> Iterator[tup
             block = []
     rng.shuffle(block)
     yield from block
+
+
+# --------------------------------------------------------------------------- prepared lines
+
+
+class PreparedLines:
+    """What generating each chat line's result needs, computed while the input file is
+    read at creation, so that file is parsed once. Per line it keeps a few numbers in
+    compact arrays (about 20 bytes), not the request: the prompt only matters through its
+    seed and token count, and the response format is one of a few distinct ones. Results
+    then no longer depend on the input file still existing either."""
+
+    def __init__(self) -> None:
+        self.seeds = array("Q")
+        self.tokens_in = array("I")
+        self.answer_of = array("i")  # index into ``answers``; -1: the line was unreadable
+        self.model_of = array("i")  # index into ``models``
+        self.answers: list[Answer] = []
+        self.models: list[str] = []
+        self._answer_index: dict[str, int] = {}
+        self._model_index: dict[str, int] = {}
+        self._last = -1  # the previous line's answer
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def add(
+        self,
+        seed: int,
+        tokens_in: int,
+        model: str,
+        wants_json: bool,
+        schema: dict[str, Any] | None,
+    ) -> None:
+        answer = self._last
+        # Every line of a batch usually asks for the same format: compare with the previous
+        # line's (dict equality, no encoding) before looking it up by its canonical JSON.
+        if answer < 0 or not self.answers[answer].matches(wants_json, schema):
+            key = f"{int(wants_json)}{json.dumps(schema, sort_keys=True, default=repr)}"
+            found = self._answer_index.get(key)
+            if found is None:
+                found = self._answer_index[key] = len(self.answers)
+                self.answers.append(Answer(wants_json, schema))
+            answer = self._last = found
+        m = self._model_index.get(model)
+        if m is None:
+            m = self._model_index[model] = len(self.models)
+            self.models.append(model)
+        self.seeds.append(seed)
+        self.tokens_in.append(tokens_in)
+        self.answer_of.append(answer)
+        self.model_of.append(m)
+
+    def add_unreadable(self) -> None:
+        """A line whose request cannot be answered (its result is a failed line)."""
+        self.seeds.append(0)
+        self.tokens_in.append(0)
+        self.answer_of.append(-1)
+        self.model_of.append(-1)
+
+
+# --------------------------------------------------------------------------- result lines
+
+_SLOT = re.compile(r'"@@(\w+)@@"')
+
+
+def slot(name: str) -> str:
+    """A placeholder for :class:`LineTemplate`: stands for one whole JSON value."""
+    return f"@@{name}@@"
+
+
+class LineTemplate:
+    """One result line's JSON with holes, encoded once: each line only fills in its own
+    values (already JSON-encoded text). Encoding the whole nested record per line was the
+    largest single cost of writing results. Renders exactly what ``json.dumps(record,
+    ensure_ascii=False, separators=(",", ":"))`` gives for the filled-in record."""
+
+    def __init__(self, sample: Any) -> None:
+        encoded = json.dumps(sample, ensure_ascii=False, separators=(",", ":"))
+        parts = _SLOT.split(encoded)
+        names = parts[1::2]
+        self.slots = frozenset(names)
+        # %-formatting with a tuple: several times faster than str.format(**values) on a
+        # long template.
+        self._format = "%s".join(p.replace("%", "%%") for p in parts[0::2])
+        pick = operator.itemgetter(*names)
+        self._pick: Callable[[dict[str, str]], Any] = (
+            pick if len(names) > 1 else lambda values: (pick(values),)
+        )
+
+    def render(self, **values: str) -> str:
+        line: str = self._format % self._pick(values)
+        return line
 
 
 class ResultFile:
@@ -176,19 +275,31 @@ class ResultFile:
         self.path = store.new_file_path(file_id)
         self.lines = 0
         self._f: IO[str] = open(self.path, "w", encoding="utf-8", buffering=1 << 20)
+        self._pending: list[str] = []
 
     def write_obj(self, obj: Any) -> None:
-        self._f.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
-        self._f.write("\n")
-        self.lines += 1
+        self.write_line(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
 
     def write_raw(self, line: str) -> None:
-        self._f.write(line)
-        self._f.write("\n")
-        self.lines += 1
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """One line of text (without its newline); written in blocks of lines."""
+        pending = self._pending
+        pending.append(line)
+        if len(pending) >= _WRITE_BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pending.append("")
+            self._f.write("\n".join(self._pending))
+            self.lines += len(self._pending) - 1
+            self._pending = []
 
     def close(self, keep: bool = True) -> str | None:
         """Finish the file; returns its id, or None when empty / not kept (file removed)."""
+        self._flush()
         self._f.close()
         if not keep or self.lines == 0:
             os.unlink(self.path)

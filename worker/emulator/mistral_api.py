@@ -14,14 +14,16 @@ finished; ``GET ?inline=true`` adds them for file-based jobs too. Files carry
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from json.encoder import encode_basestring
 from typing import Any
 
 from worker.emulator import content
 from worker.emulator.faults import bad_request_reply, not_found_reply
-from worker.emulator.lifecycle import ResultFile as _ResultFile
 from worker.emulator.lifecycle import (
+    PreparedLines,
     advance,
     is_malformed,
     iter_jsonl,
@@ -29,13 +31,18 @@ from worker.emulator.lifecycle import (
     malformed_text,
     record_outcomes,
     request_cancel,
+    slot,
     violates,
 )
+from worker.emulator.lifecycle import ResultFile as _ResultFile
 from worker.emulator.openai_api import (
     chat_completion,
+    chat_line_template,
     embeddings_response,
+    prepare_chat_line,
     realtime_chat,
     realtime_embeddings,
+    render_chat_line,
 )
 from worker.emulator.store import BatchRecord, BatchSettings, FileRecord, Store, now
 from worker.emulator.wire import Request, Response, Router, parse_multipart
@@ -82,6 +89,17 @@ def _line_error(status: int) -> dict[str, Any]:
         "param": None,
         "code": "1000",
     }
+
+
+# A successful line of an output file.
+_CHAT_LINE = chat_line_template(
+    {
+        "id": slot("line_id"),
+        "custom_id": slot("cid"),
+        "response": {"status_code": 200, "body": slot("body")},
+        "error": None,
+    }
+)
 
 
 class MistralApi:
@@ -208,6 +226,8 @@ class MistralApi:
         inline = body.get("requests")
         paths: list[str] = []
         custom_ids: list[str] = []
+        settings = BatchSettings.from_config(self.store.config)
+        prepared: PreparedLines | None = None  # file-based chat jobs: read once, here
         if inline:
             for i, r in enumerate(inline):
                 custom_ids.append(str(r.get("custom_id", i)))
@@ -221,17 +241,29 @@ class MistralApi:
                 if f is None:
                     return Response.error(not_found_reply("mistral", f"File {fid}"))
                 paths.append(f.path)
+            if endpoint == "/v1/chat/completions":
+                prepared = PreparedLines()
+            job_model = body.get("model") or "mistral-small-latest"
             for i, raw in self._iter_lines(paths):
                 try:
-                    custom_ids.append(str(json.loads(raw).get("custom_id", i)))
+                    line = json.loads(raw)
+                    custom_ids.append(str(line.get("custom_id", i)))
                 except (ValueError, AttributeError):
                     custom_ids.append(f"#{i}")
+                    if prepared is not None:
+                        prepared.add_unreadable()
+                    continue
+                if prepared is not None:
+                    line_body = line.get("body") or {}
+                    if isinstance(line_body, dict):
+                        line_body = {"model": job_model, **line_body}
+                    prepare_chat_line(prepared, line_body, settings.seed)
         created = now()
         job = BatchRecord(
             id=_uuid(),
             provider="mistral",
             created_at=created,
-            settings=BatchSettings.from_config(self.store.config),
+            settings=settings,
             finisher=self._finish,
             phase_since=created,
             custom_ids=custom_ids,
@@ -242,6 +274,7 @@ class MistralApi:
                 "metadata": body.get("metadata"),
                 "input_files": [str(x) for x in input_files],
                 "paths": paths,
+                "prepared": prepared,
                 "inline": inline,
                 "timeout_hours": body.get("timeout_hours", 24),
             },
@@ -356,9 +389,15 @@ class MistralApi:
         model = j.data["model"] or "mistral-small-latest"
         embeddings = j.data["endpoint"] == "/v1/embeddings"
         inline = j.data["inline"]
-        lines: Iterator[tuple[int, Any]] = (
-            iter(enumerate(inline)) if inline else self._iter_lines(j.data["paths"])
-        )
+        prepared: PreparedLines | None = j.data.get("prepared")
+        lines: Iterator[tuple[int, Any]]
+        if inline:
+            lines = iter(enumerate(inline))
+        elif prepared is not None:
+            lines = ((i, None) for i in range(len(prepared)))
+        else:
+            lines = self._iter_lines(j.data["paths"])
+        created = str(int(time.time()))
         out = _ResultFile(
             self.store,
             "mistral",
@@ -381,12 +420,16 @@ class MistralApi:
         for idx, item in lines:
             cid = j.custom_ids[idx]
             outcome = line_outcome(s, terminal, cid, idx)
-            try:
-                line = item if isinstance(item, dict) else json.loads(item)
-                body = dict(line.get("body") or {})
-            except ValueError:
-                outcome = "failed"
-                body = {}
+            body: dict[str, Any] = {}
+            if prepared is not None:
+                if prepared.answer_of[idx] < 0:
+                    outcome = "failed"
+            else:
+                try:
+                    line = item if isinstance(item, dict) else json.loads(item)
+                    body = dict(line.get("body") or {})
+                except ValueError:
+                    outcome = "failed"
             outcomes[idx] = outcome
             line_id = f"batch-{content.seed_from(j.id, cid):016x}"
             record: dict[str, Any]
@@ -414,6 +457,23 @@ class MistralApi:
                 }
                 err.write_obj(record)
                 j.counts["failed"] += 1
+            elif prepared is not None:  # file-based chat job (never inline: no record needed)
+                result_line, tin, tout = render_chat_line(
+                    _CHAT_LINE,
+                    prepared,
+                    idx,
+                    violates(s, cid),
+                    created,
+                    "",
+                    line_id=f'"{line_id}"',
+                    cid=encode_basestring(cid),
+                )
+                tin_total += tin
+                tout_total += tout
+                if is_malformed(s, cid):
+                    result_line = malformed_text(result_line)
+                out.write_line(result_line)
+                j.counts["ok"] += 1
             else:
                 body.setdefault("model", model)
                 if embeddings:

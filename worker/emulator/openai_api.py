@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from json.encoder import encode_basestring
 from typing import Any
 
 from worker.emulator import content
 from worker.emulator.faults import bad_request_reply, not_found_reply
 from worker.emulator.lifecycle import (
+    LineTemplate,
+    PreparedLines,
     advance,
     is_malformed,
     iter_jsonl,
@@ -30,6 +34,7 @@ from worker.emulator.lifecycle import (
     record_outcomes,
     request_cancel,
     shuffled_blocks,
+    slot,
     violates,
 )
 from worker.emulator.store import (
@@ -94,33 +99,20 @@ def response_schema(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
     return rf.get("type") == "json_object", None
 
 
-def answer_text(wants_json: bool, schema: dict[str, Any] | None, seed: int, violate: bool) -> str:
-    """The model's message content for a request."""
-    if schema is not None:
-        value = (
-            content.violate_schema(schema, seed) if violate else content.generate_json(schema, seed)
-        )
-        return json.dumps(value, ensure_ascii=False)
-    if wants_json:
-        return json.dumps({"antwort": content.plain_answer(seed)}, ensure_ascii=False)
-    return content.plain_answer(seed)
-
-
-def chat_completion(
-    body: dict[str, Any], config_seed: int, violate: bool, id_prefix: str = "chatcmpl-"
-) -> tuple[dict[str, Any], int, int]:
-    """A ``chat.completion`` for ``body``; returns (response, input tokens, output tokens)."""
-    model = str(body.get("model") or "gpt-4o-mini")
-    prompt = messages_text(body.get("messages"))
-    seed = content.seed_from(config_seed, model, prompt)
-    wants_json, schema = response_schema(body)
-    text = answer_text(wants_json, schema, seed, violate)
-    tin = content.count_tokens(prompt)
-    tout = content.count_tokens(text)
-    resp = {
-        "id": f"{id_prefix}{seed:016x}",
+def chat_response(
+    resp_id: Any,
+    created: Any,
+    model: Any,
+    text: Any,
+    tokens_in: Any,
+    tokens_out: Any,
+    tokens_total: Any,
+) -> dict[str, Any]:
+    """The ``chat.completion`` object (also filled with placeholders for line templates)."""
+    return {
+        "id": resp_id,
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": created,
         "model": model,
         "choices": [
             {
@@ -136,15 +128,91 @@ def chat_completion(
             }
         ],
         "usage": {
-            "prompt_tokens": tin,
-            "completion_tokens": tout,
-            "total_tokens": tin + tout,
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_total,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         },
         "system_fingerprint": "fp_emulator",
     }
+
+
+def chat_completion(
+    body: dict[str, Any], config_seed: int, violate: bool, id_prefix: str = "chatcmpl-"
+) -> tuple[dict[str, Any], int, int]:
+    """A ``chat.completion`` for ``body``; returns (response, input tokens, output tokens)."""
+    model = str(body.get("model") or "gpt-4o-mini")
+    prompt = messages_text(body.get("messages"))
+    seed = content.seed_from(config_seed, model, prompt)
+    wants_json, schema = response_schema(body)
+    text = content.answer_text(wants_json, schema, seed, violate)
+    tin = content.count_tokens(prompt)
+    tout = content.count_tokens(text)
+    resp = chat_response(
+        f"{id_prefix}{seed:016x}", int(time.time()), model, text, tin, tout, tin + tout
+    )
     return resp, tin, tout
+
+
+def prepare_chat_line(
+    prepared: PreparedLines, body: Any, config_seed: int, default_model: str = "gpt-4o-mini"
+) -> None:
+    """Record what :func:`chat_completion` needs from one batch line's ``body``."""
+    body = body or {}
+    try:
+        if not isinstance(body, dict):
+            raise TypeError("body must be an object")
+        model = str(body.get("model") or default_model)
+        prompt = messages_text(body.get("messages"))
+        wants_json, schema = response_schema(body)
+        seed = content.seed_from(config_seed, model, prompt)
+        prepared.add(seed, content.count_tokens(prompt), model, wants_json, schema)
+    except (AttributeError, TypeError, ValueError):
+        prepared.add_unreadable()
+
+
+def chat_line_template(envelope: Any) -> LineTemplate:
+    """A template for a chat result line: ``envelope`` holds ``slot("body")`` where the
+    ``chat.completion`` goes; the completion's own slots are ``resp_id``, ``created``,
+    ``model``, ``text``, ``tin``, ``tout``, ``ttotal``."""
+
+    def fill(node: Any) -> Any:
+        if node == slot("body"):
+            names = ("resp_id", "created", "model", "text", "tin", "tout", "ttotal")
+            return chat_response(*(slot(n) for n in names))
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        return node
+
+    return LineTemplate(fill(envelope))
+
+
+def render_chat_line(
+    template: LineTemplate,
+    prepared: PreparedLines,
+    idx: int,
+    violate: bool,
+    created: str,
+    id_prefix: str,
+    **envelope: str,
+) -> tuple[str, int, int]:
+    """One successful result line from prepared inputs: (line, input tokens, output tokens)."""
+    seed = prepared.seeds[idx]
+    tin = prepared.tokens_in[idx]
+    text = prepared.answers[prepared.answer_of[idx]].text(seed, violate)
+    tout = content.count_tokens(text)
+    line = template.render(
+        resp_id=f'"{id_prefix}{seed:016x}"',
+        created=created,
+        model=encode_basestring(prepared.models[prepared.model_of[idx]]),
+        text=encode_basestring(text),
+        tin=str(tin),
+        tout=str(tout),
+        ttotal=str(tin + tout),
+        **envelope,
+    )
+    return line, tin, tout
 
 
 def embedding_inputs(raw: Any) -> list[str]:
@@ -213,6 +281,17 @@ def openai_line_error(status: int) -> dict[str, Any]:
             "code": "server_error",
         }
     }
+
+
+# A successful chat line of an output file.
+_CHAT_LINE = chat_line_template(
+    {
+        "id": slot("req_id"),
+        "custom_id": slot("cid"),
+        "response": {"status_code": 200, "request_id": slot("req_id"), "body": slot("body")},
+        "error": None,
+    }
+)
 
 
 # --------------------------------------------------------------------------- the API
@@ -329,8 +408,9 @@ class OpenAIApi:
                 )
             )
         cfg = self.store.config
+        prepared = PreparedLines() if endpoint == "/v1/chat/completions" else None
         custom_ids, errors, model = scan_input(
-            f, endpoint, cfg.max_batch_lines, cfg.max_batch_bytes
+            f, endpoint, cfg.max_batch_lines, cfg.max_batch_bytes, prepared, cfg.seed
         )
         created = now()
         batch = BatchRecord(
@@ -349,6 +429,7 @@ class OpenAIApi:
                 "input_path": f.path,
                 "metadata": body.get("metadata"),
                 "model": model,
+                "prepared": None if errors else prepared,
             },
         )
         batch.entered["queued"] = created
@@ -473,10 +554,20 @@ class OpenAIApi:
         outcomes: dict[int, str] = {}
         tin_total = tout_total = 0
         model = b.data.get("model") or ""
-        for idx, raw in shuffled_blocks(iter_jsonl(b.data["input_path"]), s.seed):
-            line = json.loads(raw)
-            cid = str(line["custom_id"])
+        prepared: PreparedLines | None = b.data.get("prepared")
+        # Chat batches were read at creation (prepared); embeddings batches re-read the input.
+        lines: Iterator[tuple[int, str | None]] = (
+            ((i, None) for i in shuffled_blocks(range(len(prepared)), s.seed))
+            if prepared is not None
+            else shuffled_blocks(iter_jsonl(b.data["input_path"]), s.seed)
+        )
+        created = str(int(time.time()))
+        for idx, raw in lines:
+            cid = b.custom_ids[idx]
             outcome = line_outcome(s, terminal, cid, idx)
+            unreadable = prepared is not None and prepared.answer_of[idx] < 0
+            if unreadable and outcome == "succeeded":
+                outcome = "failed"
             outcomes[idx] = outcome
             req_id = f"batch_req_{content.seed_from(b.id, cid):016x}"
             if outcome == "expired":
@@ -495,38 +586,49 @@ class OpenAIApi:
                 b.counts["failed"] += 1
                 continue
             if outcome == "failed":
+                status = 400 if unreadable else s.line_failure_status
                 err.write_obj(
                     {
                         "id": req_id,
                         "custom_id": cid,
                         "response": {
-                            "status_code": s.line_failure_status,
+                            "status_code": status,
                             "request_id": req_id,
-                            "body": openai_line_error(s.line_failure_status),
+                            "body": openai_line_error(status),
                         },
                         "error": None,
                     }
                 )
                 b.counts["failed"] += 1
                 continue
-            body = line.get("body") or {}
-            if endpoint == "/v1/embeddings":
-                resp, tin = embeddings_response(body, s.seed)
-                tout = 0
+            if prepared is not None:
+                line, tin, tout = render_chat_line(
+                    _CHAT_LINE,
+                    prepared,
+                    idx,
+                    violates(s, cid),
+                    created,
+                    "chatcmpl-",
+                    req_id=f'"{req_id}"',
+                    cid=encode_basestring(cid),
+                )
             else:
-                resp, tin, tout = chat_completion(body, s.seed, violates(s, cid))
+                body = json.loads(raw or "{}").get("body") or {}
+                if endpoint == "/v1/embeddings":
+                    resp, tin = embeddings_response(body, s.seed)
+                    tout = 0
+                else:
+                    resp, tin, tout = chat_completion(body, s.seed, violates(s, cid))
+                record = {
+                    "id": req_id,
+                    "custom_id": cid,
+                    "response": {"status_code": 200, "request_id": req_id, "body": resp},
+                    "error": None,
+                }
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
             tin_total += tin
             tout_total += tout
-            record = {
-                "id": req_id,
-                "custom_id": cid,
-                "response": {"status_code": 200, "request_id": req_id, "body": resp},
-                "error": None,
-            }
-            if is_malformed(s, cid):
-                out.write_raw(malformed_text(json.dumps(record, ensure_ascii=False)))
-            else:
-                out.write_obj(record)
+            out.write_line(malformed_text(line) if is_malformed(s, cid) else line)
             b.counts["ok"] += 1
         b.output_file_id = out.close(keep=not s.no_output_file)
         b.error_file_id = err.close()
@@ -548,9 +650,9 @@ def realtime_chat(store: Store, provider: str, req: Request) -> Response:
     """Shared realtime chat handler (OpenAI, Mistral, compat aliases)."""
     body = req.json()
     cfg = store.config
-    prompt = messages_text(body.get("messages"))
     violate = bool(cfg.schema_violation_rate) and (
-        content.unit_fraction(cfg.seed, "violation", prompt) < cfg.schema_violation_rate
+        content.unit_fraction(cfg.seed, "violation", messages_text(body.get("messages")))
+        < cfg.schema_violation_rate
     )
     resp, tin, tout = chat_completion(body, cfg.seed, violate)
     if provider == "mistral":
@@ -591,9 +693,15 @@ def _cursor_page(items: list[dict[str, Any]], after: str | None, limit: int) -> 
 
 
 def scan_input(
-    f: FileRecord, endpoint: str, max_lines: int, max_bytes: int
+    f: FileRecord,
+    endpoint: str,
+    max_lines: int,
+    max_bytes: int,
+    prepared: PreparedLines | None = None,
+    config_seed: int = 0,
 ) -> tuple[list[str], list[dict[str, Any]], str | None]:
-    """Validate an OpenAI batch input file: (custom_ids, errors, model)."""
+    """Validate an OpenAI batch input file: (custom_ids, errors, model). With ``prepared``,
+    also record each accepted line's generation inputs there (chat batches)."""
     errors: list[dict[str, Any]] = []
 
     def err(code: str, message: str, line: int | None, param: str | None = None) -> None:
@@ -633,6 +741,9 @@ def scan_input(
                 )
             seen.add(cid)
             ids.append(cid)
+            body = obj.get("body")
+            if prepared is not None:
+                prepare_chat_line(prepared, body, config_seed)
             if obj.get("url") != endpoint:
                 err(
                     "url_mismatch",
@@ -641,7 +752,6 @@ def scan_input(
                     lineno,
                     "url",
                 )
-            body = obj.get("body")
             m = body.get("model") if isinstance(body, dict) else None
             if model is None:
                 model = m

@@ -7,7 +7,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import Message
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -21,10 +20,35 @@ class _Readable(Protocol):
     def readline(self, limit: int = ..., /) -> bytes: ...
 
 
+class Headers:
+    """Request headers by case-insensitive name; of a repeated header the first one counts
+    (as with ``email.message.Message.get``)."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, items: dict[str, str] | None = None) -> None:
+        self._by_name = {k.lower(): v for k, v in (items or {}).items()}
+
+    def add(self, name: str, value: str) -> None:
+        self._by_name.setdefault(name.lower(), value)
+
+    def replace(self, name: str, value: str) -> None:
+        self._by_name[name.lower()] = value
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._by_name.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._by_name
+
+    def __repr__(self) -> str:
+        return f"Headers({self._by_name!r})"
+
+
 class BodyReader:
     """Reads a request body exactly once, honouring Content-Length or chunked encoding."""
 
-    def __init__(self, rfile: _Readable, headers: Message) -> None:
+    def __init__(self, rfile: _Readable, headers: Headers) -> None:
         self._rfile = rfile
         self._chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
         self._remaining = int(headers.get("Content-Length") or 0)
@@ -83,7 +107,7 @@ class Request:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: Message
+    headers: Headers
     body: BodyReader
     provider: str
     host: str
