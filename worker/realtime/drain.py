@@ -10,11 +10,16 @@ would cap throughput. Inside one run the drain is a pipeline, not a sequence of 
   could use. Rate limits are admitted in Postgres right after the claim; what does not fit
   goes back to waiting with ``next_attempt_at``.
 * **run**: one asyncio task per chat-type job and per embeddings group, under a semaphore per
-  provider (``provider_concurrency``, default 50; mock 2000). A finished call frees its slot
-  at once, and the next claim refills it - no batch waits for its slowest member.
+  provider (``provider_concurrency``, default 50; mock 2000). A chat lane may hold a tenth
+  more jobs than that (:data:`PREFETCH_SHARE`), waiting in memory on the semaphore, so a
+  finished call's slot is taken by the next job at once rather than after a claim round
+  trip; the claim refills the lane once half of that prefetch is used (fewer, larger
+  claims) - no batch waits for its slowest member.
 * **write**: outcomes are collected by a writer that flushes everything finished so far in one
   statement (results, retries, failures, session messages), a group commit: under load a
-  flush carries hundreds of rows, when quiet a single one, without any fixed delay.
+  flush carries hundreds of rows, when quiet a single one, without any fixed delay. A flush
+  wakes the claim loop when it may have made work claimable: a session's next question, or
+  room under ``max_in_flight``.
 * **listen**: the run LISTENs on ``worker_ai_jobs`` (sent by the insert trigger), so a row
   inserted while it runs - or lingers ``linger_seconds`` after the queue ran dry - is claimed
   within about a millisecond instead of waiting for Procrastinate to fetch the next drain job.
@@ -60,8 +65,23 @@ BLOCKED_CACHE_SECONDS = 1.0
 #: When due rows exist but none could be claimed (locked by another worker, or waiting for
 #: an earlier job of their session held elsewhere), look again after this long.
 BLOCKED_POLL_SECONDS = 0.1
+#: A provider that keeps succeeding is reported to the circuit breaker this often at most
+#: (the claim's view of blocked providers is cached as long, BLOCKED_CACHE_SECONDS).
+SUCCESS_REPORT_SECONDS = 1.0
+
+#: Chat jobs a lane may hold claimed beyond its concurrency, as a share of it (at least 1).
+#: They wait in memory on the provider's semaphore, so a finished call's slot is refilled at
+#: once instead of after a claim round trip (1-3 ms on a busy machine, a few per cent of a
+#: 200 ms call, more when many calls end together). Small, so that a saturated worker holds
+#: back little work that another worker could start: each waits about one call's duration
+#: times this share.
+PREFETCH_SHARE = 0.1
 
 _clients: RealtimeClients | None = None
+
+
+def prefetch(concurrency: int) -> int:
+    return max(1, int(concurrency * PREFETCH_SHARE))
 
 
 def clients() -> RealtimeClients:
@@ -102,12 +122,15 @@ class Drain:
         self.unwritten = 0  # jobs claimed, outcome not yet written
         self.results: list[Outcome] = []
         self.results_ready = asyncio.Event()
+        self.written = asyncio.Event()  # a flush finished
         self.wake = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.blocked: set[str] = set()
         self._blocked_at = -1e9
         self.report: dict[str, int] = defaultdict(int)
         self._estimates: dict[int, int] = {}  # job id -> tokens the rate limiter reserved
+        self._success_reported: dict[str, float] = {}  # provider -> monotonic time told
+        self._in_session: dict[int, bool] = {}  # claimed jobs of a session, until written
 
     # ------------------------------------------------------------------ capacity
 
@@ -118,9 +141,21 @@ class Drain:
         return s
 
     def lane_capacity(self, lane: str) -> int:
+        """Jobs of ``lane`` that may be claimed and not yet finished: the provider's
+        concurrency (texts: times its group limit, for embeddings), plus for chat lanes a
+        prefetch of :func:`prefetch` jobs that wait in memory for a slot."""
         provider, _, embed = lane.partition(":")
         cap = self.settings.concurrency(provider)
-        return cap * group_limit(provider) if embed else cap
+        return cap * group_limit(provider) if embed else cap + prefetch(cap)
+
+    def refill_due(self, lane: str) -> bool:
+        """Whether a claim for ``lane`` is worth a round trip now: at least half its prefetch
+        is free (always, for embeddings and lanes of concurrency < 20, whose prefetch is 1)."""
+        provider, _, embed = lane.partition(":")
+        if embed:
+            return True
+        batch = max(1, prefetch(self.settings.concurrency(provider)) // 2)
+        return self.lane_capacity(lane) - self.lane_busy[lane] >= batch
 
     def lane_free(self) -> dict[str, int]:
         return {lane: max(0, self.lane_capacity(lane) - n) for lane, n in self.lane_busy.items()}
@@ -138,10 +173,10 @@ class Drain:
             while self.tasks:
                 await asyncio.wait(set(self.tasks))
             while self.unwritten > 0 and not writer.done():
-                self.wake.clear()
+                self.written.clear()
                 self.results_ready.set()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), 5.0)
+                    await asyncio.wait_for(self.written.wait(), 5.0)
             if writer.done() and not writer.cancelled():
                 writer.result()  # re-raise a failed write
         finally:
@@ -217,6 +252,7 @@ class Drain:
             skip = set(await self._blocked_providers(conn))
             lane_free = self.lane_free()
             default_free = self.settings.default_concurrency
+            default_free += prefetch(default_free)
             # Providers with their own concurrency get it even when nothing is in flight.
             for provider in self.settings.provider_concurrency:
                 for lane in (provider, f"{provider}:embed"):
@@ -234,6 +270,9 @@ class Drain:
                 return 0
             self.report["claimed"] += len(jobs)
             self.unwritten += len(jobs)
+            for j in jobs:
+                if j.session_id:
+                    self._in_session[j.id] = True
             await self.limiter.refresh(conn)
             chats = [j for j in jobs if j.kind != KIND_EMBEDDING]
             groups = group_jobs(j for j in jobs if j.kind == KIND_EMBEDDING)
@@ -279,6 +318,8 @@ class Drain:
                 )
                 self.unwritten -= len(waiting)
                 self.report["rate_limited"] += len(waiting)
+                for job_id in waiting:
+                    self._in_session.pop(job_id, None)
         return ok_chats, ok_groups
 
     def _estimate(self, job: Job) -> int:
@@ -311,8 +352,11 @@ class Drain:
         self.results.extend(outcomes)
         self.results_ready.set()
         # The slot is free now, not after the write: let the loop refill it while the
-        # writer flushes (otherwise every slot idles for a flush + claim per job).
-        self.wake.set()
+        # writer flushes (otherwise every slot idles for a flush + claim per job). A lane
+        # with prefetched jobs still waiting is refilled in batches (see refill_due), not
+        # with one claim per finished call.
+        if self.refill_due(lane):
+            self.wake.set()
 
     async def _run_chat(self, job: Job) -> list[Outcome]:
         template = self.templates.get(job.kind)
@@ -344,8 +388,13 @@ class Drain:
                 continue
             batch, self.results = self.results, []
             await self._flush(batch)
+            was_full = self.free_total() == 0
             self.unwritten -= len(batch)
-            self.wake.set()
+            self.written.set()
+            # Claim again if the cap on unwritten jobs was what stopped the claims, or if a
+            # session's next question may be waiting for this answer to be written.
+            if was_full or any(self._in_session.pop(o.job_id, False) for o in batch):
+                self.wake.set()
 
     async def _flush(self, batch: list[Outcome]) -> None:
         params = {
@@ -395,7 +444,8 @@ class Drain:
 
     async def _after_write(self, conn: AsyncConnection[Any], batch: list[Outcome]) -> None:
         """Bookkeeping after a flush: token settlement, provider health, error log. Never
-        per job: once per provider and error kind per flush."""
+        per job: once per provider and error kind per flush, and a provider's success at most
+        once per :data:`SUCCESS_REPORT_SECONDS` while it keeps succeeding."""
         from worker import resilience
 
         await self.limiter.settle(conn)
@@ -408,11 +458,20 @@ class Drain:
                 key = (o.provider, o.error_kind)
                 first, n = errors.get(key, (o, 0))
                 errors[key] = (first, n + 1)
+        now = time.monotonic()
         for provider in sorted(ok):
+            # A healthy provider's success is a no-op write (three statements: BEGIN, UPDATE,
+            # COMMIT); under load flushes run hundreds of times a second, so tell it at most
+            # once per SUCCESS_REPORT_SECONDS - but at once after this drain saw it fail.
+            last = self._success_reported.get(provider)
+            if last is not None and now - last < SUCCESS_REPORT_SECONDS:
+                continue
             with contextlib.suppress(Exception):
                 await resilience.on_provider_success(conn, provider)
+            self._success_reported[provider] = now
         for (provider, kind), (o, n) in sorted(errors.items(), key=lambda kv: kv[0]):
             if o.exc is not None and isinstance(o.exc, ProviderError):
+                self._success_reported.pop(provider, None)
                 with contextlib.suppress(Exception):
                     await resilience.on_provider_error(conn, provider, o.exc)
             verb = "failed" if o.status == "failed" else "will be retried"

@@ -13,6 +13,17 @@ SDK-internal retries are off (``max_retries=0``): a failed call frees its concur
 at once and the job goes back to the queue with our own backoff, which honours
 ``retry-after`` and is visible in the table.
 
+The one exception is the hot path, chat on OpenAI and the OpenAI-compatible endpoints: it
+goes through :class:`~worker.realtime.lean_http.LeanClient` (plain JSON over pooled
+HTTP/1.1 keep-alive), because the SDK's per-call CPU (~1.5 ms) capped a worker process at
+about 600 calls/s (see that module). The request body is the same dict the SDK would send,
+errors go through the same :func:`worker.error_policy.classify_http`, and the headers the
+SDK would add from the environment that matter to the provider (``OPENAI_ORG_ID``,
+``OPENAI_PROJECT_ID``, OpenRouter's attribution headers) are sent too. The SDK is used
+instead when a proxy is configured (``HTTP(S)_PROXY``/``ALL_PROXY``: the lean client does
+not do proxies) or when ``REALTIME_HTTP_CLIENT=sdk``. Embeddings keep the SDK: one request
+carries up to 2048 texts, so its overhead does not matter there, and it decodes base64.
+
 ``mock`` answers locally and deterministically (same input, same output), for development
 without cost.
 """
@@ -32,11 +43,12 @@ from mistralai.client import Mistral
 from openai import AsyncOpenAI, omit
 
 from worker.config import Settings, get_settings
-from worker.error_policy import classify
+from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.gemini_batch import make_genai_client
 from worker.providers.mistral_batch import make_mistral_client
 from worker.providers.registry import OPENAI_COMPATIBLE
+from worker.realtime.lean_http import LeanClient, Response
 from worker.realtime.sessions import Prompt
 
 #: Providers without an embeddings API (jobs fail at once with invalid_request).
@@ -59,6 +71,16 @@ MOCK_EMBEDDING_DIMS = 256
 
 #: SDK clients per OpenAI-compatible provider (see RealtimeClients.openai_compat).
 CLIENT_SHARDS = 8
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+
+
+def lean_chat_enabled() -> bool:
+    """Whether OpenAI-compatible chat goes through the lean client (see the module doc)."""
+    if os.environ.get("REALTIME_HTTP_CLIENT", "lean").strip().lower() == "sdk":
+        return False
+    return not any(os.environ.get(v) for v in _PROXY_VARS)
 
 
 def openrouter_headers() -> dict[str, str]:
@@ -99,6 +121,8 @@ class RealtimeClients:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._openai: dict[str, list[AsyncOpenAI]] = {}
+        self._lean: dict[str, LeanClient] = {}
+        self.lean_chat = lean_chat_enabled()
         self._turn = 0
         self._gemini: genai.Client | None = None
         self._mistral: Mistral | None = None
@@ -134,6 +158,31 @@ class RealtimeClients:
             self._openai[provider] = shards
         self._turn += 1
         return shards[self._turn % len(shards)]
+
+    def lean(self, provider: str) -> LeanClient:
+        """The lean HTTP client of an OpenAI-compatible provider (one pool per provider)."""
+        client = self._lean.get(provider)
+        if client is None:
+            if provider not in OPENAI_COMPATIBLE:
+                raise ConfigError(f"no OpenAI-compatible API for provider {provider!r}")
+            default_url, _mode = OPENAI_COMPATIBLE[provider]
+            headers = {"Authorization": f"Bearer {self._key(provider)}"}
+            if provider == "openrouter":
+                headers.update(openrouter_headers())
+            if provider == "openai":  # what AsyncOpenAI takes from the environment
+                for var, header in (
+                    ("OPENAI_ORG_ID", "OpenAI-Organization"),
+                    ("OPENAI_PROJECT_ID", "OpenAI-Project"),
+                ):
+                    if os.environ.get(var):
+                        headers[header] = os.environ[var]
+            url = self.settings.base_url(provider) or default_url or OPENAI_DEFAULT_URL
+            try:
+                client = LeanClient(url, headers)
+            except ValueError as exc:
+                raise ConfigError(f"{provider}: {exc}") from exc
+            self._lean[provider] = client
+        return client
 
     def gemini(self) -> genai.Client:
         if self._gemini is None:
@@ -195,6 +244,9 @@ class RealtimeClients:
             body[field] = prompt.max_output_tokens
         if prompt.temperature is not None:
             body["temperature"] = prompt.temperature
+        if self.lean_chat:
+            resp = await self.lean(provider).post_json("/chat/completions", body)
+            return _lean_reply(provider, resp, messages)
         completion = await self.openai_compat(provider).chat.completions.create(**cast(Any, body))
         choice = completion.choices[0] if completion.choices else None
         text = choice.message.content if choice is not None else None
@@ -330,6 +382,9 @@ class RealtimeClients:
         return Embedded(vectors, int(tokens))
 
     async def aclose(self) -> None:
+        for lean in self._lean.values():
+            await lean.aclose()
+        self._lean.clear()
         for shards in self._openai.values():
             for client in shards:
                 await client.close()
@@ -373,6 +428,50 @@ def _reply(
         if input_tokens is not None
         else estimate_tokens(" ".join(m["content"] for m in messages)),
         output_tokens=output_tokens if output_tokens is not None else estimate_tokens(text),
+    )
+
+
+def _lean_reply(provider: str, resp: Response, messages: list[dict[str, str]]) -> Reply:
+    """A chat completion answer of the lean client (what the SDK path reads, from plain
+    JSON); an error answer is classified exactly as the SDK's ``APIStatusError`` would be."""
+    if resp.status >= 300:
+        raise classify_http(provider, resp.status, resp.body, resp.headers)
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise ProviderError(
+            f"the answer is not JSON: {exc}",
+            kind=ErrorKind.UNKNOWN,
+            provider=provider,
+            status_code=resp.status,
+            code="response_validation",
+        ) from exc
+    if not isinstance(data, dict):
+        data = {}
+    choices = data.get("choices")
+    if not choices and isinstance(data.get("error"), dict):
+        # An error in a 2xx envelope (some OpenAI-compatible gateways): classify it by the
+        # code it carries, as a server error when that is not an HTTP status.
+        code = data["error"].get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+        raise classify_http(provider, status, data, resp.headers)
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        choice = {}
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason")
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return _reply(
+        provider,
+        content if isinstance(content, str) else None,
+        finish if isinstance(finish, str) else None,
+        prompt_tokens if isinstance(prompt_tokens, int) else None,
+        completion_tokens if isinstance(completion_tokens, int) else None,
+        messages,
     )
 
 

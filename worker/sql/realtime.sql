@@ -22,7 +22,12 @@ WITH cand AS (
     SELECT j.id, j.provider || CASE WHEN j.kind = 'embedding' THEN ':embed' ELSE '' END AS lane,
            j.priority
     FROM ai_jobs j
-    WHERE ((j.status IN ('pending', 'retrying') AND j.next_attempt_at <= now())
+    -- The first line is implied by the second, but spelled out it lets the planner use the
+    -- partial index ai_jobs_due_idx (scan in claim order, stop at the scan limit) instead
+    -- of reading and sorting the whole backlog on every claim (measured: 50,000 due rows,
+    -- 0.4 ms instead of 30 ms, plus JIT compilation the inflated estimate triggered).
+    WHERE j.status IN ('pending', 'retrying', 'processing')
+      AND ((j.status IN ('pending', 'retrying') AND j.next_attempt_at <= now())
            OR (j.status = 'processing' AND j.lease_until < now()))
       AND NOT (j.provider = ANY(%(skip)s::text[]))
       AND (j.session_id IS NULL OR NOT EXISTS (
@@ -47,8 +52,7 @@ WITH cand AS (
 UPDATE ai_jobs j
 SET status = 'processing', claimed_by = %(owner)s, claimed_at = now(),
     lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
-FROM picked
-WHERE j.id = picked.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))  -- primary-key lookups, not a hash join
 RETURNING j.id, j.kind, j.provider, j.model, j.system_prompt, j.input_text, j.messages,
           j.session_id, j.priority, j.attempts, j.throttled, j.max_attempts, j.context_messages;
 
