@@ -33,13 +33,15 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import custom_ids
-from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
 
 log = logging.getLogger(__name__)
 
 INTENT_GRACE_SECONDS = 5
+#: Releases of one request by dead workers before it fails (sql/0014). Ten deaths of the
+#: worker running the same call are not bad luck any more.
+MAX_ORPHANED = 10
 """An intent younger than this is never judged (its submitter may not hold its lock yet)."""
 
 
@@ -148,15 +150,9 @@ async def restore_polls(conn: AsyncConnection[Any]) -> int:
 
 
 async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
-    """Requests held by an instant call whose submit job is gone go back to waiting (or to
-    failed after max_attempts: a question that crashes its worker must not loop forever)."""
-    max_attempts = get_settings().max_attempts
-    try:
-        from worker.submit import load_settings
-
-        max_attempts = (await load_settings(conn)).max_attempts
-    except Exception as exc:  # invalid settings row: fall back to the process default
-        log.warning("settings row unreadable (%s); max_attempts=%s", exc, max_attempts)
+    """Requests held by an instant call whose submit job is gone go back to waiting. That
+    does not spend an attempt (the request was not at fault); after ``MAX_ORPHANED`` such
+    releases it fails, so a question that crashes its worker cannot loop forever."""
     cur = await conn.execute(q("instant_claim_owners"), {"grace": INTENT_GRACE_SECONDS})
     owners = [r[0] for r in await cur.fetchall()]
     ids: set[Any] = set()
@@ -168,7 +164,7 @@ async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
         try:
             async with conn.transaction():
                 cur = await conn.execute(
-                    q("release_instant_owner"), {"owner": owner, "max_attempts": max_attempts}
+                    q("release_instant_owner"), {"owner": owner, "max_orphaned": MAX_ORPHANED}
                 )
                 released = {r[0] for r in await cur.fetchall()}
                 if released:

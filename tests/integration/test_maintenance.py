@@ -64,8 +64,41 @@ async def test_instant_claims_are_released_only_when_their_owner_lock_is_free(
             released = await maintenance.release_dead_instant_claims(conn)
         assert released == 2
         rows = db.execute(
-            "SELECT claimed_by, status, attempts FROM ai_commentary_requests ORDER BY claimed_by NULLS LAST"
+            "SELECT claimed_by, status, attempts, orphaned FROM ai_commentary_requests"
+            " ORDER BY claimed_by NULLS LAST"
         ).fetchall()
         assert [r["status"] for r in rows] == ["submitted", "submitted", "waiting", "waiting"]
         assert [r["claimed_by"] for r in rows[:2]] == ["instant:1:alive", "instant:1:alive"]
-        assert [r["attempts"] for r in rows[2:]] == [1, 1]
+        # a dead worker is not the request's fault: no attempt spent, the release counted
+        assert [(r["attempts"], r["orphaned"]) for r in rows[2:]] == [(0, 1), (0, 1)]
+
+
+async def test_a_call_whose_worker_keeps_dying_fails_with_the_reason(
+    db: psycopg.Connection[Any], opened_app: Any
+) -> None:
+    ids = insert_questions(db, 2, status="processing")
+    db.execute(
+        "INSERT INTO ai_commentary_requests (question_id, model_key, status, claimed_by,"
+        " claimed_at, orphaned) SELECT id, 'perplexity', 'submitted', 'instant:9:dead',"
+        " now() - interval '1 hour', CASE WHEN id = %s THEN %s ELSE 2 END"
+        " FROM questions WHERE id = ANY(%s)",
+        (ids[0], maintenance.MAX_ORPHANED - 1, ids),
+    )
+    async with opened_app.connector.pool.connection() as conn:
+        assert await maintenance.release_dead_instant_claims(conn) == 2
+    rows = {
+        r["question_id"]: r
+        for r in db.execute(
+            "SELECT question_id, status, orphaned, last_error FROM ai_commentary_requests"
+        ).fetchall()
+    }
+    poison, unlucky = rows[ids[0]], rows[ids[1]]
+    assert (poison["status"], poison["orphaned"]) == ("failed", maintenance.MAX_ORPHANED)
+    assert f"{maintenance.MAX_ORPHANED} times" in poison["last_error"]
+    assert (unlucky["status"], unlucky["orphaned"]) == ("waiting", 3)
+    q = db.execute(
+        "SELECT ai_commentary_status, ai_commentary_error FROM questions WHERE id = %s",
+        (ids[0],),
+    ).fetchone()
+    assert q is not None and q["ai_commentary_status"] == "failed"
+    assert "worker running the call stopped" in q["ai_commentary_error"]

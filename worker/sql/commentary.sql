@@ -378,13 +378,15 @@ SELECT id, provider, model_key, stage FROM ai_commentary_batch_jobs
 WHERE state = 'submitting' AND created_at < now() - make_interval(secs => %(older_than)s);
 
 -- name: live_batches_without_poll
--- Live batches overdue for a poll by a minute with no poll waiting. A 'doing' poll job is
--- not trusted: one whose worker lost its connection while finishing stays 'doing' forever
--- (its worker is alive, so it is not stalled). A second poll is harmless: the batch row
--- lock and its state make it skip.
+-- Live batches overdue for a poll by ten seconds with no poll waiting: a poll whose
+-- database connection was cut ends 'failed' and schedules nothing, so the batch would wait
+-- for this. A 'doing' poll job is not trusted: one whose worker lost its connection while
+-- finishing stays 'doing' forever (its worker is alive, so it is not stalled). A second
+-- poll is harmless: the batch row lock and its state make it skip (an in_flight poll is a
+-- status call; a batch being ingested is 'ingesting', not matched here).
 SELECT b.id FROM ai_commentary_batch_jobs b
 WHERE b.state = 'in_flight'
-  AND coalesce(b.next_poll_at, b.submitted_at, b.created_at) < now() - interval '1 minute'
+  AND coalesce(b.next_poll_at, b.submitted_at, b.created_at) < now() - interval '10 seconds'
   AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
                   WHERE j.queueing_lock = 'poll:' || b.id::text AND j.status = 'todo');
 
@@ -395,12 +397,17 @@ WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by LIKE 'i
   AND r.claimed_at < now() - make_interval(secs => %(grace)s);
 
 -- name: release_instant_owner
--- The owner's lock is free: its worker (or connection) died. Counts an attempt, so a
--- question that kills its worker cannot loop forever.
+-- The owner's lock is free: its worker (or connection) died. Counts a release, not an
+-- attempt (sql/0014): after max_orphaned releases the request fails, so a question that
+-- kills its worker cannot loop forever.
 UPDATE ai_commentary_requests r
-SET status = CASE WHEN r.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
-    claimed_by = NULL, claimed_at = NULL, attempts = r.attempts + 1,
-    last_error = 'released: the worker running the call stopped', updated_at = now()
+SET status = CASE WHEN r.orphaned + 1 >= %(max_orphaned)s THEN 'failed' ELSE 'waiting' END,
+    claimed_by = NULL, claimed_at = NULL, orphaned = r.orphaned + 1,
+    last_error = CASE WHEN r.orphaned + 1 >= %(max_orphaned)s
+                      THEN 'released: the worker running the call stopped, '
+                           || (r.orphaned + 1) || ' times'
+                      ELSE 'released: the worker running the call stopped' END,
+    updated_at = now()
 WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by = %(owner)s
 RETURNING r.question_id;
 
