@@ -146,6 +146,41 @@ async def one_question_ai(question_id: str, text: str) -> None:
 """
 
 
+def _drain_one_job_queue(url: str, env: dict[str, str], app_module: str) -> float:
+    """Seconds a `procrastinate worker --concurrency=8` of ``app_module`` takes to run every
+    job queued on ``one``."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "procrastinate",
+            f"--app={app_module}.app",
+            "worker",
+            "--queues=one",
+            "--concurrency=8",
+            "--wait",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                left = conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo','doing')"
+                ).fetchone()
+                if left and left[0] == 0:
+                    return time.monotonic() - t0
+                if proc.poll() is not None:
+                    raise RuntimeError("one-job-per-question worker exited")
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def one_job_per_question_ai_rate(base: str) -> float:
     """Questions/s when every question is its own Procrastinate job that calls the three
     models (realtime chat on the emulator, structured output) and writes the comments."""
@@ -171,36 +206,9 @@ def one_job_per_question_ai_rate(base: str) -> float:
             COMPAT_BASE_URL=f"{base}/perplexity/v1",
             COMMENTARY_SCHEMA=json.dumps(COMMENTARY_SCHEMA),
         )
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "procrastinate",
-                "--app=onejob_ai_app.app",
-                "worker",
-                "--queues=one",
-                "--concurrency=8",
-                "--wait",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        elapsed = _drain_one_job_queue(url, env, "onejob_ai_app")
         with psycopg.connect(url, autocommit=True) as conn:
-            while True:
-                left = conn.execute(
-                    "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo','doing')"
-                ).fetchone()
-                if left and left[0] == 0:
-                    break
-                if proc.poll() is not None:
-                    raise RuntimeError("one-job-per-question worker exited")
-                time.sleep(0.05)
             done = conn.execute("SELECT count(*) FROM ai_answer_comments").fetchone()
-        elapsed = time.monotonic() - t0
-        proc.terminate()
-        proc.wait(20)
         if not done or done[0] != 3 * n:
             raise RuntimeError(f"one-job-per-question AI run wrote {done} comment rows")
         return n / elapsed
@@ -221,33 +229,7 @@ def one_job_per_question_rate() -> float:
                 " SELECT 'one', 'one_question', jsonb_build_object('question_id', id::text) FROM questions"
             )
         env = worker_env(url, PYTHONPATH=d)
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "procrastinate",
-                "--app=onejob_app.app",
-                "worker",
-                "--queues=one",
-                "--concurrency=8",
-                "--wait",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        with psycopg.connect(url, autocommit=True) as conn:
-            while True:
-                left = conn.execute(
-                    "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo','doing')"
-                ).fetchone()
-                if left and left[0] == 0:
-                    break
-                time.sleep(0.05)
-        elapsed = time.monotonic() - t0
-        proc.terminate()
-        proc.wait(20)
+        elapsed = _drain_one_job_queue(url, env, "onejob_app")
         return ONE_JOB_SAMPLE / elapsed
 
 
