@@ -418,8 +418,18 @@ def test_shared_rate_limit_spreads_calls_and_fails_none(
         "SELECT date_trunc('second', called_at) AS s, count(*) AS n FROM ai_jobs"
         " WHERE model = 'gpt-4.1-mini' GROUP BY 1 ORDER BY 1"
     ).fetchall()
-    assert max(r["n"] for r in per_second) <= 10
     assert len(per_second) >= 3
+    # Admission counts every call in a clock-aligned second window before it is made (the
+    # design in worker/realtime/rate_limits.py): no window admitted more than the limit,
+    # and every call was admitted. (Counting by called_at instead flaked: a call admitted
+    # at the very end of one window can start a few ms into the next.)
+    windows = db.execute(
+        "SELECT requests FROM ai_rate_usage WHERE provider = 'openai'"
+        " AND model = 'gpt-4.1-mini' AND unit = 'second'"
+    ).fetchall()
+    assert max(r["requests"] for r in windows) <= 10
+    assert sum(r["requests"] for r in windows) == 30
+    assert len(windows) >= 3
     free = db.execute(
         "SELECT max(extract(epoch FROM completed_at - created_at)) AS s, sum(throttled) AS t"
         " FROM ai_jobs WHERE model = 'gpt-4.1'"
