@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="schema: migrate or status")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("migrate", help="apply the Procrastinate schema and sql/*.sql")
+    db_sub.add_parser("migrate", help="apply the Procrastinate schema and worker/schema/*.sql")
     db_sub.add_parser("status", help="list applied and pending migrations")
 
     run = sub.add_parser("run", help="run worker processes")

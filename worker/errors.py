@@ -36,7 +36,7 @@ class ConfigError(WorkerError):
 
 
 class MigrationError(WorkerError):
-    """Applying sql/ migrations failed or an applied file changed."""
+    """Applying worker/schema/ migrations failed or an applied file changed."""
 
 
 class ProviderError(WorkerError):

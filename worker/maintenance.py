@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 INTENT_GRACE_SECONDS = 5
 """An intent younger than this is never judged (its submitter may not hold its lock yet)."""
 MAX_ORPHANED = 10
-"""Releases of one request by dead workers before it fails (sql/0014). Ten deaths of the
+"""Releases of one request by dead workers before it fails (schema/0014). Ten deaths of the
 worker running the same call are not bad luck any more."""
 
 

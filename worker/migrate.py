@@ -1,4 +1,7 @@
-"""Applying the schema: Procrastinate's, then the ordered files of ``sql/``.
+"""Applying the schema: Procrastinate's, then the ordered files of ``worker/schema/``.
+
+The files ship inside the package and are read with :mod:`importlib.resources` (as
+Procrastinate reads its own schema), so an installed wheel can migrate.
 
 Run explicitly (``python -m worker db migrate``); the worker never runs DDL on its own.
 Every applied file is recorded with its SHA-256 in ``worker_schema_migrations``; running
@@ -10,6 +13,7 @@ lock so two concurrent migrate commands cannot interleave.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +26,7 @@ from psycopg import sql
 from worker.database import connect
 from worker.errors import MigrationError
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(str(importlib.resources.files("worker").joinpath("schema")))
 PROCRASTINATE_ENTRY = "procrastinate/schema.sql"
 _LOCK_KEY = 0x41_49_57_4B  # "AIWK": serialises concurrent migrate runs
 
@@ -53,7 +57,7 @@ class Applied:
 
 
 def project_migrations(directory: Path = SQL_DIR) -> list[Migration]:
-    """The ``sql/*.sql`` files in name order."""
+    """The ``schema/*.sql`` files in name order."""
     files = sorted(p for p in directory.glob("*.sql") if p.is_file())
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
 
@@ -93,7 +97,7 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
                 if known is not None:
                     if known.checksum != m.checksum:
                         raise MigrationError(
-                            f"sql/{m.filename} changed after it was applied on "
+                            f"schema/{m.filename} changed after it was applied on "
                             f"{known.applied_at:%Y-%m-%d %H:%M}: recorded sha256 "
                             f"{known.checksum[:12]}…, file now {m.checksum[:12]}…. "
                             "Applied migrations are immutable: add a new file instead."
@@ -108,7 +112,7 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
                             (m.filename, m.checksum),
                         )
                 except psycopg.Error as exc:
-                    raise MigrationError(f"sql/{m.filename} failed: {exc}") from exc
+                    raise MigrationError(f"schema/{m.filename} failed: {exc}") from exc
                 done.append(m.filename)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

@@ -11,7 +11,7 @@ where its requests are taken for a batch or an instant call (``worker.submit._ta
   waiting requests are set ``failed`` with the same ``last_error``, and one
   ``worker_errors`` row (kind ``bad_question``, the question id, the reason) is recorded.
   Nothing is retried: the same text would fail the same way. Editing the question's text
-  re-queues it (trigger in sql/0007), which is exactly the fix a person makes.
+  re-queues it (trigger in schema/0007), which is exactly the fix a person makes.
 
   - the question text is empty;
   - one of options A-D is empty (option E may be empty: a four-option question);

@@ -18,7 +18,7 @@ raised into the pipeline):
 - :func:`on_batch_finished` - alerts for batches ending failed/expired/cancelled, a
   missing output file or unreadable results, and more than 20% failed lines.
 
-Re-enable a stopped provider with one statement (see sql/0011_resilience.sql)::
+Re-enable a stopped provider with one statement (see schema/0011_resilience.sql)::
 
     SELECT worker_resume_provider('openai');
 """

@@ -15,7 +15,7 @@ KIND_EMBEDDING = "embedding"
 
 @dataclass(frozen=True)
 class RealtimeSettings:
-    """The ``ai_realtime_settings`` row (see sql/0010_ai_jobs.sql for each field)."""
+    """The ``ai_realtime_settings`` row (see schema/0010_ai_jobs.sql for each field)."""
 
     claim_batch: int = 500
     max_in_flight: int = 2000

@@ -206,7 +206,7 @@ CREATE TEMP TABLE IF NOT EXISTS worker_ingest_lines (
 
 -- name: upsert_comments
 -- Idempotent writes (failure mode 3): one row per question and model, only for requests
--- this batch (or instant call) still owns. The price is read once (sql/0013).
+-- this batch (or instant call) still owns. The price is read once (schema/0013).
 WITH price AS MATERIALIZED (
     SELECT * FROM worker_price(%(provider)s, %(model_name)s, %(batch_priced)s))
 INSERT INTO ai_answer_comments AS c (
@@ -398,7 +398,7 @@ WHERE r.status = 'submitted' AND r.batch_job_id IS NULL AND r.claimed_by LIKE 'i
 
 -- name: release_instant_owner
 -- The owner's lock is free: its worker (or connection) died. Counts a release, not an
--- attempt (sql/0014): after max_orphaned releases the request fails, so a question that
+-- attempt (schema/0014): after max_orphaned releases the request fails, so a question that
 -- kills its worker cannot loop forever.
 UPDATE ai_commentary_requests r
 SET status = CASE WHEN r.orphaned + 1 >= %(max_orphaned)s THEN 'failed' ELSE 'waiting' END,

@@ -1,4 +1,4 @@
--- Named queries of the realtime lane (ai_jobs, see sql/0010_ai_jobs.sql and
+-- Named queries of the realtime lane (ai_jobs, see schema/0010_ai_jobs.sql and
 -- worker/realtime). Loaded by worker.queries; every value is a bind parameter.
 
 -- name: rt_read_settings
