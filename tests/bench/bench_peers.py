@@ -2,7 +2,8 @@
 measured in the same run on this machine against our realtime lane.
 
 Run ``python -m tests.bench.run_all peers`` (part of ``make bench``) or
-``python -m tests.bench.bench_peers [--quick] [--runs N] [--part queues|embeddings]``.
+``python -m tests.bench.bench_peers [--quick] [--runs N] [--part queues|embeddings]``
+(``PEERS_QUICK=1`` makes run_all's part quick).
 The peers are installed on first use into ``.bench-peers/`` (see tests/bench/peers/env.py),
 outside the project's dependencies; a peer that cannot be installed or run is reported as
 unavailable (with the reason) and the rest is still measured. Each figure is the median
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=["queues", "embeddings"], default=None)
     args = p.parse_args(argv)
     runs = args.runs
-    if args.quick:
+    if args.quick or os.environ.get("PEERS_QUICK") == "1":
         runs = 1
         q.N_JOBS, q.N_LATENCY, emb.N_TEXTS = 2000, 40, 1000
     if args.part in (None, "queues"):

@@ -1,10 +1,12 @@
 """Throw-away environments for the peers, installed on demand under ``.bench-peers/``.
 
-Nothing here touches the project's own virtualenv: pgqueuer and pgai each get a virtualenv
-of their own, graphile-worker a ``node_modules`` of its own, all under the gitignored
-``.bench-peers/`` at the repository root (``PEERS_DIR`` overrides). Versions are pinned so
-a rerun measures the same peer; an install that fails raises :class:`PeerUnavailable`
-with the installer's last lines, and the bench reports that peer as unavailable.
+Nothing here touches the project's own virtualenv: pgqueuer and pgai each get a
+virtualenv of their own, graphile-worker a ``node_modules`` of its own, all under the
+gitignored ``.bench-peers/`` at the repository root (``PEERS_DIR`` overrides). Versions are
+pinned so a rerun measures the same peer (``PEERS_PGQUEUER_VERSION``, ``PEERS_PGAI_VERSION``,
+``PEERS_GRAPHILE_VERSION`` measure another release); an install that fails raises
+:class:`PeerUnavailable` with the installer's last lines, and the bench reports that peer
+as unavailable.
 
 pgai: its ``vectorizer-worker`` extra pulls docling, pymupdf4llm and google-cloud-aiplatform
 (document parsing and Vertex AI, several GB with torch) that a text column embedded through
@@ -23,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 PEERS_DIR = Path(os.environ.get("PEERS_DIR", ROOT / ".bench-peers"))
 
-PGQUEUER_VERSION = "1.6.0"
-PGAI_VERSION = "0.12.1"
-GRAPHILE_VERSION = "0.18.0"
+PGQUEUER_VERSION = os.environ.get("PEERS_PGQUEUER_VERSION", "1.6.0")
+PGAI_VERSION = os.environ.get("PEERS_PGAI_VERSION", "0.12.1")
+GRAPHILE_VERSION = os.environ.get("PEERS_GRAPHILE_VERSION", "0.18.0")
 
 PIP_SPECS: dict[str, list[str]] = {
     "pgqueuer": [f"pgqueuer=={PGQUEUER_VERSION}", "psycopg[binary]>=3.2,<4", "asyncpg>=0.29"],
