@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -92,6 +93,7 @@ def queue_part(runs: int) -> None:
         except (PeerUnavailable, OSError, RuntimeError) as exc:
             unavailable[name] = _reason(exc)
             print(f"{name}: unavailable: {unavailable[name]}", flush=True)
+    failed: dict[str, list[str]] = {}
     tp: dict[str, list[float]] = {}
     capped: dict[str, list[int]] = {}
     p50: dict[str, list[float]] = {}
@@ -103,15 +105,18 @@ def queue_part(runs: int) -> None:
             label = name.split()[0].replace("-", "")
             started = time.monotonic()
             try:
+                # Latency on a database of its own: a capped throughput run leaves jobs.
                 with q.own_database(server, label) as url:
                     system.setup(url)
                     t = q.throughput(system, url, f"{label}-tp")
+                with q.own_database(server, label) as url:
+                    system.setup(url)
                     lat = q.latency(system, url, f"{label}-lat")
             except Exception as exc:
                 traceback.print_exc()
                 if name == OURS:
                     raise
-                unavailable[name] = f"failed in run {run + 1}: {_reason(exc)}"
+                failed.setdefault(name, []).append(f"run {run + 1}: {_reason(exc)}")
                 continue
             tp.setdefault(name, []).append(t.jobs_per_s)
             if t.done < q.N_JOBS:
@@ -134,6 +139,12 @@ def queue_part(runs: int) -> None:
         n: f"drained {min(d):,} of {q.N_JOBS:,} in the {q.THROUGHPUT_CAP_S:.0f} s cap"
         for n, d in capped.items()
     }
+    for n, why in failed.items():
+        if n not in tp:
+            unavailable[n] = "failed: " + "; ".join(why)
+        else:
+            notes[n] = (notes.get(n, "") + f"; {len(why)} of {runs} runs failed").lstrip("; ")
+    fail_notes = {n: f"{len(w)} of {runs} runs failed" for n, w in failed.items() if n in tp}
     conc = q.CONCURRENCY
     emit(
         f"queue throughput: {q.N_JOBS:,} no-op jobs, one INSERT, concurrency {conc}",
@@ -154,6 +165,7 @@ def queue_part(runs: int) -> None:
             versions,
             unavailable,
             peers,
+            fail_notes,
         )
 
 
@@ -177,6 +189,7 @@ def embeddings_part(runs: int) -> None:
         unavailable[name] = _reason(exc)
         print(f"{name}: unavailable: {unavailable[name]}", flush=True)
     results: dict[str, list[emb.EmbedResult]] = {}
+    failed: list[str] = []
     emu = emb.Emulator()
     try:
         emu.call("POST", "/_emulator/config", {"latency_ms": emb.EMBED_LATENCY_MS})
@@ -187,14 +200,14 @@ def embeddings_part(runs: int) -> None:
                 r = emb.run_ours(emu, admin, "ours-emb")
                 results.setdefault(OURS, []).append(r)
                 print(f"run {run + 1} ours: {r} [{time.monotonic() - started:.0f} s]", flush=True)
-                if peer is None or name in unavailable:
+                if peer is None:
                     continue
                 started = time.monotonic()
                 try:
                     r = emb.run_pgai(peer, emu, admin, "pgai-emb")
                 except Exception as exc:
                     traceback.print_exc()
-                    unavailable[name] = f"failed in run {run + 1}: {_reason(exc)}"
+                    failed.append(f"run {run + 1}: {_reason(exc)}")
                     continue
                 results.setdefault(name, []).append(r)
                 print(f"run {run + 1} pgai: {r} [{time.monotonic() - started:.0f} s]", flush=True)
@@ -210,9 +223,14 @@ def embeddings_part(runs: int) -> None:
         ("embeddings: insert → last vector stored", "s", "lower", "last_s"),
         ("embeddings: provider requests made", "requests", "lower", "requests"),
     ]
+    notes: dict[str, str] = {}
+    if failed and name not in results:
+        unavailable[name] = "failed: " + "; ".join(failed)
+    elif failed:
+        notes[name] = f"{len(failed)} of {runs} runs failed"
     for figure, unit, better, attr in figures:
         values = {n: [float(getattr(r, attr)) for r in rs] for n, rs in results.items()}
-        emit(figure, unit, better, values, versions, unavailable, [name])
+        emit(figure, unit, better, values, versions, unavailable, [name], notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 run, smaller sizes")
     p.add_argument("--part", choices=["queues", "embeddings"], default=None)
     args = p.parse_args(argv)
+    # SIGTERM (run_all stopped, timeout): unwind, so workers stop and databases are dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = args.runs
     if args.quick or os.environ.get("PEERS_QUICK") == "1":
         runs = 1
