@@ -65,51 +65,37 @@ BEGIN
     END LOOP;
 END $$;
 
--- Applies one change to an old table and records it (this session only: pg_temp).
-CREATE FUNCTION pg_temp.worker_install_change(
-    p_table text, p_column text, p_change text, p_ddl text, p_reason text)
-RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('ALTER TABLE %I ALTER COLUMN %I ', p_table, p_column) || p_ddl;
-    INSERT INTO worker_install_changes (table_name, column_name, change, reason)
-    VALUES (p_table, p_column, p_change, p_reason);
-    RAISE NOTICE 'ai-worker: %.%: % (%)', p_table, p_column, p_change, p_reason;
-END $$;
-
--- 1. The batch table's constraints that contradict the intent-before-create design.
+-- Steps 1 and 2: decide the changes (into `todo`), then apply and record each one.
 DO $$
+DECLARE
+    todo text[] := ARRAY[]::text[];  -- flat: table, column, DDL, reason; table, ...
+    t record;
+    c record;
+    zero text;
+    constrained boolean;
+    i int;
 BEGIN
+    -- 1. The batch table's constraints that contradict the intent-before-create design.
     IF EXISTS (SELECT 1 FROM pg_attribute
                WHERE attrelid = 'ai_commentary_batch_jobs'::regclass
                  AND attname = 'batch_id' AND attnotnull) THEN
-        PERFORM pg_temp.worker_install_change(
-            'ai_commentary_batch_jobs', 'batch_id', 'DROP NOT NULL', 'DROP NOT NULL',
-            'a batch intent is recorded before the provider batch (and its id) exists');
+        todo := todo || ARRAY['ai_commentary_batch_jobs', 'batch_id', 'DROP NOT NULL',
+            'a batch intent is recorded before the provider batch (and its id) exists'];
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_attrdef d JOIN pg_attribute a
                        ON a.attrelid = d.adrelid AND a.attnum = d.adnum
                    WHERE d.adrelid = 'ai_commentary_batch_jobs'::regclass
                      AND a.attname = 'question_ids') THEN
-        PERFORM pg_temp.worker_install_change(
-            'ai_commentary_batch_jobs', 'question_ids', 'SET DEFAULT ''{}''',
-            'SET DEFAULT ''{}''', 'as on a new database; the worker always fills it');
+        todo := todo || ARRAY['ai_commentary_batch_jobs', 'question_ids', 'SET DEFAULT ''{}''',
+            'as on a new database; the worker always fills it'];
     END IF;
-END $$;
 
--- 2. Unknown NOT NULL columns without a default on the old tables the worker inserts into.
--- The lists name the columns the worker's INSERTs fill (sql/commentary.sql
--- insert_batch_intent and upsert_summaries).
-DO $$
-DECLARE
-    t record;
-    c record;
-    zero text;
-    constrained boolean;
-BEGIN
+    -- 2. Unknown NOT NULL columns without a default on the old tables the worker inserts
+    -- into. The lists name the columns the worker's INSERTs fill (sql/commentary.sql
+    -- insert_batch_intent and upsert_summaries); batch_id is settled by step 1.
     FOR t IN SELECT * FROM (VALUES
         ('ai_commentary_batch_jobs', ARRAY['id', 'provider', 'status', 'state', 'stage', 'model_key',
-                                           'model_name', 'question_ids', 'request_count']),
+                                           'model_name', 'question_ids', 'request_count', 'batch_id']),
         ('ai_commentary_summaries', ARRAY['question_id', 'summary_general_comment', 'summary_comment_a',
                                           'summary_comment_b', 'summary_comment_c', 'summary_comment_d',
                                           'summary_comment_e', 'model_agreement_analysis', 'provider',
@@ -117,8 +103,9 @@ BEGIN
                                           'input_tokens', 'output_tokens', 'cost_usd', 'batch_priced'])
     ) AS v (table_name, filled) LOOP
         FOR c IN
-            SELECT a.attname, a.attnum, a.atttypid, format_type(a.atttypid, a.atttypmod) AS type_sql,
-                   ty.typcategory, ty.typtype, ty.typname
+            SELECT a.attname::text AS attname, a.attnum,
+                   format_type(a.atttypid, a.atttypmod) AS type_sql,
+                   ty.typcategory, ty.typtype, ty.typname::text AS typname
             FROM pg_attribute a
             JOIN pg_type ty ON ty.oid = a.atttypid
             WHERE a.attrelid = t.table_name::regclass AND a.attnum > 0 AND NOT a.attisdropped
@@ -132,10 +119,8 @@ BEGIN
                        WHERE k.conrelid = t.table_name::regclass AND k.contype = 'p'
                          AND c.attnum = ANY (k.conkey)) THEN
                 IF c.typname = 'uuid' THEN
-                    PERFORM pg_temp.worker_install_change(
-                        t.table_name, c.attname, 'SET DEFAULT gen_random_uuid()',
-                        'SET DEFAULT gen_random_uuid()',
-                        'primary key without a default; the worker''s INSERT does not name it');
+                    todo := todo || ARRAY[t.table_name, c.attname, 'SET DEFAULT gen_random_uuid()',
+                        'primary key without a default; the worker''s INSERT does not name it'];
                     CONTINUE;
                 END IF;
                 RAISE EXCEPTION 'ai-worker cannot install: %.% is a primary key column of type % without a default, which the worker''s INSERT does not fill. Give it a default (ALTER TABLE % ALTER COLUMN % SET DEFAULT ...), then run db migrate again.',
@@ -146,9 +131,9 @@ BEGIN
                 WHERE k.conrelid = t.table_name::regclass AND k.contype IN ('c', 'u', 'x', 'f')
                   AND c.attnum = ANY (k.conkey)
             ) OR EXISTS (
-                SELECT 1 FROM pg_index i
-                WHERE i.indrelid = t.table_name::regclass AND i.indisunique
-                  AND c.attnum = ANY (i.indkey::int2[])
+                SELECT 1 FROM pg_index x
+                WHERE x.indrelid = t.table_name::regclass AND x.indisunique
+                  AND c.attnum = ANY (x.indkey::int2[])
             );
             zero := NULL;
             IF NOT constrained AND c.typtype = 'b' THEN
@@ -163,22 +148,28 @@ BEGIN
                 END;
             END IF;
             IF zero IS NOT NULL THEN
-                PERFORM pg_temp.worker_install_change(
-                    t.table_name, c.attname, 'SET DEFAULT ' || zero, 'SET DEFAULT ' || zero,
-                    format('NOT NULL without a default, unknown to the worker: the %s zero value', c.type_sql));
+                todo := todo || ARRAY[t.table_name, c.attname, 'SET DEFAULT ' || zero,
+                    format('NOT NULL without a default, unknown to the worker: the %s zero value',
+                           c.type_sql)];
             ELSE
-                PERFORM pg_temp.worker_install_change(
-                    t.table_name, c.attname, 'DROP NOT NULL', 'DROP NOT NULL',
+                todo := todo || ARRAY[t.table_name, c.attname, 'DROP NOT NULL',
                     format('NOT NULL without a default, unknown to the worker; %s',
                            CASE WHEN constrained
                                 THEN 'in a CHECK, UNIQUE, exclusion or foreign key constraint, which a made-up value could break'
-                                ELSE format('type %s has no neutral value', c.type_sql) END));
+                                ELSE format('type %s has no neutral value', c.type_sql) END)];
             END IF;
         END LOOP;
     END LOOP;
-END $$;
 
-DROP FUNCTION pg_temp.worker_install_change(text, text, text, text, text);
+    FOR i IN 0 .. coalesce(array_length(todo, 1), 0) / 4 - 1 LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I ', todo[4 * i + 1], todo[4 * i + 2])
+                || todo[4 * i + 3];
+        INSERT INTO worker_install_changes (table_name, column_name, change, reason)
+        VALUES (todo[4 * i + 1], todo[4 * i + 2], todo[4 * i + 3], todo[4 * i + 4]);
+        RAISE NOTICE 'ai-worker: %.%: % (%)',
+            todo[4 * i + 1], todo[4 * i + 2], todo[4 * i + 3], todo[4 * i + 4];
+    END LOOP;
+END $$;
 
 -- 3. The claim's index: pending questions in queue order, those without queued_at first.
 CREATE INDEX IF NOT EXISTS questions_ai_commentary_pending_due_idx
