@@ -400,6 +400,12 @@ def test_unknown_not_null_columns_of_the_batch_table_take_defaults(empty_db_url:
             "code": None,
             "rank": None,
         }
+        # An intent the provider never created ends 'failed' in the old column.
+        conn.execute(q("batch_abandoned"), {"id": job_id["id"], "error": "refused"})
+        row = conn.execute(
+            "SELECT status, state FROM ai_commentary_batch_jobs WHERE id = %s", (job_id["id"],)
+        ).fetchone()
+        assert row == {"status": "failed", "state": "abandoned"}
 
 
 def test_primary_key_without_default_stops_the_install_with_a_readable_error(
