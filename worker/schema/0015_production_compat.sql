@@ -1,5 +1,5 @@
 -- Installing onto the production shape (issue 11, part 1). On a database created by this
--- project nothing here changes a thing but the claim index and the ops_pending view; on a
+-- project it only adds the claim index, ops_pending and an empty worker_install_changes; on a
 -- production database it adapts the old tables the worker writes to, and records every
 -- change it makes to them in worker_install_changes (readable with psql).
 --
@@ -41,6 +41,9 @@
 -- stays pending | processing | completed | failed | NULL, and a batch row's status is
 -- 'pending' until the provider answers, then the provider's raw state ('failed' when the
 -- provider never created it); the worker's own lifecycle is in ai_commentary_batch_jobs.state.
+-- questions.ai_commentary_attempts counts the worker's claims of the question (one per
+-- processing round; per-model tries are in ai_commentary_requests.attempts); re-queueing the
+-- question resets it (0007).
 
 CREATE TABLE IF NOT EXISTS worker_install_changes (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
