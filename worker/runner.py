@@ -34,7 +34,13 @@ from procrastinate.worker import Worker
 from worker import wakeups
 from worker.config import get_settings
 from worker.database import aconnect, resolve_database_url
-from worker.queue_app import ALL_QUEUES, QUEUE_MAINTENANCE, app, queue_concurrency
+from worker.queue_app import (
+    ALL_QUEUES,
+    QUEUE_MAINTENANCE,
+    app,
+    pool_max_size,
+    queue_concurrency,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,44 @@ def _subscribe(hub: wakeups.Wakeups, queue: str, w: Worker) -> Callable[[], None
 _background: set[asyncio.Task[None]] = set()
 
 
+IDLE_POOL_MAX = 3
+"""Pool ceiling while no submit, poll or drain job runs: heartbeats, fetch and abort polls
+of the four queues and the tick that overlap on a loaded machine get at most three
+connections, so an idle process holds at most four with its LISTEN connection."""
+
+
+class PoolSizer:
+    """A Procrastinate worker middleware that lets the pool grow to its full size only
+    while real work runs (anything but the maintenance queue), and caps it at
+    :data:`IDLE_POOL_MAX` otherwise. Connections above the cap are given back by the pool
+    itself, one every ``DB_POOL_IDLE_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+
+    async def _resize(self) -> None:
+        pool = app.connector.pool  # type: ignore[attr-defined]
+        full = pool_max_size()
+        await pool.resize(1, full if self.busy else min(IDLE_POOL_MAX, full))
+
+    async def __call__(self, call_next: Callable[[], Any], context: Any, worker: Any) -> Any:
+        if context.job.queue == QUEUE_MAINTENANCE:
+            return await call_next()
+        self.busy += 1
+        if self.busy == 1:
+            await self._resize()
+        try:
+            return await call_next()
+        finally:
+            self.busy -= 1
+            if self.busy == 0:
+                with contextlib.suppress(Exception):
+                    await self._resize()
+
+
+_sizer = PoolSizer()
+
+
 class QueueWorker(Worker):
     """A Procrastinate worker for one queue. Every Procrastinate worker also runs the
     periodic deferrer (the cron of ``tick`` and ``credit_check``); one per process is
@@ -133,6 +177,7 @@ async def _supervised_worker(
             stalled_worker_timeout=stalled,
             delete_jobs="successful",
             listen_notify=hub is None,
+            worker_middleware=[_sizer],
         )
         unsubscribe = _subscribe(hub, queue, w) if hub is not None else None
         try:
@@ -277,6 +322,7 @@ async def run_async(
             )
     cap_pool_reconnect_backoff()
     await _open_app_with_retry()
+    await _sizer._resize()  # idle until a job starts
     hub = wakeups.Wakeups(url, [wakeups.queue_channel(q) for q in queues] + [wakeups.DRAIN_CHANNEL])
     listener: asyncio.Task[None] | None = None
     try:
