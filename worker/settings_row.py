@@ -6,12 +6,13 @@ is submitted, rather than silently replaced by defaults as the old system did.""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -30,6 +31,7 @@ PROVIDER_NAMES = (
     "mock",
 )
 BATCH_PROVIDERS = ("openai", "gemini", "mistral")
+MODEL_KEY_PATTERN = r"^[a-z0-9_]+$"
 # The placeholders a user_prompt_template may use (worker.prompts.user_prompt fills them).
 TEMPLATE_FIELDS = (
     "question",
@@ -75,12 +77,22 @@ class CommentarySettings(BaseModel):
     max_attempts: int = Field(default=3, gt=0)
     quota_disables_feature: bool = False
     daily_budget_usd: Decimal | None = None
+    # Depth (schema/0021): the cheaper model set of partial-depth questions, and the full-
+    # depth allowance per user and period.
+    partial_models: list[Annotated[str, StringConstraints(pattern=MODEL_KEY_PATTERN)]] = Field(
+        default_factory=lambda: ["mistral", "deepseek"]
+    )
+    full_allowance: int = Field(default=100, ge=0)
+    allowance_period_days: int = Field(default=30, gt=0)
 
     @model_validator(mode="after")
     def _known_keys(self) -> CommentarySettings:
         unknown = sorted(set(self.models_enabled) - set(self.models))
         if unknown:
             raise ValueError(f"models_enabled has unknown model keys: {', '.join(unknown)}")
+        unknown = sorted(set(self.partial_models) - set(self.models))
+        if unknown:
+            raise ValueError(f"partial_models has unknown model keys: {', '.join(unknown)}")
         if "summary" in self.models:
             raise ValueError("'summary' is reserved for the summary stage")
         return self
@@ -104,6 +116,11 @@ class CommentarySettings(BaseModel):
     @property
     def enabled_models(self) -> list[str]:
         return sorted(k for k, on in self.models_enabled.items() if on)
+
+    @property
+    def partial_set(self) -> list[str]:
+        """The models of a partial-depth question: partial_models that are enabled."""
+        return sorted(set(self.partial_models) & set(self.enabled_models))
 
     def route(self, model_key: str) -> ModelRoute:
         return self.summary_model if model_key == "summary" else self.models[model_key]
