@@ -31,11 +31,13 @@ RETURNING q.id;
 -- queued long ago: it comes first within its priority and is due at once (schema/0015).
 -- Each claim is one attempt of the question (ai_commentary_attempts; a re-queue resets it).
 -- Depth: a full-depth question with a payer takes one unit of the payer's allowance or
--- credits (worker_charge_full, in this transaction, in payer order so concurrent claims
--- lock accounts in one order); with none left it gets the partial set. A partial question
+-- credits (worker_charge_full, in this transaction; by payer, so concurrent claims lock
+-- accounts in one order, then in claim order, so a payer's oldest questions get the full
+-- units); with none left it gets the partial set. A partial question
 -- when no partial model is enabled is blocked with the reason.
 WITH picked AS MATERIALIZED (
-    SELECT q.id, e.depth, e.payer,
+    SELECT q.id, e.depth, e.payer, e.priority,
+           coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz) AS queued_at,
            ai_commentary_content_hash(q.question, q.option_a, q.option_b, q.option_c,
                q.option_d, q.option_e, q.correct_answer, q.subject) AS content_hash
     FROM questions q
@@ -50,7 +52,8 @@ WITH picked AS MATERIALIZED (
     SELECT s.id,
            CASE WHEN s.depth = 'full' AND worker_charge_full(s.payer, s.id, s.content_hash)
                 THEN 'full' ELSE 'partial' END AS depth
-    FROM (SELECT * FROM picked ORDER BY payer NULLS FIRST, id OFFSET 0) s
+    FROM (SELECT * FROM picked ORDER BY payer NULLS FIRST, priority DESC, queued_at, id
+          OFFSET 0) s
 )
 UPDATE questions q
 SET ai_commentary_status = CASE WHEN c.depth = 'partial'
