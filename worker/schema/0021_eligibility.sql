@@ -113,7 +113,7 @@ DECLARE
     has_profiles boolean;
     has_subscribers boolean;
     has_subscribed boolean;
-    entitled text := 'false';
+    entitled text;
     scope text;
 BEGIN
     scope := CASE WHEN p_ids IS NULL THEN 'q.ai_commentary_status = ''pending'''
@@ -142,17 +142,21 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The entitled users as one set, hash-joined to the questions (no per-row subquery:
+    -- the app's subscribers table need not have an index on user_id).
     IF has_profiles THEN
-        entitled := 'EXISTS (SELECT 1 FROM profiles p WHERE p.id = q.user_id AND p.is_premium)';
+        entitled := 'SELECT p.id FROM profiles p WHERE p.is_premium';
     END IF;
     IF has_subscribers THEN
-        entitled := entitled || ' OR EXISTS (SELECT 1 FROM subscribers s WHERE s.user_id = q.user_id'
-            || ' AND (s.subscription_end IS NULL OR s.subscription_end > now())'
-            || CASE WHEN has_subscribed THEN ' AND s.subscribed IS NOT FALSE' ELSE '' END || ')';
+        entitled := CASE WHEN has_profiles THEN entitled || ' UNION ' ELSE '' END
+            || 'SELECT s.user_id FROM subscribers s'
+            || ' WHERE (s.subscription_end IS NULL OR s.subscription_end > now())'
+            || CASE WHEN has_subscribed THEN ' AND s.subscribed IS NOT FALSE' ELSE '' END;
     END IF;
     -- University and public questions first, full, nobody pays; private (and any other or
     -- missing visibility) only for an entitled owner, who pays for full depth.
     RETURN QUERY EXECUTE format($q$
+        WITH entitled AS (%s)
         SELECT q.id,
                CASE WHEN v.shared OR v.entitled THEN 'full' ELSE 'blocked' END,
                CASE WHEN v.shared OR v.entitled THEN NULL
@@ -162,8 +166,9 @@ BEGIN
                CASE WHEN v.shared THEN 1 ELSE 0 END,
                CASE WHEN v.shared THEN NULL ELSE q.user_id END
         FROM questions q
+        LEFT JOIN (SELECT DISTINCT id FROM entitled) e (id) ON e.id = q.user_id
         CROSS JOIN LATERAL (SELECT coalesce(q.visibility IN ('university', 'public'), false) AS shared,
-                                   q.user_id IS NOT NULL AND (%s) AS entitled) v
+                                   e.id IS NOT NULL AS entitled) v
         WHERE %s $q$, entitled, scope) USING p_ids;
 END $$;
 
