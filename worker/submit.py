@@ -86,13 +86,10 @@ async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tup
     """Claim pending and summary-missing questions and create their request rows.
 
     Pending questions go by the policy's priority and at the depth it allows (schema/0021):
-    blocked ones leave the queue first; a full-depth claim takes its payer's unit in this
+    blocked ones leave the queue; a full-depth claim takes its payer's unit in this
     transaction; each question's requests follow the model set it was claimed with."""
     models = settings.enabled_models
     async with conn.transaction():
-        await conn.execute(
-            q("block_ineligible"), {"delay_minutes": settings.processing_delay_minutes}
-        )
         cur = await conn.execute(
             q("claim_pending"),
             {

@@ -7,7 +7,7 @@
 --    Worker migrations after this one never replace it. The default
 --    (ai_commentary_eligibility_default) implements the first user's rules when the app's
 --    tables exist, looked up at every call, and "everything full, oldest first" otherwise.
---    The claim (sql/commentary.sql claim_pending) orders by it; block_ineligible moves
+--    The claim (sql/commentary.sql claim_pending) orders by it and moves
 --    blocked questions out of the queue (status 'blocked', ai_commentary_blocked_reason);
 --    the tick (unblock_entitled) puts them back when the policy no longer blocks them.
 -- 2. Model sets per depth: full = the enabled models, partial = partial_models of the
@@ -107,7 +107,7 @@ END $$;
 -- ------------------------------------------------------------------ the policy
 CREATE OR REPLACE FUNCTION ai_commentary_eligibility_default(p_ids uuid[] DEFAULT NULL)
 RETURNS TABLE (question_id uuid, depth text, reason text, priority integer, payer uuid)
-LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql STABLE ROWS 1000000 SET search_path FROM CURRENT AS $$
 DECLARE
     has_rules boolean;
     has_profiles boolean;
@@ -173,10 +173,12 @@ BEGIN
 END $$;
 
 -- The function the worker calls. Replace it (same signature) to change the policy; the
--- default above stays available to call or compose.
+-- default above stays available to call or compose. ROWS: the claim evaluates it over
+-- every pending question, so the planner should expect many rows (a hash join, not one
+-- index probe per row).
 CREATE OR REPLACE FUNCTION ai_commentary_eligibility(p_ids uuid[] DEFAULT NULL)
 RETURNS TABLE (question_id uuid, depth text, reason text, priority integer, payer uuid)
-LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+LANGUAGE sql STABLE ROWS 1000000 SET search_path FROM CURRENT AS $$
     SELECT * FROM ai_commentary_eligibility_default(p_ids)
 $$;
 

@@ -4,55 +4,62 @@
 -- name: read_settings
 SELECT * FROM ai_commentary_settings ORDER BY updated_at DESC LIMIT 1;
 
--- name: block_ineligible
--- Due pending questions the policy blocks (schema/0021 ai_commentary_eligibility) leave the
--- queue with its reason; the tick's unblock_entitled brings them back. Runs in the claim's
--- transaction, before claim_pending; never waits for a row lock.
-WITH e AS MATERIALIZED (
-    SELECT question_id, reason FROM ai_commentary_eligibility(NULL) WHERE depth = 'blocked'
-), locked AS (
-    SELECT q.id, e.reason FROM questions q JOIN e ON e.question_id = q.id
-    WHERE q.ai_commentary_status = 'pending'
-      AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
-          <= now() - make_interval(mins => %(delay_minutes)s)
-    FOR UPDATE OF q SKIP LOCKED
-)
-UPDATE questions q
-SET ai_commentary_status = 'blocked',
-    ai_commentary_blocked_reason = coalesce(locked.reason, 'blocked by ai_commentary_eligibility')
-FROM locked
-WHERE q.id = locked.id
-RETURNING q.id;
-
 -- name: claim_pending
 -- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks. Order:
 -- the policy's priority (schema/0021 ai_commentary_eligibility, higher first), then queue
 -- time. A row without queued_at (written before the install, or with triggers off) was
 -- queued long ago: it comes first within its priority and is due at once (schema/0015).
 -- Each claim is one attempt of the question (ai_commentary_attempts; a re-queue resets it).
+-- The policy is evaluated once per claim, over the pending questions: due ones it blocks
+-- leave the queue with its reason (the tick's unblock_entitled brings them back).
 -- Depth: a full-depth question with a payer takes one unit of the payer's allowance or
 -- credits (worker_charge_full, in this transaction; by payer, so concurrent claims lock
 -- accounts in one order, then in claim order, so a payer's oldest questions get the full
--- units); with none left it gets the partial set. A partial question
--- when no partial model is enabled is blocked with the reason.
-WITH picked AS MATERIALIZED (
+-- units); with none left it gets the partial set. A partial question when no partial model
+-- is enabled is blocked with the reason.
+WITH e AS MATERIALIZED (
+    SELECT * FROM ai_commentary_eligibility(NULL)
+), to_block AS (
+    SELECT q.id, e.reason FROM questions q JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'pending' AND e.depth NOT IN ('full', 'partial')
+      AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
+          <= now() - make_interval(mins => %(delay_minutes)s)
+    FOR UPDATE OF q SKIP LOCKED
+), blocked AS (
+    UPDATE questions q
+    SET ai_commentary_status = 'blocked',
+        ai_commentary_blocked_reason = coalesce(b.reason, 'blocked by ai_commentary_eligibility')
+    FROM to_block b
+    WHERE q.id = b.id
+), candidates AS MATERIALIZED (
+    -- The first questions in claim order, sorted without locks (a bounded top-N sort); a
+    -- margin beyond the limit for rows a concurrent claim holds (SKIP LOCKED below).
     SELECT q.id, e.depth, e.payer, e.priority,
-           coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz) AS queued_at,
-           ai_commentary_content_hash(q.question, q.option_a, q.option_b, q.option_c,
-               q.option_d, q.option_e, q.correct_answer, q.subject) AS content_hash
+           coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz) AS queued_at
     FROM questions q
-    JOIN ai_commentary_eligibility(NULL) e ON e.question_id = q.id
+    JOIN e ON e.question_id = q.id
     WHERE q.ai_commentary_status = 'pending' AND e.depth IN ('full', 'partial')
       AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
           <= now() - make_interval(mins => %(delay_minutes)s)
-    ORDER BY e.priority DESC, coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz), q.id
+    ORDER BY e.priority DESC, 5, q.id
+    LIMIT 4 * %(limit)s + 100
+), picked AS MATERIALIZED (
+    SELECT c.* FROM candidates c
+    JOIN questions q ON q.id = c.id
+    WHERE q.ai_commentary_status = 'pending'
+    ORDER BY c.priority DESC, c.queued_at, c.id
     LIMIT %(limit)s
     FOR UPDATE OF q SKIP LOCKED
 ), charged AS MATERIALIZED (
     SELECT s.id,
-           CASE WHEN s.depth = 'full' AND worker_charge_full(s.payer, s.id, s.content_hash)
+           CASE WHEN s.depth = 'full' AND worker_charge_full(s.payer, s.id,
+                    ai_commentary_content_hash(s.question, s.option_a, s.option_b, s.option_c,
+                        s.option_d, s.option_e, s.correct_answer, s.subject))
                 THEN 'full' ELSE 'partial' END AS depth
-    FROM (SELECT * FROM picked ORDER BY payer NULLS FIRST, priority DESC, queued_at, id
+    FROM (SELECT p.id, p.depth, p.payer, x.question, x.option_a, x.option_b, x.option_c,
+                 x.option_d, x.option_e, x.correct_answer, x.subject
+          FROM picked p JOIN questions x ON x.id = p.id
+          ORDER BY p.payer NULLS FIRST, p.priority DESC, p.queued_at, p.id
           OFFSET 0) s
 )
 UPDATE questions q
