@@ -640,3 +640,31 @@ async def test_production_shaped_install_with_the_app_tables(
         assert rows[i]["status"] == "blocked"
         assert rows[i]["reason"] == "private question without an owner (questions.user_id)"
     assert charged == set(owned)
+
+
+async def test_a_replaced_policy_decides_the_claim(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """The README's example replacement: Anatomy first; then a policy that blocks all."""
+    db.execute("UPDATE ai_commentary_settings SET processing_delay_minutes = 0, batch_size = 1")
+    older = _question(db, "university", None, minutes_ago=300)
+    anatomy = _question(db, "university", None, minutes_ago=10)
+    db.execute("UPDATE questions SET subject = 'Anatomie' WHERE id = %s", (anatomy,))
+    db.execute(
+        "CREATE OR REPLACE FUNCTION ai_commentary_eligibility(p_ids uuid[] DEFAULT NULL)"
+        " RETURNS TABLE (question_id uuid, depth text, reason text, priority integer, payer uuid)"
+        " LANGUAGE sql STABLE ROWS 1000000 SET search_path = public AS $$"
+        " SELECT q.id, 'full', NULL, CASE WHEN q.subject = 'Anatomie' THEN 1 ELSE 0 END,"
+        " NULL::uuid FROM questions q"
+        " WHERE (p_ids IS NULL AND q.ai_commentary_status = 'pending') OR q.id = ANY (p_ids) $$"
+    )
+    assert await _claim(db_url) == [anatomy]
+    db.execute(
+        "CREATE OR REPLACE FUNCTION ai_commentary_eligibility(p_ids uuid[] DEFAULT NULL)"
+        " RETURNS TABLE (question_id uuid, depth text, reason text, priority integer, payer uuid)"
+        " LANGUAGE sql STABLE SET search_path = public AS $$"
+        " SELECT q.id, 'blocked', 'maintenance', 0, NULL::uuid FROM questions q"
+        " WHERE (p_ids IS NULL AND q.ai_commentary_status = 'pending') OR q.id = ANY (p_ids) $$"
+    )
+    assert await _claim(db_url) == []
+    assert _row(db, older)["reason"] == "maintenance"
