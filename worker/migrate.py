@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,11 +27,14 @@ from typing import Any
 
 import procrastinate.schema
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from worker.database import connect
 from worker.errors import MigrationError
 from worker.queries import q
+
+log = logging.getLogger(__name__)
 
 SQL_DIR = Path(str(importlib.resources.files("worker").joinpath("schema")))
 PROCRASTINATE_ENTRY = "procrastinate/schema.sql"
@@ -129,6 +133,14 @@ def _record_created(conn: psycopg.Connection[Any], before: Snapshot, created_by:
         )
 
 
+def _server_notice(diag: psycopg.errors.Diagnostic) -> None:
+    """A migration's WARNING (e.g. a grant it could not carry over) and its own NOTICEs
+    reach the operator's terminal; the server's "already exists, skipping" notices do not."""
+    message = diag.message_primary or ""
+    if diag.severity_nonlocalized == "WARNING" or message.startswith("ai-worker:"):
+        log.warning("%s", message)
+
+
 def _secure(conn: psycopg.Connection[Any]) -> None:
     """Lock down and harden (schema/0016's worker_secure) once it exists."""
     row = conn.execute(q("secure_available")).fetchone()
@@ -140,6 +152,7 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
     done: list[str] = []
     with connect(url, autocommit=True) as conn:
+        conn.add_notice_handler(_server_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             with conn.transaction():

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS worker_runtime_roles (
 -- would break its front end (a NOTICE says so).
 DO $$
 DECLARE
-    n integer;
+    names text;
 BEGIN
     INSERT INTO worker_schema_objects (kind, name, created_by)
     SELECT CASE WHEN c.relkind IN ('r', 'p', 'f') THEN 'table'
@@ -80,12 +80,12 @@ BEGIN
           'worker_questions_after_insert', 'worker_questions_after_update',
           'worker_questions_before_write', 'worker_resume_provider', 'worker_spent_usd_since'))
     ON CONFLICT (kind, name) DO NOTHING;
-    SELECT count(*) INTO n FROM unnest(ARRAY['questions', 'ai_commentary_settings',
+    SELECT string_agg(t.name, ', ') INTO names FROM unnest(ARRAY['questions', 'ai_commentary_settings',
         'ai_commentary_summaries', 'ai_commentary_batch_jobs']) t (name)
     WHERE to_regclass(t.name) IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM worker_schema_objects o WHERE o.kind = 'table' AND o.name = t.name);
-    IF n > 0 THEN
-        RAISE NOTICE 'ai-worker: % application table(s) installed before this version keep their grants and Row Level Security as they are; review them (README "Security and roles")', n;
+    IF names IS NOT NULL THEN
+        RAISE NOTICE 'ai-worker: % were not created by the worker and keep the grants and Row Level Security the application gave them (README "Security and roles")', names;
     END IF;
 END $$;
 
@@ -354,6 +354,9 @@ BEGIN
     PERFORM worker_secure();
 END $$;
 
+-- Lock down what earlier files created (before the grants below, which it would revoke).
+SELECT worker_secure();
+
 -- ------------------------------------------------------------------ carried-over reads
 -- On a production database the front end read the old wide ai_answer_comments (now
 -- ai_answer_comments_legacy, kept whole with its grants and policies). Its successor, the
@@ -409,7 +412,9 @@ BEGIN
                 EXECUTE format('DROP POLICY IF EXISTS %I ON ai_answer_comments', 'legacy_' || p.polname);
                 EXECUTE format('CREATE POLICY %I ON ai_answer_comments AS %s FOR SELECT TO %s USING (%s)',
                     'legacy_' || p.polname,
-                    CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END, roles, p.qual);
+                    CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END, roles,
+                    -- a correlated subquery names the old table: point it at the new one
+                    replace(p.qual, 'ai_answer_comments_legacy.', 'ai_answer_comments.'));
             EXCEPTION WHEN OTHERS THEN
                 RAISE WARNING 'ai-worker: policy % of the old ai_answer_comments could not be copied to the new table (%); its roles read less through ai_answer_comments_wide until you write an equivalent policy',
                     p.polname, SQLERRM;
@@ -418,4 +423,3 @@ BEGIN
     END IF;
 END $$;
 
-SELECT worker_secure();
