@@ -347,6 +347,7 @@ def test_later_migration_files_are_locked_down_too(
 
     with supa.connect(supa.owner) as conn:
         conn.execute("GRANT SELECT ON ai_answer_comments_wide TO authenticated")
+        conn.execute("SELECT worker_grant_runtime(%s)", (supa.runtime,))
     for f in migrate_module.project_migrations():
         (tmp_path / f.filename).write_text(f.text, encoding="utf-8")
     (tmp_path / "0099_later.sql").write_text(
@@ -385,6 +386,44 @@ def test_later_migration_files_are_locked_down_too(
             {"proname": "later_fn", "prosecdef": True, "proconfig": path},
             {"proname": "worker_defer_job", "prosecdef": True, "proconfig": path},
         ]
+    # the runtime role given its rights before the file gets them on what the file created
+    with supa.connect(supa.runtime) as conn:
+        conn.execute("INSERT INTO later_things (v) VALUES ('x')")
+        assert conn.execute("SELECT v FROM later_view").fetchall() == [{"v": "x"}]
+
+
+def test_install_from_before_the_registry_is_locked_down_too(
+    pg_server_url: str, tmp_path: Path
+) -> None:
+    """A database migrated to 0014 before migrate recorded what it created: 0016 registers
+    the worker's objects by name and closes them; the four application-shaped tables, whose
+    origin it cannot know, keep their grants (the migration says so)."""
+    from worker import migrate as migrate_module
+
+    db = _make_supabase_db(pg_server_url, migrate_now=False)
+    try:
+        for f in migrate_module.project_migrations():
+            if f.filename < "0015":
+                (tmp_path / f.filename).write_text(f.text, encoding="utf-8")
+        migrate_module.migrate(db.owner_url, tmp_path)
+        with db.connect(db.owner) as conn:  # as the old migrate left it: no registry, all open
+            conn.execute("DROP TABLE worker_schema_objects")
+            conn.execute(
+                "GRANT ALL ON ALL TABLES IN SCHEMA public TO anon, authenticated;"
+                " GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO anon, authenticated;"
+                " GRANT ALL ON ALL FUNCTIONS IN SCHEMA public TO anon, authenticated, PUBLIC"
+            )
+        migrate_module.migrate(db.owner_url)
+        with db.connect() as admin:
+            left_open = {x.split(" on ")[-1] for x in _reachable(admin, "anon")}
+        assert left_open == {
+            "questions",
+            "ai_commentary_settings",
+            "ai_commentary_summaries",
+            "ai_commentary_batch_jobs",
+        }
+    finally:
+        _drop_supabase_db(db)
 
 
 def test_temporary_table_cannot_stand_in_for_the_settings(supa: SupaDB) -> None:
@@ -667,3 +706,20 @@ def test_a_role_without_rights_gets_one_readable_line(supa: SupaDB) -> None:
         conn.execute("SELECT worker_grant_runtime(%s)", (stranger,))
     out = _cli(supa, stranger, "status", "--json")
     assert out.returncode == 0, out.stderr
+
+
+def test_a_signed_in_user_cannot_spend_past_the_daily_limit_by_opening_sessions(
+    supa: SupaDB,
+) -> None:
+    with supa.connect(supa.owner) as conn:
+        conn.execute(_readme_block("<!-- open-chat-sql -->"))  # type: ignore[arg-type]
+        conn.execute("UPDATE ai_realtime_settings SET end_user_max_jobs_per_day = 3")
+    insert = "INSERT INTO ai_jobs (kind, route, input_text, session_id) VALUES ('chat', 'app-chat', 'Hi', %s)"
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    with supa.as_user("authenticated", alice) as conn:
+        for i in range(3):
+            conn.execute(insert, (f"alice-{i}",))
+        with pytest.raises(psycopg.errors.CheckViolation, match="limit of 3 chats in 24 hours"):
+            conn.execute(insert, ("alice-new",))
+    with supa.as_user("authenticated", bob) as conn:  # per user, not for everyone
+        conn.execute(insert, ("bob-1",))

@@ -97,6 +97,10 @@ ALTER TABLE ai_jobs ADD COLUMN IF NOT EXISTS owner_id text;
 ALTER TABLE ai_chat_sessions ADD COLUMN IF NOT EXISTS owner_id text;
 -- Routes signed-in users may use (provider and model are the operator's choice, never theirs).
 ALTER TABLE ai_routes ADD COLUMN IF NOT EXISTS public_chat boolean NOT NULL DEFAULT false;
+-- The per-session cap alone would let a user open session after session: each signed-in
+-- user may also submit at most this many jobs in 24 hours (the operator pays for them).
+ALTER TABLE ai_realtime_settings ADD COLUMN IF NOT EXISTS end_user_max_jobs_per_day integer
+    NOT NULL DEFAULT 200 CHECK (end_user_max_jobs_per_day >= 0);
 CREATE INDEX IF NOT EXISTS ai_jobs_owner_idx ON ai_jobs (owner_id, id) WHERE owner_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ai_chat_sessions_owner_idx ON ai_chat_sessions (owner_id) WHERE owner_id IS NOT NULL;
 
@@ -123,6 +127,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     caller text := worker_caller_id();
     sess_owner text;
+    day_cap integer;
+    day_used integer;
 BEGIN
     IF caller IS NOT NULL THEN
         IF NEW.owner_id IS NOT NULL AND NEW.owner_id <> caller THEN
@@ -145,6 +151,17 @@ BEGIN
            OR NEW.priority IS DISTINCT FROM 0 THEN
             RAISE check_violation USING MESSAGE =
                 'ai_jobs: provider, model, system_prompt, messages, priority and max_attempts come from the route';
+        END IF;
+        -- one user's inserts queue here, so two at once cannot both take the last slot
+        PERFORM pg_advisory_xact_lock(hashtext('ai_jobs owner ' || caller));
+        SELECT coalesce((SELECT s.end_user_max_jobs_per_day FROM ai_realtime_settings s WHERE s.id), 200)
+            INTO day_cap;
+        SELECT count(*) INTO day_used FROM ai_jobs j
+        WHERE j.owner_id = caller AND j.created_at > now() - interval '24 hours';
+        IF day_used >= day_cap THEN
+            RAISE check_violation USING
+                MESSAGE = format('ai_jobs: you have reached the limit of %s chats in 24 hours', day_cap),
+                HINT = 'ai_realtime_settings.end_user_max_jobs_per_day';
         END IF;
     END IF;
     IF NEW.session_id IS NOT NULL THEN
