@@ -348,7 +348,9 @@ BEGIN
         FROM pg_policy p, unnest(p.polroles) r
         WHERE p.polrelid = target AND p.polname = 'worker_runtime';
         IF coalesce(pol_roles, '{}') IS DISTINCT FROM want_roles THEN
-            EXECUTE format('DROP POLICY IF EXISTS worker_runtime ON %s', target::regclass);
+            IF pol_roles IS NOT NULL THEN
+                EXECUTE format('DROP POLICY worker_runtime ON %s', target::regclass);
+            END IF;
             IF runtime_list IS NOT NULL THEN
                 EXECUTE format('CREATE POLICY worker_runtime ON %s FOR ALL TO %s USING (true) WITH CHECK (true)',
                     target::regclass, runtime_list);
