@@ -719,3 +719,39 @@ def test_a_signed_in_user_cannot_spend_past_the_daily_limit_by_opening_sessions(
             conn.execute(insert, ("alice-new",))
     with supa.as_user("authenticated", bob) as conn:  # per user, not for everyone
         conn.execute(insert, ("bob-1",))
+        # the README's client statements, word for word
+        conn.execute(_readme_block("<!-- user-chat-sql -->"))  # type: ignore[arg-type]
+    with supa.connect() as admin:
+        row = admin.execute(
+            "SELECT owner_id, status FROM ai_jobs WHERE session_id = 'my-session-1'"
+        ).fetchone()
+        assert row == {"owner_id": bob, "status": "pending"}
+
+
+def test_on_a_new_database_the_documented_statements_open_the_front_end_read(
+    supa: SupaDB,
+) -> None:
+    with supa.connect() as admin:
+        qid = admin.execute(
+            "INSERT INTO questions (question, option_a, option_b, correct_answer)"
+            " VALUES ('Welches Organ?', 'Leber', 'Pankreas', 'B') RETURNING id"
+        ).fetchone()
+        assert qid
+        admin.execute(
+            "INSERT INTO ai_answer_comments (question_id, model_key, general_comment, cost_usd)"
+            " VALUES (%s, 'chatgpt', 'Das Pankreas.', 0.5)",
+            (qid["id"],),
+        )
+    read = "SELECT question_id, chatgpt_general_comment FROM ai_answer_comments_wide"
+    with supa.as_user("authenticated", str(uuid.uuid4())) as conn:
+        assert _try(conn, read) == "InsufficientPrivilege"  # closed until opened
+    with supa.connect(supa.owner) as conn:
+        conn.execute(_readme_block("<!-- open-comments-sql -->"))  # type: ignore[arg-type]
+    with supa.as_user("authenticated", str(uuid.uuid4())) as conn:
+        assert conn.execute(read).fetchall() == [
+            {"question_id": qid["id"], "chatgpt_general_comment": "Das Pankreas."}
+        ]
+        assert _try(conn, "SELECT cost_usd FROM ai_answer_comments") == "InsufficientPrivilege"
+        assert _try(conn, "SELECT question FROM questions") == "InsufficientPrivilege"
+    with supa.as_user("anon") as conn:
+        assert _try(conn, read) == "InsufficientPrivilege"
