@@ -179,7 +179,9 @@ def _relations(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         "SELECT c.oid, c.relname AS name, c.relkind AS kind, c.relrowsecurity AS rls,"
         " c.reloptions AS options"
         " FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
-        " AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') ORDER BY c.relname"
+        " AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
+        " ORDER BY c.relname"
     ).fetchall()
 
 
@@ -189,7 +191,9 @@ def _functions(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         " p.proconfig AS config, p.prosecdef AS definer,"
         " p.prorettype = 'trigger'::regtype AS is_trigger,"
         " ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes) t) AS argtypes"
-        " FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace ORDER BY 2"
+        " FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')"
+        " ORDER BY 2"
     ).fetchall()
 
 
@@ -351,6 +355,7 @@ def test_later_migration_files_are_locked_down_too(
     for f in migrate_module.project_migrations():
         (tmp_path / f.filename).write_text(f.text, encoding="utf-8")
     (tmp_path / "0099_later.sql").write_text(
+        "CREATE EXTENSION IF NOT EXISTS citext;\n"
         "CREATE TABLE later_things (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);\n"
         "CREATE VIEW later_view AS SELECT * FROM later_things;\n"
         "CREATE FUNCTION later_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;\n"
@@ -386,6 +391,11 @@ def test_later_migration_files_are_locked_down_too(
             {"proname": "later_fn", "prosecdef": True, "proconfig": path},
             {"proname": "worker_defer_job", "prosecdef": True, "proconfig": path},
         ]
+        # an extension the file created stays the application's to use
+        ext = admin.execute(
+            "SELECT has_function_privilege('anon', 'citext_eq(citext, citext)', 'EXECUTE') AS ok"
+        ).fetchone()
+        assert ext == {"ok": True}
     # the runtime role given its rights before the file gets them on what the file created
     with supa.connect(supa.runtime) as conn:
         conn.execute("INSERT INTO later_things (v) VALUES ('x')")

@@ -3,7 +3,9 @@
 
 -- name: schema_objects
 -- Every relation and function of the schema migrate runs in, with its ACL (a worker object
--- that a later file drops and re-creates under the same name keeps its grants).
+-- that a later file drops and re-creates under the same name keeps its grants). Members of
+-- an extension are left out: a file that creates an extension (pgvector, say) must not
+-- close the extension's functions to the application that uses them.
 SELECT c.oid::bigint AS oid,
        CASE WHEN c.relkind IN ('r', 'p', 'f') THEN 'table'
             WHEN c.relkind IN ('v', 'm') THEN 'view' ELSE 'sequence' END AS kind,
@@ -11,11 +13,15 @@ SELECT c.oid::bigint AS oid,
 FROM pg_class c
 WHERE c.relnamespace = current_schema()::regnamespace
   AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 UNION ALL
 SELECT p.oid::bigint, 'function', format('%s(%s)', p.proname, oidvectortypes(p.proargtypes)),
        p.proacl::text
 FROM pg_proc p
-WHERE p.pronamespace = current_schema()::regnamespace;
+WHERE p.pronamespace = current_schema()::regnamespace
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e');
 
 -- name: registered_objects
 SELECT kind, name FROM worker_schema_objects;
