@@ -119,7 +119,16 @@ def _make_supabase_db(server: str, *, migrate_now: bool, setup_sql: str = "") ->
         runtime=f"aiw_rt_{tag}",
         tag=tag,
     )
-    with psycopg.connect(with_database(server, "postgres"), autocommit=True) as admin:
+    try:
+        _set_up_supabase_db(db, migrate_now=migrate_now, setup_sql=setup_sql)
+    except BaseException:
+        _drop_supabase_db(db)
+        raise
+    return db
+
+
+def _set_up_supabase_db(db: SupaDB, *, migrate_now: bool, setup_sql: str) -> None:
+    with psycopg.connect(with_database(db.server, "postgres"), autocommit=True) as admin:
         _ensure_supabase_roles(admin)
         for role in (db.owner, db.runtime):
             admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
@@ -149,7 +158,6 @@ def _make_supabase_db(server: str, *, migrate_now: bool, setup_sql: str = "") ->
             conn.execute(setup_sql)  # type: ignore[arg-type]
     if migrate_now:
         migrate(db.owner_url)
-    return db
 
 
 def _drop_supabase_db(db: SupaDB) -> None:
