@@ -53,7 +53,7 @@ from worker.errors import ProviderError
 from worker.queries import q
 from worker.realtime.claim import claim, load_settings, load_templates
 from worker.realtime.embeddings import group_jobs, group_limit, group_token_estimate, run_group
-from worker.realtime.execute import run_chat
+from worker.realtime.execute import invalid_job_outcome, run_chat
 from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
@@ -273,6 +273,14 @@ class Drain:
             for j in jobs:
                 if j.session_id:
                     self._in_session[j.id] = True
+            claimed = len(jobs)
+            # A row that can never run fails with its reason; the others go on (issue #11).
+            invalid = [o for j in jobs if (o := invalid_job_outcome(j)) is not None]
+            if invalid:
+                gone = {o.job_id for o in invalid}
+                jobs = [j for j in jobs if j.id not in gone]
+                self.results.extend(invalid)
+                self.results_ready.set()
             await self.limiter.refresh(conn)
             chats = [j for j in jobs if j.kind != KIND_EMBEDDING]
             groups = group_jobs(j for j in jobs if j.kind == KIND_EMBEDDING)
@@ -282,7 +290,7 @@ class Drain:
         for group in runnable_groups:
             first = group[0]
             self._start(first.lane, group, first.provider, self._run_group(group))
-        return len(jobs)
+        return claimed
 
     async def _admit(
         self, conn: AsyncConnection[Any], chats: list[Job], groups: list[list[Job]]
