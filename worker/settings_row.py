@@ -63,6 +63,9 @@ class CommentarySettings(BaseModel):
     max_attempts: int = Field(default=3, gt=0, le=validation.MAX_ATTEMPTS)
     quota_disables_feature: bool = False
     daily_budget_usd: Decimal | None = Field(default=None, ge=0)
+    # Model keys left out of ``models`` because their entry breaks a rule (a row written
+    # before schema/0017): key -> the reason, reported by submit in worker_errors.
+    dropped_models: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_keys(self) -> CommentarySettings:
@@ -101,9 +104,42 @@ def parse_settings(row: dict[str, Any] | None) -> CommentarySettings:
     if row is None:
         raise ConfigError("ai_commentary_settings has no row: run `python -m worker db migrate`")
     try:
-        return CommentarySettings.model_validate(row)
+        return CommentarySettings.model_validate(_without_bad_models(row))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
         )
         raise ConfigError(f"invalid ai_commentary_settings row: {problems}") from exc
+
+
+def _without_bad_models(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` without the ``models`` entries that break a rule (issue #11: one entry with
+    provider ``anthropic`` stopped every submission). Such an entry is left out, with
+    ``models_enabled`` for it, and named in ``dropped_models``; the other models run. Only
+    a row written before schema/0017 can hold one: its trigger refuses them."""
+    models = row.get("models")
+    if not isinstance(models, dict):
+        return row
+    dropped: dict[str, str] = {}
+    for key, route in models.items():
+        problem = validation.model_key_problem(key) if key != "summary" else None
+        if problem is None:
+            try:
+                ModelRoute.model_validate(route)
+            except ValidationError as exc:
+                problem = "; ".join(e["msg"] for e in exc.errors()[:3])
+        if problem is not None:
+            dropped[str(key)] = problem
+    if not dropped:
+        return row
+    enabled = row.get("models_enabled")
+    return {
+        **row,
+        "models": {k: v for k, v in models.items() if k not in dropped},
+        "models_enabled": (
+            {k: v for k, v in enabled.items() if k not in dropped}
+            if isinstance(enabled, dict)
+            else enabled
+        ),
+        "dropped_models": dropped,
+    }

@@ -60,7 +60,15 @@ class SubmitReport:
 async def load_settings(conn: AsyncConnection[Any]) -> CommentarySettings:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("read_settings"))
-    return parse_settings(await cur.fetchone())
+    settings = parse_settings(await cur.fetchone())
+    for key, problem in settings.dropped_models.items():
+        await record_error(
+            conn,
+            "settings",
+            f"ai_commentary_settings.models.{key} is left out until it is fixed: {problem}",
+            fingerprint=f"settings:dropped-model:{key}:{problem[:100]}",
+        )
+    return settings
 
 
 async def defer(

@@ -589,14 +589,11 @@ def test_unencodable_model_output_is_cleaned_not_fatal(
 INVALID_SETTINGS: dict[str, tuple[str, tuple[Any, ...], str]] = {
     # The settings triggers refuse these (schema/0017, tests/integration/test_poison_pills);
     # a row written before them is found by the worker's parser, by the same rules.
-    "instant_provider_as_batch": (
-        "UPDATE ai_commentary_settings SET models = %s",
-        (
-            json.dumps(
-                {**DEFAULT_MODELS, "perplexity": {**DEFAULT_MODELS["perplexity"], "mode": "batch"}}
-            ),
-        ),
-        "provider 'perplexity' has no Batch API",
+    # (A bad entry of `models` no longer stops the row: test_poison_pills.)
+    "processing_delay_over_a_day": (
+        "UPDATE ai_commentary_settings SET processing_delay_minutes = %s",
+        (6000,),
+        "processing_delay_minutes: Input should be less than or equal to 1440",
     ),
     "unknown_template_placeholder": (
         "UPDATE ai_commentary_settings SET user_prompt_template = %s",
@@ -629,7 +626,8 @@ async def test_invalid_settings_row_is_reported_and_nothing_is_lost(
 
     # a person fixes the row; the worker, still running, takes the work
     db.execute(
-        "UPDATE ai_commentary_settings SET models = %s, user_prompt_template = NULL",
+        "UPDATE ai_commentary_settings SET models = %s, user_prompt_template = NULL,"
+        " processing_delay_minutes = 0",
         (json.dumps(DEFAULT_MODELS),),
     )
     assert await adrain(60) == 0

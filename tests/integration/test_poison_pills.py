@@ -226,6 +226,41 @@ def test_an_unsupported_provider_in_models_is_refused(
     assert status_counts(db) == {"completed": len(ids)}
 
 
+@pytest.mark.parametrize(
+    ("key", "route", "problem"),
+    [
+        (
+            "claude",
+            {"provider": "anthropic", "model": "claude", "mode": "instant"},
+            "unknown provider 'anthropic'",
+        ),
+        ("GPT-4o", {"provider": "openai", "model": "gpt-4o", "mode": "batch"}, "model key"),
+    ],
+)
+def test_a_bad_model_entry_from_before_the_trigger_stops_only_that_model(
+    pipeline: Emulator, db: psycopg.Connection[Any], key: str, route: Any, problem: str
+) -> None:
+    only_chatgpt(db)
+    without_triggers(
+        db,
+        "UPDATE ai_commentary_settings SET models = models || %s,"
+        " models_enabled = models_enabled || %s",
+        (json.dumps({key: route}), json.dumps({key: True})),
+    )
+    ids = insert_good(db, 3)
+    assert drain(60) == 0
+    assert_no_crash(db)
+    assert status_counts(db) == {"completed": len(ids)}
+    (err,) = worker_errors(db, "settings")
+    assert err["message"].startswith(
+        f"ai_commentary_settings.models.{key} is left out until it is fixed: "
+    )
+    assert problem in err["message"]
+    assert not db.execute(
+        "SELECT 1 FROM ai_commentary_requests WHERE model_key = %s", (key,)
+    ).fetchall()
+
+
 # ------------------------------------------------------------------- one settings row
 
 

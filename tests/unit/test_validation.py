@@ -133,17 +133,6 @@ def settings_row(**changes: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
-        (
-            {
-                "models": {"Chat-GPT": {"provider": "openai", "model": "gpt-4o"}},
-                "models_enabled": {"Chat-GPT": True},
-            },
-            "model key 'Chat-GPT' must be",
-        ),
-        (
-            {"models": {"claude": {"provider": "anthropic", "model": "c", "mode": "instant"}}},
-            "unknown provider 'anthropic'",
-        ),
         ({"user_prompt_template": "{question:>20000000}"}, "has a format spec"),
         ({"processing_delay_minutes": 1441}, "processing_delay_minutes"),
         ({"daily_budget_usd": -1}, "daily_budget_usd"),
@@ -158,6 +147,35 @@ def test_the_worker_refuses_what_the_trigger_refuses(
     with pytest.raises(ConfigError, match="invalid ai_commentary_settings row") as info:
         parse_settings(settings_row(**changes))
     assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "route", "problem"),
+    [
+        ("Chat-GPT", {"provider": "openai", "model": "gpt-4o"}, "model key 'Chat-GPT' must be"),
+        ("GPT-4o", {"provider": "openai", "model": "gpt-4o"}, "model key 'GPT-4o' must be"),
+        (
+            "claude",
+            {"provider": "anthropic", "model": "c", "mode": "instant"},
+            "unknown provider 'anthropic'",
+        ),
+        ("px", {"provider": "perplexity", "model": "sonar"}, "has no Batch API"),
+    ],
+)
+def test_a_bad_model_entry_is_left_out_and_the_others_run(
+    key: str, route: dict[str, str], problem: str
+) -> None:
+    base = settings_row()
+    settings = parse_settings(
+        settings_row(
+            models={**base["models"], key: route},  # type: ignore[dict-item]
+            models_enabled={"chatgpt": True, key: True},
+        )
+    )
+    assert settings.enabled_models == ["chatgpt"]
+    assert list(settings.models) == ["chatgpt"]
+    assert list(settings.dropped_models) == [key]
+    assert problem in settings.dropped_models[key]
 
 
 # ---------------------------------------------------------------------- realtime settings
