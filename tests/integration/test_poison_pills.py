@@ -279,7 +279,7 @@ def test_a_second_settings_row_is_refused(pipeline: Emulator, db: psycopg.Connec
     assert status_counts(db) == {"completed": len(ids)}
 
 
-def test_migrate_keeps_the_newest_of_several_settings_rows(
+def test_migrate_keeps_the_newest_settings_row_and_reports_old_bad_values(
     pg_server_url: str, tmp_path: Path
 ) -> None:
     # An old database with two rows: the newest stays the settings, the other is kept whole
@@ -296,6 +296,14 @@ def test_migrate_keeps_the_newest_of_several_settings_rows(
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("UPDATE ai_commentary_settings SET updated_at = now() - interval '1 day'")
             conn.execute("INSERT INTO ai_commentary_settings (batch_size) VALUES (7)")
+            # values the old triggers let through
+            conn.execute(
+                "UPDATE ai_commentary_settings SET models = models || %s WHERE batch_size = 7",
+                (json.dumps({"claude": {"provider": "anthropic", "model": "c"}}),),
+            )
+            conn.execute(
+                'UPDATE ai_realtime_settings SET provider_concurrency = \'{"openai": "abc"}\''
+            )
         migrate(url)
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute("SELECT batch_size FROM ai_commentary_settings").fetchall()
@@ -306,6 +314,25 @@ def test_migrate_keeps_the_newest_of_several_settings_rows(
             assert kept == [("40",)]
             with pytest.raises(errors.UniqueViolation):
                 conn.execute("INSERT INTO ai_commentary_settings (batch_size) VALUES (8)")
+            # The rows that break the new rules are kept as they are, and reported at once.
+            reported = conn.execute(
+                "SELECT kind, message FROM worker_errors ORDER BY fingerprint"
+            ).fetchall()
+            assert reported == [
+                (
+                    "settings",
+                    "the ai_commentary_settings row breaks a rule enforced since migration"
+                    ' 0017: ai_commentary_settings.models.claude: unknown provider "anthropic"'
+                    " (supported: openai, gemini, mistral, openrouter, perplexity, deepseek,"
+                    " ollama, mock)",
+                ),
+                (
+                    "settings",
+                    "the ai_realtime_settings row breaks a rule enforced since migration 0017:"
+                    " ai_realtime_settings.provider_concurrency.openai must be a whole number"
+                    ' from 1 to 10000 (got "abc")',
+                ),
+            ]
     finally:
         drop_db(pg_server_url, name)
 

@@ -293,6 +293,36 @@ SET queueing_lock = 'submit-delayed@' || floor(extract(epoch FROM scheduled_at))
 WHERE task_name = 'submit' AND status = 'todo' AND queueing_lock = 'submit'
   AND scheduled_at > now();
 
+-- ------------------------------------------------------------------ rows written before
+-- A settings row that breaks a rule above stays as it is (the migration must not fail on
+-- it, nor change it behind the operator's back); the problem is recorded in worker_errors
+-- at once, and the worker keeps reporting it (and leaves out what it must) until fixed.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT 'ai_commentary_settings' AS tbl, id::text AS id FROM ai_commentary_settings
+             UNION ALL SELECT 'ai_realtime_settings', id::text FROM ai_realtime_settings LOOP
+        BEGIN
+            IF r.tbl = 'ai_commentary_settings' THEN
+                UPDATE ai_commentary_settings SET feature_enabled = feature_enabled WHERE id::text = r.id;
+            ELSE
+                UPDATE ai_realtime_settings SET claim_batch = claim_batch WHERE id::text = r.id;
+            END IF;
+            RAISE EXCEPTION 'checked' USING ERRCODE = 'P0001';  -- undo the no-op update
+        EXCEPTION
+            WHEN check_violation THEN
+                INSERT INTO worker_errors (fingerprint, kind, message)
+                VALUES ('migrate-0017:' || r.tbl, 'settings',
+                        left('the ' || r.tbl || ' row breaks a rule enforced since migration 0017: '
+                             || SQLERRM, 4000))
+                ON CONFLICT (fingerprint) DO NOTHING;
+            WHEN raise_exception THEN
+                NULL;
+        END;
+    END LOOP;
+END $$;
+
 -- ------------------------------------------------------------------ privileges and paths
 -- Functions of this file: path pinned (pg_temp last, so a temporary table can never stand in
 -- for a real one), and not callable by PUBLIC. The trigger functions are SECURITY DEFINER,
