@@ -601,3 +601,66 @@ def test_a_deleted_realtime_settings_row_keeps_the_builtin_limits(
     assert job_counts(db) == {"completed": 15}
     (err,) = worker_errors(db, "settings")
     assert err["message"] == "ai_realtime_settings has no row; the built-in limits apply"
+
+
+# ------------------------------------------------------------- answers Postgres cannot hold
+
+
+def poison_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real emulator answer, with NUL and a lone surrogate put in for the input that
+    asks for it (a model may emit ``\\u0000`` in its JSON; the emulator does not)."""
+    from worker.realtime.providers import RealtimeClients, Reply
+
+    real = RealtimeClients.chat
+
+    async def chat(self: Any, provider: str, model: str, prompt: Any, keep: Any = None) -> Any:
+        reply = await real(self, provider, model, prompt, keep)
+        if "GIFT" in prompt.user:
+            return Reply("Ant\x00wort \udcff", reply.input_tokens, reply.output_tokens)
+        return reply
+
+    monkeypatch.setattr(RealtimeClients, "chat", chat)
+
+
+def test_an_answer_with_nul_is_cleaned_and_the_flush_goes_on(
+    rt: Emulator, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_answers(monkeypatch)
+    insert_jobs(db, 5)
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text, session_id)"
+        " VALUES ('chat', 'openai', 'gpt-4.1-mini', 'GIFT bitte', 's1')"
+    )
+    assert drain(60) == 0
+    assert job_counts(db) == {"completed": 6}
+    row = db.execute("SELECT result_text FROM ai_jobs WHERE session_id = 's1'").fetchone()
+    assert row == {"result_text": "Antwort \ufffd"}
+    assert [
+        r["content"]
+        for r in db.execute(
+            "SELECT content FROM ai_chat_messages WHERE session_id = 's1' ORDER BY id"
+        ).fetchall()
+    ] == ["GIFT bitte", "Antwort \ufffd"]
+
+
+def test_an_outcome_that_cannot_be_stored_fails_alone_with_the_reason(
+    rt: Emulator, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's last resort, for whatever cleaning does not foresee: the flush fails,
+    # the outcomes are written one by one, the bad one becomes a failed job with the reason.
+    from worker.realtime import drain as drain_module
+
+    poison_answers(monkeypatch)
+    monkeypatch.setattr(drain_module, "storable", lambda o: o)
+    ids = insert_jobs(db, 5)
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+        " VALUES ('completion', 'openai', 'gpt-4.1-mini', 'GIFT bitte')"
+    )
+    assert drain(60) == 0
+    rows = db.execute("SELECT status, error, error_kind FROM ai_jobs ORDER BY id").fetchall()
+    assert [r["status"] for r in rows] == ["completed"] * 5 + ["failed"]
+    assert rows[-1]["error_kind"] == "unstorable"
+    assert rows[-1]["error"].startswith("the result could not be stored (UnicodeEncodeError: ")
+    (err,) = worker_errors(db, "ai_job:unstorable")
+    assert err["detail"]["ai_job_id"] == max(ids) + 1
