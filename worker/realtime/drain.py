@@ -47,6 +47,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from worker import wakeups
 from worker.config import get_settings
 from worker.database import resolve_database_url
 from worker.error_log import record_error
@@ -62,7 +63,7 @@ from worker.realtime.storable import storable, unstorable
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "worker_ai_jobs"
+NOTIFY_CHANNEL = wakeups.DRAIN_CHANNEL
 BLOCKED_CACHE_SECONDS = 1.0
 #: When due rows exist but none could be claimed (locked by another worker, or waiting for
 #: an earlier job of their session held elsewhere), look again after this long.
@@ -524,7 +525,16 @@ class Drain:
     # ------------------------------------------------------------------ wake-ups
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; a notification wakes the claim loop."""
+        """A notification wakes the claim loop: from the process's one listening connection
+        when ``python -m worker run`` runs one (:mod:`worker.wakeups`), else on a dedicated
+        connection of the drain's own."""
+        hub = wakeups.current
+        if hub is not None:
+            unsubscribe = hub.subscribe(NOTIFY_CHANNEL, lambda _payload: self.wake.set())
+            try:
+                await asyncio.Event().wait()  # until cancelled with the drain
+            finally:
+                unsubscribe()
         while True:
             try:
                 info = self.pool.conninfo
