@@ -664,3 +664,49 @@ def test_an_outcome_that_cannot_be_stored_fails_alone_with_the_reason(
     assert rows[-1]["error"].startswith("the result could not be stored (UnicodeEncodeError: ")
     (err,) = worker_errors(db, "ai_job:unstorable")
     assert err["detail"]["ai_job_id"] == max(ids) + 1
+
+
+# ------------------------------------------------------------------------ what 0017 adds
+
+
+def test_what_0017_creates_is_closed_to_supabase_roles(empty_db_url: str) -> None:
+    # Supabase's default privileges grant anon and authenticated all on new tables and
+    # functions; 0017's table and functions take that back (roles are cluster-wide: created
+    # if missing, never dropped).
+    fns = [
+        "worker_supported_providers()",
+        "worker_batch_providers()",
+        "worker_template_problem(text)",
+        "worker_check_settings_rules()",
+        "worker_check_realtime_settings()",
+        "worker_ai_jobs_checks()",
+    ]
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        for role in ("anon", "authenticated"):
+            conn.execute(
+                "DO $$ BEGIN CREATE ROLE " + role + " NOLOGIN;"
+                " EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+            )
+        conn.execute(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated"
+        )
+        conn.execute(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public"
+            " GRANT ALL ON FUNCTIONS TO anon, authenticated"
+        )
+    migrate(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        for role in ("anon", "authenticated"):
+            row = conn.execute(
+                "SELECT has_table_privilege(%s, 'ai_commentary_settings_replaced',"
+                " 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')",
+                (role,),
+            ).fetchone()
+            assert row == (False,)
+            for fn in fns:
+                row = conn.execute(
+                    "SELECT has_function_privilege(%s, %s, 'EXECUTE'),"
+                    " (SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure)",
+                    (role, fn, fn),
+                ).fetchone()
+                assert row == (False, ["search_path=pg_catalog, public, pg_temp"]), fn

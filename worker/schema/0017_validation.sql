@@ -329,14 +329,25 @@ END $$;
 -- so whoever writes a row is checked with the owner's rights on the helpers and tables.
 DO $$
 DECLARE
-    fn text;
-BEGIN
-    FOREACH fn IN ARRAY ARRAY[
+    fns text[] := ARRAY[
         'worker_supported_providers()', 'worker_batch_providers()',
         'worker_template_problem(text)', 'worker_check_settings_rules()',
-        'worker_check_realtime_settings()', 'worker_ai_jobs_checks()'
-    ] LOOP
+        'worker_check_realtime_settings()', 'worker_ai_jobs_checks()'];
+    fn text;
+    role_name text;
+BEGIN
+    FOREACH fn IN ARRAY fns LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp', fn, current_schema());
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+    END LOOP;
+    -- Supabase's default privileges grant anon and authenticated everything new: take it
+    -- back from what this file creates (the table's rows are hidden by RLS, but TRUNCATE
+    -- and the functions are not).
+    FOREACH role_name IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name);
+        EXECUTE format('REVOKE ALL ON ai_commentary_settings_replaced FROM %I', role_name);
+        FOREACH fn IN ARRAY fns LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', fn, role_name);
+        END LOOP;
     END LOOP;
 END $$;
