@@ -12,6 +12,7 @@ with the app's tables present and absent.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from tests.fixtures.pipeline import drain, point_env_at_emulator
@@ -34,6 +36,7 @@ from worker.routing import reset_providers
 pytestmark = pytest.mark.timeout(240)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "production_shape.sql"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # The first user's tables that carry entitlement, Supabase-shaped (profiles keyed by the
 # auth user id; a Stripe-style subscribers table).
@@ -70,6 +73,14 @@ def _question(
     ).fetchone()
     assert row is not None
     return uuid.UUID(str(row["id"]))
+
+
+def _readme_block(marker: str) -> str:
+    """The first ```sql block after ``marker`` in the README, run word for word."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"```sql\n(.*?)```", text[text.index(marker) :], re.S)
+    assert match is not None
+    return match.group(1)
 
 
 async def _claim(url: str) -> list[uuid.UUID]:
@@ -414,37 +425,33 @@ def test_a_user_sees_only_their_own_balance_and_ledger(empty_db_url: str) -> Non
         db.execute("SELECT ai_credit_grant(%s, 3), ai_credit_grant(%s, 7)", (alice, bob))
         db.execute("SELECT worker_charge_full(%s, gen_random_uuid(), 'h')", (bob,))
 
-        def as_user(role: str, user: uuid.UUID | None, sql: str) -> list[dict[str, Any]]:
+        def as_user(role: str, user: uuid.UUID | None, query: str) -> list[dict[str, Any]]:
             with db.transaction(force_rollback=True):
-                db.execute(f"SET LOCAL ROLE {role}")
+                db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
                 db.execute(
                     "SELECT set_config('request.jwt.claim.sub', %s, true)",
                     (str(user) if user else "",),
                 )
-                return db.execute(sql).fetchall()  # type: ignore[arg-type]
+                return db.execute(query).fetchall()  # type: ignore[arg-type]
 
-        for auth_uid in ("auth.uid()", "request.jwt.claim.sub"):
-            rows = as_user("authenticated", alice, "SELECT user_id, delta FROM ai_credit_ledger")
-            assert rows == [{"user_id": alice, "delta": 3}], auth_uid
-            rows = as_user("authenticated", bob, "SELECT user_id, delta FROM ai_credit_ledger")
-            assert sorted(r["delta"] for r in rows) == [-1, 7] and {r["user_id"] for r in rows} == {
-                bob
-            }
-            rows = as_user(
-                "authenticated",
-                alice,
-                "SELECT user_id, allowance, allowance_left, paid_credits FROM ai_credit_balances",
-            )
-            assert rows == [
-                {"user_id": alice, "allowance": 100, "allowance_left": 100, "paid_credits": 3}
-            ]
-            assert as_user("authenticated", None, "SELECT * FROM ai_credit_ledger") == []
-            if auth_uid == "auth.uid()":
-                # Without auth.uid() the policy reads the JWT claim PostgREST sets.
-                db.execute("DROP FUNCTION auth.uid()")
+        ledger = "SELECT user_id, delta FROM ai_credit_ledger"
+        # Closed like everything the worker creates, until the operator opens the read.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            as_user("authenticated", alice, ledger)
+        db.execute(_readme_block("<!-- open-credits-sql -->"))  # type: ignore[arg-type]
+
+        assert as_user("authenticated", alice, ledger) == [{"user_id": alice, "delta": 3}]
+        rows = as_user("authenticated", bob, ledger)
+        assert sorted(r["delta"] for r in rows) == [-1, 7]
+        assert {r["user_id"] for r in rows} == {bob}
+        balance = "SELECT user_id, allowance, allowance_left, paid_credits FROM ai_credit_balances"
+        assert as_user("authenticated", alice, balance) == [
+            {"user_id": alice, "allowance": 100, "allowance_left": 100, "paid_credits": 3}
+        ]
+        assert as_user("authenticated", None, ledger) == []  # no JWT subject: nothing
 
         # Nothing else is open to them: not the charges, not writes, nothing for anon.
-        for role, sql in [
+        for role, query in [
             ("authenticated", "SELECT * FROM ai_commentary_charges"),
             ("authenticated", "UPDATE ai_credit_accounts SET paid_credits = 1000"),
             (
@@ -452,11 +459,16 @@ def test_a_user_sees_only_their_own_balance_and_ledger(empty_db_url: str) -> Non
                 "INSERT INTO ai_credit_ledger (user_id, delta, pool, source)"
                 " VALUES (gen_random_uuid(), 5, 'paid', 'grant')",
             ),
+            ("authenticated", "SELECT ai_credit_grant(gen_random_uuid(), 5)"),
             ("anon", "SELECT * FROM ai_credit_ledger"),
             ("anon", "SELECT * FROM ai_credit_balances"),
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                as_user(role, alice, sql)
+                as_user(role, alice, query)
+
+        # Without auth.uid() (plain PostgreSQL) the policies match nobody.
+        db.execute("DROP FUNCTION auth.uid()")
+        assert as_user("authenticated", alice, ledger) == []
 
 
 @pytest.fixture
@@ -481,22 +493,25 @@ def test_ai_jobs_insert_without_credit_is_refused_and_a_failed_job_refunded(
     user = uuid.uuid4()
     db.execute("INSERT INTO ai_job_credit_costs (kind, credits) VALUES ('embedding', 2)")
     job = (
-        "INSERT INTO ai_jobs (kind, provider, model, input_text, user_id) VALUES"
+        "INSERT INTO ai_jobs (kind, provider, model, input_text, owner_id) VALUES"
         " ('embedding', 'deepseek', 'deepseek-chat', 'kein Embedding-API', %s) RETURNING id"
     )
     with pytest.raises(psycopg.errors.CheckViolation) as err:
-        db.execute(job, (user,))
+        db.execute(job, (str(user),))
     assert f"ai_jobs: user {user} has 0 credit(s); kind 'embedding' costs 2" in str(err.value)
     with pytest.raises(psycopg.errors.CheckViolation) as err:
         db.execute(job, (None,))
-    assert "ai_jobs: kind 'embedding' costs 2 credit(s): user_id is required" in str(err.value)
+    assert (
+        "ai_jobs: kind 'embedding' costs 2 credit(s): owner_id (the paying user) is required"
+        in str(err.value)
+    )
 
     db.execute("SELECT ai_credit_grant(%s, 3)", (user,))
-    row = db.execute(job, (user,)).fetchone()
+    row = db.execute(job, (str(user),)).fetchone()
     assert row is not None
     job_id = row["id"]
     with pytest.raises(psycopg.errors.CheckViolation):  # 1 left, 2 needed
-        db.execute(job, (user,))
+        db.execute(job, (str(user),))
     # A kind without a cost needs no credit.
     db.execute(
         "INSERT INTO ai_jobs (kind, provider, model, input_text) VALUES ('chat', 'mock', 'mock', 'hi')"

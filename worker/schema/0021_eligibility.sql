@@ -47,8 +47,10 @@ ALTER TABLE ai_commentary_settings ADD COLUMN IF NOT EXISTS full_allowance integ
 ALTER TABLE ai_commentary_settings ADD COLUMN IF NOT EXISTS allowance_period_days integer NOT NULL
     DEFAULT 30;
 
--- Validation of this migration's columns, in the style of worker_check_settings (0002):
--- a readable check_violation. A trigger of its own so the other settings checks stay where
+-- Validation of this migration's columns, in the style of worker_check_settings (0002,
+-- 0017): a readable check_violation. partial_models holds model keys; a key that `models`
+-- does not define (or that is not enabled) is simply not used, so removing a model from
+-- `models` never makes the row invalid. A trigger of its own so the other settings checks stay where
 -- they are; triggers fire by name, so this one runs after worker_check_settings.
 CREATE OR REPLACE FUNCTION worker_check_settings_eligibility() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
@@ -62,11 +64,6 @@ BEGIN
     FOR k IN SELECT value FROM jsonb_array_elements(NEW.partial_models) LOOP
         IF jsonb_typeof(k) IS DISTINCT FROM 'string' OR (k #>> '{}') !~ '^[a-z0-9_]+$' THEN
             RAISE EXCEPTION 'ai_commentary_settings.partial_models: % is not a model key (lower-case letters, digits, _)', k
-                USING ERRCODE = 'check_violation';
-        END IF;
-        IF NOT NEW.models ? (k #>> '{}') THEN
-            RAISE EXCEPTION 'ai_commentary_settings.partial_models has unknown model key "%" (known: %)',
-                k #>> '{}', (SELECT string_agg(x, ', ' ORDER BY x) FROM jsonb_object_keys(NEW.models) x)
                 USING ERRCODE = 'check_violation';
         END IF;
     END LOOP;
@@ -85,24 +82,6 @@ DROP TRIGGER IF EXISTS worker_check_settings_eligibility ON ai_commentary_settin
 CREATE TRIGGER worker_check_settings_eligibility
     BEFORE INSERT OR UPDATE ON ai_commentary_settings
     FOR EACH ROW EXECUTE FUNCTION worker_check_settings_eligibility();
-
--- ------------------------------------------------------------------ the end user's id
--- Supabase's auth.uid() when it exists (looked up at call time, so installing before or
--- after Supabase's auth schema both work), else the JWT claim PostgREST sets
--- (request.jwt.claim.sub, or request.jwt.claims ->> 'sub'). NULL for the worker itself.
-CREATE OR REPLACE FUNCTION worker_current_user_id() RETURNS uuid
-LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
-DECLARE
-    uid uuid;
-BEGIN
-    IF to_regprocedure('auth.uid()') IS NOT NULL THEN
-        EXECUTE 'SELECT auth.uid()' INTO uid;
-        RETURN uid;
-    END IF;
-    RETURN coalesce(
-        nullif(current_setting('request.jwt.claim.sub', true), ''),
-        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid;
-END $$;
 
 -- ------------------------------------------------------------------ the policy
 CREATE OR REPLACE FUNCTION ai_commentary_eligibility_default(p_ids uuid[] DEFAULT NULL)
@@ -478,17 +457,18 @@ CREATE TABLE IF NOT EXISTS ai_job_credit_costs (
     credits integer NOT NULL CHECK (credits > 0),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE ai_jobs ADD COLUMN IF NOT EXISTS user_id uuid;
 ALTER TABLE ai_jobs ADD COLUMN IF NOT EXISTS credits_charged integer NOT NULL DEFAULT 0;
 
--- SECURITY DEFINER: an end user allowed to insert jobs must not need write access to the
--- accounts. The end user's own id (worker_current_user_id) wins over a user_id they pass.
--- Named to fire after ai_jobs_before_insert (triggers fire in name order): only a job that
--- passed validation is charged.
+-- The job's owner pays: ai_jobs.owner_id (schema/0016: the signed-in user's auth.uid(),
+-- set by ai_jobs_a_owner; else what the operator's server writes), a user uuid. SECURITY
+-- DEFINER: an end user allowed to insert jobs needs no rights on the accounts. Named to
+-- fire after ai_jobs_a_owner and ai_jobs_before_insert (triggers fire in name order): only
+-- a job that passed validation is charged.
 CREATE OR REPLACE FUNCTION ai_jobs_charge_credits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     cost integer;
+    payer uuid;
     a ai_credit_accounts;
 BEGIN
     NEW.credits_charged := 0;
@@ -496,22 +476,26 @@ BEGIN
     IF cost IS NULL THEN
         RETURN NEW;
     END IF;
-    NEW.user_id := coalesce(worker_current_user_id(), NEW.user_id);
-    IF NEW.user_id IS NULL THEN
+    IF NEW.owner_id IS NULL THEN
         RAISE check_violation USING MESSAGE = format(
-            'ai_jobs: kind %L costs %s credit(s): user_id is required', NEW.kind, cost);
+            'ai_jobs: kind %L costs %s credit(s): owner_id (the paying user) is required', NEW.kind, cost);
     END IF;
-    a := worker_lock_credit_account(NEW.user_id);
+    IF NEW.owner_id !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RAISE check_violation USING MESSAGE = format(
+            'ai_jobs: kind %L costs %s credit(s): owner_id %L is not a user id (uuid)', NEW.kind, cost, NEW.owner_id);
+    END IF;
+    payer := NEW.owner_id::uuid;
+    a := worker_lock_credit_account(payer);
     IF a.paid_credits < cost THEN
         RAISE check_violation USING
             MESSAGE = format('ai_jobs: user %s has %s credit(s); kind %L costs %s',
-                             NEW.user_id, a.paid_credits, NEW.kind, cost),
+                             payer, a.paid_credits, NEW.kind, cost),
             HINT = 'add credits with ai_credit_grant(user_id, credits)';
     END IF;
     UPDATE ai_credit_accounts SET paid_credits = paid_credits - cost, updated_at = now()
-    WHERE user_id = NEW.user_id;
+    WHERE user_id = payer;
     INSERT INTO ai_credit_ledger (user_id, delta, pool, source, ref, job_id)
-    VALUES (NEW.user_id, -cost, 'paid', 'consume_job', 'job:' || NEW.id, NEW.id);
+    VALUES (payer, -cost, 'paid', 'consume_job', 'job:' || NEW.id, NEW.id);
     NEW.credits_charged := cost;
     RETURN NEW;
 END $$;
@@ -523,15 +507,17 @@ CREATE TRIGGER ai_jobs_charge_credits
 
 CREATE OR REPLACE FUNCTION ai_jobs_refund_credits() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    payer uuid := NEW.owner_id::uuid;  -- a uuid: checked when the job was charged
 BEGIN
-    PERFORM worker_lock_credit_account(NEW.user_id);
+    PERFORM worker_lock_credit_account(payer);
     INSERT INTO ai_credit_ledger (user_id, delta, pool, source, ref, job_id)
-    VALUES (NEW.user_id, NEW.credits_charged, 'paid', 'refund_job', 'job:' || NEW.id, NEW.id)
+    VALUES (payer, NEW.credits_charged, 'paid', 'refund_job', 'job:' || NEW.id, NEW.id)
     ON CONFLICT (job_id, source) WHERE job_id IS NOT NULL DO NOTHING;
     IF FOUND THEN
         UPDATE ai_credit_accounts SET paid_credits = paid_credits + NEW.credits_charged,
             updated_at = now()
-        WHERE user_id = NEW.user_id;
+        WHERE user_id = payer;
     END IF;
     RETURN NULL;
 END $$;
@@ -541,45 +527,25 @@ CREATE TRIGGER ai_jobs_refund_credits
     AFTER UPDATE OF status ON ai_jobs
     FOR EACH ROW
     WHEN (NEW.status = 'failed' AND OLD.status IS DISTINCT FROM 'failed'
-          AND NEW.credits_charged > 0 AND NEW.user_id IS NOT NULL)
+          AND NEW.credits_charged > 0 AND NEW.owner_id IS NOT NULL)
     EXECUTE FUNCTION ai_jobs_refund_credits();
 
 -- ------------------------------------------------------------------ access
--- Closed by default; a signed-in user reads their own account and ledger rows only.
+-- Closed like every object a migration creates (schema/0016 worker_secure: revoked from
+-- PUBLIC, anon, authenticated; RLS on). The policies below let a signed-in user read their
+-- own account and ledger rows (auth.uid(), through 0016's worker_caller_id) once the
+-- operator grants the read (README "Who gets commentary, and who pays").
 ALTER TABLE ai_credit_accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ai_credit_ledger ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ai_commentary_charges ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ai_commentary_content_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ai_job_credit_costs ENABLE ROW LEVEL SECURITY;
-REVOKE ALL ON ai_credit_accounts, ai_credit_ledger, ai_commentary_charges,
-    ai_commentary_content_versions, ai_job_credit_costs, ai_credit_balances FROM PUBLIC;
-REVOKE ALL ON FUNCTION worker_check_settings_eligibility(), ai_commentary_eligibility_default(uuid[]),
-    ai_commentary_eligibility(uuid[]), worker_lock_credit_account(uuid),
-    worker_charge_full(uuid, uuid, text), worker_refund_question(uuid),
-    ai_credit_grant(uuid, integer, text), worker_questions_settled(), ai_jobs_charge_credits(),
-    ai_jobs_refund_credits(), worker_current_user_id(), worker_allowance_defaults() FROM PUBLIC;
-DROP POLICY IF EXISTS ai_credit_accounts_own ON ai_credit_accounts;
-CREATE POLICY ai_credit_accounts_own ON ai_credit_accounts FOR SELECT
-    USING (user_id = (SELECT worker_current_user_id()));
-DROP POLICY IF EXISTS ai_credit_ledger_own ON ai_credit_ledger;
-CREATE POLICY ai_credit_ledger_own ON ai_credit_ledger FOR SELECT
-    USING (user_id = (SELECT worker_current_user_id()));
-DO $$
-DECLARE
-    r text;
-BEGIN
-    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
-            EXECUTE format('REVOKE ALL ON ai_credit_accounts, ai_credit_ledger, ai_commentary_charges,'
-                           ' ai_commentary_content_versions, ai_job_credit_costs, ai_credit_balances FROM %I', r);
-            EXECUTE format('REVOKE ALL ON SEQUENCE ai_credit_ledger_id_seq FROM %I', r);
-        END IF;
-    END LOOP;
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        GRANT SELECT ON ai_credit_accounts, ai_credit_ledger, ai_credit_balances TO authenticated;
-        GRANT EXECUTE ON FUNCTION worker_current_user_id(), worker_allowance_defaults() TO authenticated;
-    END IF;
-END $$;
+DROP POLICY IF EXISTS worker_end_user_read ON ai_credit_accounts;
+CREATE POLICY worker_end_user_read ON ai_credit_accounts FOR SELECT
+    USING (user_id = (SELECT worker_caller_id()::uuid));
+DROP POLICY IF EXISTS worker_end_user_read ON ai_credit_ledger;
+CREATE POLICY worker_end_user_read ON ai_credit_ledger FOR SELECT
+    USING (user_id = (SELECT worker_caller_id()::uuid));
 
 -- ------------------------------------------------------------------ wide view
 -- As 0008, showing only the comments of the set the question was claimed with (a question
@@ -647,3 +613,26 @@ FROM ai_answer_comments c
 JOIN questions q ON q.id = c.question_id
 WHERE q.ai_commentary_models IS NULL OR c.model_key = ANY (q.ai_commentary_models)
 GROUP BY c.question_id;
+
+-- The view now also reads questions.ai_commentary_models and ai_commentary_depth with the
+-- reader's rights (security_invoker). A role that reads the view and has a column grant on
+-- questions.ai_commentary_status (README's front-end read) keeps its read: it gets these
+-- two worker columns too. A role with table-wide SELECT on questions has them already.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT a.rolname FROM pg_roles a
+        WHERE a.rolname NOT LIKE 'pg\_%'
+          AND has_table_privilege(a.oid, 'ai_answer_comments_wide', 'SELECT')
+          AND has_column_privilege(a.oid, 'questions', 'ai_commentary_status', 'SELECT')
+          AND NOT (has_column_privilege(a.oid, 'questions', 'ai_commentary_models', 'SELECT')
+                   AND has_column_privilege(a.oid, 'questions', 'ai_commentary_depth', 'SELECT'))
+    LOOP
+        EXECUTE format('GRANT SELECT (ai_commentary_models, ai_commentary_depth) ON questions TO %I',
+                       r.rolname);
+        RAISE NOTICE 'ai-worker: % reads ai_answer_comments_wide: granted SELECT (ai_commentary_models, ai_commentary_depth) ON questions',
+            r.rolname;
+    END LOOP;
+END $$;

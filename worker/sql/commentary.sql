@@ -521,3 +521,14 @@ UPDATE ai_commentary_requests
 SET status = 'waiting', claimed_by = NULL, claimed_at = NULL, last_error = %(error)s,
     updated_at = now()
 WHERE claimed_by = %(owner)s AND status = 'submitted' AND question_id = ANY(%(ids)s::uuid[]);
+
+-- name: cancel_later_delayed_submits
+-- Delayed submits (lock submit-delayed@<epoch>, scheduled at the end of
+-- processing_delay_minutes) that are later than the work now needs - the delay was
+-- shortened, or the questions were taken - are cancelled through Procrastinate's API, so a
+-- stale one does not wait in the queue for hours. %(due)s NULL: nothing waits for a delay.
+SELECT procrastinate_cancel_job_v1(j.id, false, true)
+FROM procrastinate_jobs j
+WHERE j.task_name = 'submit' AND j.status = 'todo'
+  AND j.queueing_lock LIKE 'submit-delayed@%%'
+  AND j.scheduled_at > coalesce(%(due)s::timestamptz, now()) + interval '1 second';
