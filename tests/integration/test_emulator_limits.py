@@ -232,3 +232,126 @@ def test_lost_responses_leave_the_side_effect(emulator: Emulator, provider: str)
             m.files.upload(file={"file_name": "x.jsonl", "content": b'{"custom_id":"1"}\n'})
         assert emulator.stats()["mistral"]["files_uploaded"] == 1
     assert emulator.stats()[provider]["responses_lost"] >= 1
+
+
+def wait_status(c: openai.OpenAI, batch_id: str, status: str, timeout: float = 10) -> Any:
+    deadline = time.time() + timeout
+    while True:
+        b = c.batches.retrieve(batch_id)
+        if b.status == status:
+            return b
+        assert time.time() < deadline, b.status
+        time.sleep(0.05)
+
+
+def test_openai_cancel_is_slow_and_keeps_partial_results(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0.3, cancel_seconds=0.6)
+    c = oai(emulator)
+    batch_id = openai_batch(c, 40, "p")
+    wait_status(c, batch_id, "in_progress")
+    assert c.batches.cancel(batch_id).status == "cancelling"
+    time.sleep(0.35)
+    assert c.batches.retrieve(batch_id).status == "cancelling"  # longer than a state
+    b = wait_status(c, batch_id, "cancelled")
+    assert b.output_file_id and b.cancelled_at
+    lines = [json.loads(x) for x in c.files.content(b.output_file_id).text.splitlines()]
+    done = {x["custom_id"] for x in lines}
+    assert 0 < len(done) < 40  # partial results
+    outcomes = {
+        cid: e[-1]["outcome"] for cid, e in emulator.stats()["openai"]["custom_ids"].items()
+    }
+    assert {cid for cid, o in outcomes.items() if o == "succeeded"} == done
+    assert set(outcomes.values()) == {"succeeded", "cancelled"}
+    assert b.usage is not None and b.usage.input_tokens > 0  # the finished lines are billed
+
+
+def test_openai_cancel_while_validating_has_no_results(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0.5, cancel_seconds=0)
+    c = oai(emulator)
+    batch_id = openai_batch(c, 5, "v")
+    c.batches.cancel(batch_id)
+    b = wait_status(c, batch_id, "cancelled")
+    assert b.output_file_id is None
+
+
+def test_operator_cancel_outcome_passes_through_running(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0, batch_outcome="cancelled")
+    c = oai(emulator)
+    batch_id = openai_batch(c, 20, "o")
+    b = c.batches.retrieve(batch_id)
+    assert b.status == "cancelled" and b.in_progress_at and b.cancelling_at
+    assert b.output_file_id  # lines done before the cancel
+
+
+def test_openai_empty_error_file_id_and_status_code_zero(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0, openai_empty_error_file_id=True)
+    c = oai(emulator)
+    b = c.batches.retrieve(openai_batch(c, 5, "e"))
+    assert b.status == "completed" and b.error_file_id == ""
+    configure(emulator, status_code_zero_rate=0.5)
+    b = c.batches.retrieve(openai_batch(c, 40, "z"))
+    assert b.error_file_id
+    bad = [json.loads(x) for x in c.files.content(b.error_file_id).text.splitlines()]
+    assert bad and all(x["response"]["status_code"] == 0 for x in bad)
+    assert b.request_counts is not None and b.request_counts.failed == len(bad)
+
+
+def test_forced_failure_reasons(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0, batch_outcome="failed")
+    c = oai(emulator)
+    b = c.batches.retrieve(openai_batch(c, 2, "f"))
+    assert b.errors is not None and b.errors.data is not None
+    assert b.errors.data[0].code == "server_error"
+    configure(emulator, batch_failure_code="invalid_json_line")
+    b = c.batches.retrieve(openai_batch(c, 2, "g"))
+    assert b.errors is not None and b.errors.data is not None
+    assert b.errors.data[0].code == "invalid_json_line"
+
+
+def test_gemini_results_readable_only_after_more_polls(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0, gemini_output_delay_polls=2)
+    c = gem(emulator)
+    name = gemini_batch(c, 3, "late")
+    seen = [c.batches.get(name=name) for _ in range(3)]
+    assert [j.state for j in seen] == [types.JobState.JOB_STATE_SUCCEEDED] * 3
+    assert [bool(j.dest and j.dest.file_name) for j in seen] == [False, False, True]
+    assert seen[2].dest is not None and seen[2].dest.file_name
+    assert c.files.download(file=seen[2].dest.file_name).count(b'"key"') == 3
+
+
+def test_strict_api_versions(emulator: Emulator) -> None:
+    gemini_batch(gem(emulator, "v1"), 1, "loose")  # serves both by default
+    configure(emulator, strict_api_versions=True)
+    v1 = gem(emulator, "v1")
+    with pytest.raises(genai_errors.ClientError) as exc:
+        gemini_batch(v1, 1, "strict")
+    assert exc.value.code == 404
+    with pytest.raises(genai_errors.ClientError):
+        list(v1.batches.list())
+    gemini_batch(gem(emulator, "v1beta"), 1, "beta")
+    # realtime calls are not batch or file routes
+    r = v1.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert r.text
+
+
+def test_files_expire(emulator: Emulator) -> None:
+    configure(emulator, state_seconds=0, file_ttl_seconds=0.5)
+    c = oai(emulator)
+    b = c.batches.retrieve(openai_batch(c, 2, "t"))
+    assert b.output_file_id
+    assert c.files.content(b.output_file_id).text
+    time.sleep(0.55)
+    with pytest.raises(openai.NotFoundError):
+        c.files.content(b.output_file_id)
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(b.input_file_id)
+    g = gem(emulator)
+    import io
+
+    f = g.files.upload(file=io.BytesIO(b"{}\n"), config=types.UploadFileConfig(mime_type="jsonl"))
+    assert f.name and f.expiration_time is not None and f.create_time is not None
+    assert (f.expiration_time - f.create_time).total_seconds() == pytest.approx(0.5, abs=0.01)
+    time.sleep(0.55)
+    with pytest.raises(genai_errors.ClientError) as exc:
+        g.batches.create(model="gemini-2.5-flash", src=f.name)
+    assert exc.value.code == 400
