@@ -677,8 +677,10 @@ def classify_batch_failure(
         return BatchFailure(BatchCause.UNKNOWN, None)
     if provider != "gemini" and code is not None and code in OPENAI_BATCH_ERROR_CAUSES:
         return BatchFailure(OPENAI_BATCH_ERROR_CAUSES[code], reason)
+    if provider == "gemini" and code == "RESOURCE_EXHAUSTED":
+        return BatchFailure(BatchCause.LIMIT, reason)
     if provider == "gemini" and code:
-        # a google.rpc code name (INTERNAL, RESOURCE_EXHAUSTED, INVALID_ARGUMENT, ...)
+        # a google.rpc code name (INTERNAL, UNAVAILABLE, INVALID_ARGUMENT, ...)
         http = next((h for name, h in GRPC_CODES.values() if name == code), 0)
         if http:
             err = classify_http(

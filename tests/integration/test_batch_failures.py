@@ -3,6 +3,7 @@ the real pipeline, through the official SDKs, against the emulator's real limits
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -201,3 +202,40 @@ async def test_a_request_level_failure_reason_reaches_the_question(
     assert errors == {
         "gemini: the batch failed (INVALID_ARGUMENT: The batch job failed: invalid_request.)"
     }
+
+
+async def test_an_expired_output_file_is_an_error_with_its_reason(
+    pipeline: Emulator,
+    db: psycopg.Connection[Any],
+    opened_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESULTS_GRACE_SECONDS", "0")
+    get_settings.cache_clear()
+    only(db, chatgpt=True)
+    insert_questions(db, 6)
+    pipeline.configure(file_ttl_seconds=1.0)
+    pool = opened_app.connector.pool
+    await submit.run_submit(pool)
+    (job_id,) = batch_ids(db)
+    batch_id = db.execute("SELECT batch_id FROM ai_commentary_batch_jobs").fetchone()
+    assert batch_id is not None
+    # The batch completes (its output file is written now), and nobody reads it in time.
+    b = pipeline.store.get_batch("openai", batch_id["batch_id"])
+    assert b is not None
+    from worker.emulator.lifecycle import advance
+
+    advance(pipeline.store, b)
+    assert b.output_file_id
+    await asyncio.sleep(1.1)
+    await poll.run_poll(pool, job_id)
+    job = db.execute(
+        "SELECT state, missing_count, error, failure_cause FROM ai_commentary_batch_jobs"
+    ).fetchone()
+    assert job is not None and job["state"] == "ingested" and job["missing_count"] == 6
+    assert job["error"].startswith("results file gone at the provider (expired or deleted)")
+    assert "status=404" in job["error"]
+    assert job["failure_cause"] == "provider"
+    # paid for and gone: not the requests' fault, and said loudly
+    assert {(r["attempts"], r["free_retries"]) for r in requests(db, "chatgpt")} == {(0, 1)}
+    assert any("results file gone" in m for m in alerts(db, "batch-error:openai"))
