@@ -137,3 +137,11 @@ def test_status_code_zero_line_is_a_retryable_failure() -> None:
     assert line is not None and not line.ok
     assert line.error_code == "status_code_0"
     assert line.error_kind is ErrorKind.RETRYABLE
+
+
+def test_the_gemini_client_is_pinned_to_v1beta() -> None:
+    from worker.providers.gemini_batch import GEMINI_API_VERSION, make_genai_client
+
+    client = make_genai_client("k", "http://127.0.0.1:9", 1.0)
+    assert GEMINI_API_VERSION == "v1beta"
+    assert client._api_client._http_options.api_version == "v1beta"
