@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.pipeline import adrain, batch_ids, insert_questions, one_round, status_counts
 from tests.integration.test_failure_modes import comment_counts, only
-from worker import poll, submit
+from worker import metrics, poll, submit
 from worker.config import get_settings
 from worker.emulator import Emulator
 
@@ -187,6 +187,11 @@ async def test_the_failure_reason_reaches_the_batch_row_errors_and_alert(
     # a limit is not the requests' fault
     assert {(r["status"], r["attempts"]) for r in requests(db, "chatgpt")} == {("waiting", 0)}
     assert all(expected in r["last_error"] for r in requests(db, "chatgpt"))
+    async with opened_app.connector.pool.connection() as conn:
+        families = {f.name: f for f in await metrics._batches(conn)}
+    (sample,) = families["ai_worker_batch_failures_total"].samples
+    assert sample.labels == {"provider": "openai", "stage": "comment", "cause": "limit"}
+    assert sample.value == 1
 
 
 async def test_a_request_level_failure_reason_reaches_the_question(
