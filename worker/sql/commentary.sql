@@ -334,7 +334,7 @@ WHERE NOT l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
 
 -- name: mark_missing
 -- Whatever this owner still holds had no line at all: treated as failed (mode 6), with an
--- attempt when the batch's cause says nothing about the requests (%(charge_missing)s
+-- attempt, or - when the batch's cause says nothing about the requests (charge_missing
 -- false: limits, provider errors, expiry, cancel) only a free retry (schema/0018).
 UPDATE ai_commentary_requests r
 SET attempts = r.attempts + c.n,
