@@ -19,6 +19,7 @@ BENCHES = [
     ("pipeline", ["tests.bench.bench_pipeline"]),
     ("realtime", ["tests.bench.bench_realtime"]),
     ("emulator", ["tests.bench.bench_emulator"]),
+    ("footprint", ["tests.bench.bench_footprint"]),
     ("peers", ["tests.bench.bench_peers"]),
 ]
 PEERS_BEGIN = "<!-- peers:begin (written by run_all) -->"
