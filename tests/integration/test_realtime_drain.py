@@ -87,6 +87,35 @@ def test_prefetched_jobs_never_exceed_the_provider_concurrency(
     assert max(in_flight) >= 15  # and the slots were actually used
 
 
+def test_fast_calls_are_claimed_in_few_round_trips_within_the_concurrency(
+    rt: Emulator, db: psycopg.Connection[Any]
+) -> None:
+    # Calls far shorter than a claim round trip (the emulator answering at once): the lane's
+    # prefetch grows from its measured call time (claim_prefetch), so 600 jobs need far
+    # fewer claims than at concurrency + a tenth (6 per claim: 100 or more) - and the
+    # provider's concurrency still holds, the extra jobs wait on its semaphore.
+    rt.configure(latency_ms=0)
+    db.execute("UPDATE ai_realtime_settings SET provider_concurrency = '{\"openai\": 5}'")
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+        " SELECT 'completion', 'openai', 'gpt-4.1-mini', 'Text ' || g"
+        " FROM generate_series(1, 600) g"
+    )
+    assert drain(60) == 0
+    rows = db.execute(
+        "SELECT status, count(*) AS n, count(DISTINCT claimed_at) AS claims FROM ai_jobs"
+        " GROUP BY 1"
+    ).fetchall()
+    assert [(r["status"], r["n"]) for r in rows] == [("completed", 600)]
+    # each claim statement stamps its rows with its own transaction time
+    assert rows[0]["claims"] < 50, rows[0]["claims"]
+    calls = db.execute(
+        "SELECT called_at AS s, called_at + latency_ms * interval '1 ms' AS e FROM ai_jobs"
+    ).fetchall()
+    in_flight = [sum(1 for o in calls if o["s"] <= c["s"] < o["e"]) for c in calls]
+    assert max(in_flight) <= 5
+
+
 def test_session_questions_follow_each_other_without_a_polling_delay(
     rt: Emulator, db: psycopg.Connection[Any]
 ) -> None:

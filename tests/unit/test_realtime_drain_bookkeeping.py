@@ -10,7 +10,7 @@ import pytest
 
 from worker.errors import ErrorKind, ProviderError
 from worker.realtime import drain as drain_mod
-from worker.realtime.drain import Drain, prefetch
+from worker.realtime.drain import Drain, claim_prefetch, prefetch
 from worker.realtime.model import Outcome, RealtimeSettings
 
 
@@ -103,3 +103,47 @@ async def test_success_is_reported_once_a_second_but_at_once_after_a_failure(
     assert calls[3:] == [("error", "openai"), ("success", "openai")]
     await d._after_write(conn, [_ok()])  # and then once a second again
     assert len(calls) == 5
+
+
+def test_claim_prefetch_grows_when_calls_are_short_next_to_a_claim() -> None:
+    # unknown call time: a tenth of the concurrency, as before any call finished
+    assert claim_prefetch(10, None, 0.002, 2000) == prefetch(10) == 1
+    # slow calls (200 ms) next to a 2 ms claim: the tenth is more than enough
+    assert claim_prefetch(100, 0.2, 0.002, 2000) == 10
+    # fast calls: the jobs 10 slots finish in two claim round trips (0.1 ms per call)
+    assert claim_prefetch(10, 0.0001, 0.002, 2000) == 400
+    # never more than max_in_flight held by the lane, even for instant calls
+    assert claim_prefetch(10, 0.0, 0.002, 2000) == 1990
+    assert claim_prefetch(10, 1e-9, 0.5, 300) == 290
+
+
+def test_a_prefetched_job_waits_about_two_claim_round_trips_at_most() -> None:
+    # The fairness bound: a job held beyond the concurrency waits for a slot no longer than
+    # the larger of a tenth of a call and PREFETCH_ROUND_TRIPS claims (plus one call for the
+    # rounding up), whatever the call time - so a busy worker keeps little from the others.
+    claim = 0.003
+    for conc in (1, 10, 50, 2000):
+        for call in (1e-5, 1e-4, 1e-3, 0.01, 0.2, 5.0):
+            n = claim_prefetch(conc, call, claim, 100_000)
+            wait = n * call / conc
+            bound = max(prefetch(conc) * call / conc, drain_mod.PREFETCH_ROUND_TRIPS * claim)
+            assert wait <= bound + call, (conc, call, n)
+
+
+def test_measured_fast_calls_enlarge_the_lane_and_its_refill_batch() -> None:
+    d = make_drain(provider_concurrency={"mock": 10}, max_in_flight=2000)
+    assert d.lane_capacity("mock") == 11
+    for _ in range(50):
+        d.note_call("mock", 0.0001)
+        d.note_claim(0.002)
+    assert d.lane_capacity("mock") == 10 + 400
+    d.lane_busy["mock"] = 410 - 199  # 199 free: less than half the prefetch
+    assert not d.refill_due("mock")
+    d.lane_busy["mock"] = 410 - 200
+    assert d.refill_due("mock")
+    # calls that slow down shrink it again
+    for _ in range(50):
+        d.note_call("mock", 0.5)
+    assert d.lane_capacity("mock") == 11
+    # other lanes keep their own measurements
+    assert d.lane_capacity("openai") == 55

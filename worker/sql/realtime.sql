@@ -88,12 +88,14 @@ WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(owner)s AND status = 'proce
 WITH u AS (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(status)s::text[], %(result_text)s::text[],
-                %(result_json)s::jsonb[], %(embedding)s::text[], %(error)s::text[],
+                %(result_json)s::jsonb[], %(emb_offset)s::int[], %(emb_length)s::int[],
+                %(error)s::text[],
                 %(error_kind)s::text[], %(failed_call)s::int[], %(throttle)s::int[],
                 %(delay)s::float8[], %(context_messages)s::int[], %(input_tokens)s::int[],
                 %(output_tokens)s::int[], %(latency_ms)s::int[], %(called_at)s::timestamptz[],
                 %(user_message)s::text[])
-         AS u(id, status, result_text, result_json, embedding, error, error_kind, failed_call,
+         AS u(id, status, result_text, result_json, emb_offset, emb_length, error, error_kind,
+              failed_call,
               throttle, delay, context_messages, input_tokens, output_tokens, latency_ms,
               called_at, user_message)
 ), done AS (
@@ -101,7 +103,11 @@ WITH u AS (
     SET status = u.status,
         result_text = u.result_text,
         result_json = u.result_json,
-        embedding = u.embedding::real[],
+        -- Every vector of the flush arrives as one binary float4[] (worker/realtime/vectors.py);
+        -- a row's vector is its slice (a NULL length: no vector).
+        embedding = CASE WHEN u.emb_length IS NOT NULL
+                         THEN (%(embeddings)s::real[])[u.emb_offset + 1 : u.emb_offset + u.emb_length]
+                    END,
         error = u.error,
         error_kind = u.error_kind,
         attempts = j.attempts + u.failed_call,

@@ -1,0 +1,158 @@
+"""Embeddings written in binary (worker/realtime/vectors.py) are stored bit for bit as the
+text path stored them (``'{' || repr of each float || '}'::real[]``), and what the text path
+refused (out of range for ``real``) fails that job alone, with the reason."""
+
+from __future__ import annotations
+
+import math
+import random
+from array import array
+from typing import Any, cast
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from worker.realtime.drain import Drain
+from worker.realtime.model import Outcome, RealtimeSettings
+
+
+def _text_literal(vec: list[float]) -> str:
+    return "{" + ",".join(map(repr, vec)) + "}"  # the drain's former _vector_literal
+
+
+def _vectors() -> list[list[float]]:
+    rnd = random.Random(15)
+    # as an OpenAI base64 answer decodes: float32 values widened to double
+    f32 = array("f", (rnd.gauss(0, 0.05) for _ in range(3 * 1536))).tolist()
+    # as a JSON answer parses (Gemini, Mistral, Ollama): arbitrary doubles, every magnitude
+    doubles = [rnd.uniform(-1, 1) * 10.0 ** rnd.randint(-40, 38) for _ in range(4000)]
+    edges = [
+        0.0,
+        -0.0,
+        1,
+        -3,
+        1.401298464324817e-45,
+        -1.401298464324817e-45,
+        1e-40,
+        3.4028234663852886e38,
+        -3.4028234663852886e38,
+        1.1754943508222875e-38,
+        math.inf,
+        -math.inf,
+        0.1,
+        1 / 3,
+        2.0**-126,
+        123456789.123,
+    ]
+    return [f32[:1536], f32[1536:3072], f32[3072:], doubles, edges, [], [0.5]]
+
+
+def _claimed(db: psycopg.Connection[Any], n: int, owner: str) -> list[int]:
+    rows = db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+        " SELECT 'embedding', 'mock', 'mock-embed', 'text ' || g FROM generate_series(1, %s) g"
+        " RETURNING id",
+        (n,),
+    ).fetchall()
+    ids = [r["id"] for r in rows]
+    db.execute(
+        "UPDATE ai_jobs SET status = 'processing', claimed_by = %s,"
+        " lease_until = now() + interval '10 minutes' WHERE id = ANY(%s)",
+        (owner, ids),
+    )
+    return ids
+
+
+def _bits(db: psycopg.Connection[Any], sql: str, param: Any) -> list[bytes] | None:
+    row = db.execute(
+        f"SELECT CASE WHEN v IS NULL THEN NULL ELSE ARRAY(SELECT float4send(x) FROM unnest(v) x) END"
+        f" AS b FROM ({sql}) s(v)",
+        (param,),
+    ).fetchone()
+    return None if row is None else row["b"]
+
+
+async def _flush(db_url: str, outcomes: list[Outcome], owner: str) -> dict[str, int]:
+    async with AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False) as pool:
+        d = Drain(pool, RealtimeSettings(), {}, cast(Any, None))
+        d.owner = owner
+        await d._flush(outcomes)
+        return dict(d.report)
+
+
+async def test_binary_vectors_are_stored_as_the_text_path_stored_them(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    vectors = _vectors()
+    owner = "test-vectors"
+    ids = _claimed(db, len(vectors) + 1, owner)
+    outcomes = [
+        Outcome(job_id=i, status="completed", provider="mock", model="mock-embed", embedding=v)
+        for i, v in zip(ids, vectors, strict=False)
+    ]
+    outcomes.append(Outcome(job_id=ids[-1], status="retrying", provider="mock", model="m"))
+    await _flush(db_url, outcomes, owner)
+    for job_id, vec in zip(ids, vectors, strict=False):
+        stored = _bits(db, "SELECT embedding FROM ai_jobs WHERE id = %s", job_id)
+        expected = _bits(db, "SELECT %s::real[]", _text_literal(vec))
+        assert stored is not None and stored == expected, f"job {job_id}: {len(vec)} floats differ"
+    assert (
+        db.execute("SELECT embedding FROM ai_jobs WHERE id = %s", (ids[-1],)).fetchone()[
+            "embedding"
+        ]
+        is None
+    )
+    # NaN is stored as NaN (its bits are the platform's either way)
+    ids2 = _claimed(db, 1, owner)
+    await _flush(
+        db_url,
+        [
+            Outcome(
+                job_id=ids2[0],
+                status="completed",
+                provider="mock",
+                model="m",
+                embedding=[math.nan, 1.0],
+            )
+        ],
+        owner,
+    )
+    row = db.execute(
+        "SELECT embedding[1] = 'NaN'::real AS nan, embedding[2] AS one FROM ai_jobs WHERE id = %s",
+        (ids2[0],),
+    ).fetchone()
+    assert row["nan"] and row["one"] == 1.0
+
+
+async def test_a_value_real_cannot_hold_fails_its_job_alone(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    owner = "test-vectors-range"
+    ids = _claimed(db, 4, owner)
+    bad = {ids[0]: [0.1, 1e39], ids[1]: [1e-50, 0.2]}  # the text path: "out of range for type real"
+    for vec in bad.values():
+        try:
+            db.execute("SELECT %s::real[]", (_text_literal(vec),))
+        except psycopg.errors.NumericValueOutOfRange:
+            db.rollback()
+        else:
+            raise AssertionError(f"{vec} was accepted by float4in")
+    good = {ids[2]: [0.25, -0.0], ids[3]: [0.5, -2.0]}
+    outcomes = [
+        Outcome(job_id=i, status="completed", provider="mock", model="m", embedding=v)
+        for i, v in {**bad, **good}.items()
+    ]
+    await _flush(db_url, outcomes, owner)
+    rows = {
+        r["id"]: r
+        for r in db.execute(
+            "SELECT id, status, error, embedding FROM ai_jobs WHERE id = ANY(%s)", (ids,)
+        ).fetchall()
+    }
+    for i in bad:
+        assert rows[i]["status"] == "failed"
+        assert "out of range for type real" in rows[i]["error"]
+        assert rows[i]["embedding"] is None
+    for i, vec in good.items():
+        assert rows[i]["status"] == "completed"
+        assert rows[i]["embedding"] == vec
