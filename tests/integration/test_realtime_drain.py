@@ -103,8 +103,7 @@ def test_fast_calls_are_claimed_in_few_round_trips_within_the_concurrency(
     )
     assert drain(60) == 0
     rows = db.execute(
-        "SELECT status, count(*) AS n, count(DISTINCT claimed_at) AS claims FROM ai_jobs"
-        " GROUP BY 1"
+        "SELECT status, count(*) AS n, count(DISTINCT claimed_at) AS claims FROM ai_jobs GROUP BY 1"
     ).fetchall()
     assert [(r["status"], r["n"]) for r in rows] == [("completed", 600)]
     # each claim statement stamps its rows with its own transaction time
