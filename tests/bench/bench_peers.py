@@ -36,6 +36,9 @@ from tests.bench.peers.env import PeerUnavailable
 from worker.database import resolve_database_url
 
 OURS = "ours"
+BEFORE = "ours-before"  # PEERS_BASELINE's tree, when set (see peers/queues.py)
+#: --systems: measure only these (names as in the BENCH lines); empty: all
+ONLY: set[str] = set()
 
 
 def _reason(exc: BaseException) -> str:
@@ -87,6 +90,8 @@ def queue_part(runs: int) -> None:
     versions: dict[str, str] = {}
     unavailable: dict[str, str] = {}
     for name, make in q.SYSTEMS:
+        if ONLY and name not in ONLY:
+            continue
         try:
             systems[name] = make()
             versions[name] = systems[name].version
@@ -183,6 +188,8 @@ def embeddings_part(runs: int) -> None:
     unavailable: dict[str, str] = {}
     peer = None
     try:
+        if ONLY and name not in ONLY:
+            raise PeerUnavailable("not selected (--systems)")
         peer = emb.pgai_peer()
         versions[name] = peer.version
     except (PeerUnavailable, OSError, RuntimeError) as exc:
@@ -200,7 +207,12 @@ def embeddings_part(runs: int) -> None:
                 r = emb.run_ours(emu, admin, "ours-emb")
                 results.setdefault(OURS, []).append(r)
                 print(f"run {run + 1} ours: {r} [{time.monotonic() - started:.0f} s]", flush=True)
-                if peer is None:
+                if q.BASELINE:
+                    started = time.monotonic()
+                    r = emb.run_ours(emu, admin, "before-emb", Path(q.BASELINE))
+                    results.setdefault(BEFORE, []).append(r)
+                    print(f"run {run + 1} before: {r} [{time.monotonic() - started:.0f} s]")
+                if peer is None or (ONLY and name not in ONLY):
                     continue
                 started = time.monotonic()
                 try:
@@ -228,9 +240,10 @@ def embeddings_part(runs: int) -> None:
         unavailable[name] = "failed: " + "; ".join(failed)
     elif failed:
         notes[name] = f"{len(failed)} of {runs} runs failed"
+    columns = [name, *([BEFORE] if q.BASELINE else [])]
     for figure, unit, better, attr in figures:
         values = {n: [float(getattr(r, attr)) for r in rs] for n, rs in results.items()}
-        emit(figure, unit, better, values, versions, unavailable, [name], notes)
+        emit(figure, unit, better, values, versions, unavailable, columns, notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 run, smaller sizes")
     p.add_argument("--part", choices=["queues", "embeddings"], default=None)
+    p.add_argument(
+        "--systems",
+        default="",
+        help="comma-separated names to run (ours always runs), e.g. ours-before,graphile-worker",
+    )
     args = p.parse_args(argv)
+    ONLY.update(n for n in args.systems.split(",") if n)
+    if ONLY:
+        ONLY.add(OURS)
     # SIGTERM (run_all stopped, timeout): unwind, so workers stop and databases are dropped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = args.runs

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from worker.errors import ConfigError, ErrorKind, ProviderError
-from worker.realtime.embeddings import group_jobs
+from worker.realtime.embeddings import FIRST_GROUP_TEXTS, group_jobs, split_first_groups
 from worker.realtime.execute import backoff_seconds, outcome_for_error
 from worker.realtime.model import Job, RealtimeSettings, Template
 from worker.realtime.sessions import build_prompt, shrink
@@ -124,3 +124,21 @@ def test_embedding_groups_respect_provider_limit_tokens_and_model() -> None:
         job(id=i, kind="embedding", input_text="x" * 40_000) for i in range(25)
     ]  # 10k tokens each
     assert [len(g) for g in group_jobs(big)] == [10, 10, 5]
+
+
+def test_an_idle_embedding_lane_sends_a_small_first_request_then_full_ones() -> None:
+    openai = [job(id=i, kind="embedding", input_text="t") for i in range(500)]
+    gemini = [
+        job(id=1000 + i, kind="embedding", provider="gemini", input_text="t") for i in range(250)
+    ]
+    groups = group_jobs(openai + gemini)
+    # only the idle lane's first group is cut; one extra request, no more
+    out = split_first_groups(groups, {"openai:embed"})
+    assert [len(g) for g in out if g[0].provider == "openai"] == [FIRST_GROUP_TEXTS, 450]
+    assert [len(g) for g in out if g[0].provider == "gemini"] == [100, 100, 50]
+    assert out[0][0].id == 0  # the oldest texts go first
+    assert sorted(j.id for g in out for j in g) == sorted(j.id for j in openai + gemini)
+    # a busy lane, or a group too small to be worth a second request, stays whole
+    assert split_first_groups(groups, set()) == groups
+    small = group_jobs(openai[: 2 * FIRST_GROUP_TEXTS - 1])
+    assert split_first_groups(small, {"openai:embed"}) == small

@@ -56,7 +56,13 @@ from worker.error_log import record_error
 from worker.errors import ProviderError
 from worker.queries import q
 from worker.realtime.claim import claim, load_settings, load_templates
-from worker.realtime.embeddings import group_jobs, group_limit, group_token_estimate, run_group
+from worker.realtime.embeddings import (
+    group_jobs,
+    group_limit,
+    group_token_estimate,
+    run_group,
+    split_first_groups,
+)
 from worker.realtime.execute import invalid_job_outcome, run_chat
 from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients
@@ -337,6 +343,9 @@ class Drain:
             await self.limiter.refresh(conn)
             chats = [j for j in jobs if j.kind != KIND_EMBEDDING]
             groups = group_jobs(j for j in jobs if j.kind == KIND_EMBEDDING)
+            # A lane with nothing in flight sends a small first request (first vector sooner).
+            idle = {g[0].lane for g in groups if not self.lane_busy.get(g[0].lane)}
+            groups = split_first_groups(groups, idle)
             runnable_chats, runnable_groups = await self._admit(conn, chats, groups)
         for job in runnable_chats:
             self._start(job.lane, [job], job.provider, self._run_chat(job))

@@ -57,6 +57,32 @@ def group_jobs(
     return groups
 
 
+#: Texts in the first request of a lane that had nothing in flight. A claim brings up to
+#: ``claim_batch`` (500) texts, sent as one request, and the first vector is stored only when
+#: all of them are embedded, decoded and written; a small first request lands its vectors a
+#: request's latency after the insert. 50 is the pgai vectorizer's batch size. One extra
+#: request per idle start, no more: later groups stay as large as the provider allows.
+FIRST_GROUP_TEXTS = 50
+
+
+def split_first_groups(
+    groups: list[list[Job]], idle_lanes: set[str], first: int = FIRST_GROUP_TEXTS
+) -> list[list[Job]]:
+    """``groups`` with the first group of each lane in ``idle_lanes`` cut in two: its first
+    ``first`` texts, sent first, and the rest (only when the rest is at least as large)."""
+    out: list[list[Job]] = []
+    done: set[str] = set()
+    for group in groups:
+        lane = group[0].lane
+        if lane in idle_lanes and lane not in done and len(group) >= 2 * first:
+            out.append(group[:first])
+            out.append(group[first:])
+        else:
+            out.append(group)
+        done.add(lane)
+    return out
+
+
 def group_token_estimate(group: list[Job]) -> int:
     return sum(estimate_tokens(j.input_text or "") for j in group)
 

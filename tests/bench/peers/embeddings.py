@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -136,7 +137,7 @@ def _watch(url: str, count_sql: str, t0: float, timeout: float = 600) -> tuple[f
     raise TimeoutError(f"not all {N_TEXTS} vectors stored after {timeout:.0f}s")
 
 
-def run_ours(emu: Emulator, admin_url: str, label: str) -> EmbedResult:
+def run_ours(emu: Emulator, admin_url: str, label: str, root: Path = ROOT) -> EmbedResult:
     with vector_database(admin_url, "ours_emb") as url:
         migrate(url)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -144,9 +145,14 @@ def run_ours(emu: Emulator, admin_url: str, label: str) -> EmbedResult:
                 "UPDATE ai_realtime_settings SET provider_concurrency = %s",
                 (json.dumps({"openai": EMBED_CONCURRENCY}),),
             )
-        env = _env(DATABASE_URL=url, LOG_LEVEL="WARNING", PROVIDER_TIMEOUT_SECONDS="60")
+        env = _env(
+            DATABASE_URL=url,
+            LOG_LEVEL="WARNING",
+            PROVIDER_TIMEOUT_SECONDS="60",
+            PYTHONPATH=str(root),
+        )
         env.update(emu.env())
-        w = WorkerProcess([sys.executable, "-m", "worker", "run"], env, ROOT, label)
+        w = WorkerProcess([sys.executable, "-m", "worker", "run"], env, root, label)
         _ready_when_registered(w, url)
         try:
             w.wait_ready()

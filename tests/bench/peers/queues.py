@@ -290,7 +290,10 @@ def procrastinate_peer() -> QueueSystem:
     )
 
 
-def ours() -> QueueSystem:
+def ours(root: Path = ROOT, name: str = "ours (ai_jobs realtime, mock)") -> QueueSystem:
+    """Our realtime lane; ``root``: the source tree whose worker runs (``PEERS_BASELINE``
+    adds an earlier tree as its own column, for before/after figures in one run)."""
+
     def setup(url: str) -> None:
         migrate(url)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -302,16 +305,16 @@ def ours() -> QueueSystem:
     def start(url: str, trace: bool, label: str) -> WorkerProcess:
         w = WorkerProcess(
             [sys.executable, "-m", "worker", "run"],
-            _env(DATABASE_URL=url, LOG_LEVEL="WARNING"),
-            ROOT,
+            _env(DATABASE_URL=url, LOG_LEVEL="WARNING", PYTHONPATH=str(root)),
+            root,
             label,
         )
         _ready_when_registered(w, url)
         return w
 
     return QueueSystem(
-        "ours (ai_jobs realtime, mock)",
-        "this branch",
+        name,
+        "this branch" if root == ROOT else str(root),
         setup,
         start,
         "INSERT INTO ai_jobs (kind, provider, model, input_text)"
@@ -411,8 +414,17 @@ def latency(system: QueueSystem, url: str, label: str) -> list[float]:
     return [(starts[k] - committed[k]) * 1000 for k in committed]
 
 
+#: A source tree to measure beside this one (``PEERS_BASELINE=/path/to/tree``, e.g. the tree
+#: of ``git archive main``): its realtime lane gets the column ``ours-before``.
+BASELINE = os.environ.get("PEERS_BASELINE")
+
 SYSTEMS: list[tuple[str, Callable[[], QueueSystem]]] = [
     ("ours", ours),
+    *(
+        [("ours-before", lambda: ours(Path(BASELINE), "ours before (PEERS_BASELINE)"))]
+        if BASELINE
+        else []
+    ),
     ("graphile-worker", graphile),
     ("pgqueuer", pgqueuer),
     ("Procrastinate", procrastinate_peer),
