@@ -10,6 +10,7 @@ from array import array
 from typing import Any, cast
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker.realtime.drain import Drain
@@ -156,3 +157,61 @@ async def test_a_value_real_cannot_hold_fails_its_job_alone(
     for i, vec in good.items():
         assert rows[i]["status"] == "completed"
         assert rows[i]["embedding"] == vec
+
+
+def test_embedding_vector_is_filled_where_pgvector_exists() -> None:
+    # The shared server has no `vector` extension: a private cluster (the pgserver wheel's
+    # binaries, which ship it) in the Supabase shape, the extension in schema `extensions`.
+    import asyncio
+
+    from tests.fixtures.private_pg import PrivateCluster
+    from worker.migrate import migrate
+
+    with PrivateCluster() as pg:
+        admin = pg.url("postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE vec")
+        url = pg.url("vec")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA extensions")
+            conn.execute("CREATE EXTENSION vector SCHEMA extensions")
+            # as on Supabase, where the migrating role's search_path includes `extensions`
+            conn.execute('ALTER DATABASE vec SET search_path = "$user", public, extensions')
+        migrate(url)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as db:
+            owner = "test-pgvector"
+            ids = _claimed(db, 4, owner)
+            vectors = {ids[0]: _vectors()[0], ids[1]: [0.5, math.nan], ids[2]: []}
+            outcomes = [
+                Outcome(job_id=i, status="completed", provider="mock", model="m", embedding=v)
+                for i, v in vectors.items()
+            ]
+            outcomes.append(Outcome(job_id=ids[3], status="retrying", provider="mock", model="m"))
+            asyncio.run(_flush(url, outcomes, owner))
+            rows = {
+                r["id"]: r
+                for r in db.execute(
+                    "SELECT id, status, embedding_vector IS NULL AS vnull,"
+                    " embedding_vector::real[] = embedding AS same,"
+                    " extensions.vector_dims(embedding_vector) AS dims FROM ai_jobs"
+                ).fetchall()
+            }
+            assert rows[ids[0]] == {
+                "id": ids[0],
+                "status": "completed",
+                "vnull": False,
+                "same": True,
+                "dims": 1536,
+            }
+            # NaN and empty vectors: pgvector refuses them; real[] keeps them, the copy is NULL
+            assert rows[ids[1]]["status"] == rows[ids[2]]["status"] == "completed"
+            assert rows[ids[1]]["vnull"] and rows[ids[2]]["vnull"]
+            assert rows[ids[3]]["vnull"]
+            # anyone's write of `embedding` keeps the copy in step
+            db.execute("UPDATE ai_jobs SET embedding = '{1,2,3}' WHERE id = %s", (ids[0],))
+            db.execute("UPDATE ai_jobs SET embedding = NULL WHERE id = %s", (ids[1],))
+            got = db.execute(
+                "SELECT id, embedding_vector::text AS v FROM ai_jobs WHERE id = ANY(%s) ORDER BY id",
+                (ids[:2],),
+            ).fetchall()
+            assert [r["v"] for r in got] == ["[1,2,3]", None]
