@@ -18,7 +18,10 @@ would cap throughput. Inside one run the drain is a pipeline, not a sequence of 
   prefetch is used (fewer, larger claims) - no batch waits for its slowest member.
 * **write**: outcomes are collected by a writer that flushes everything finished so far in one
   statement (results, retries, failures, session messages), a group commit: under load a
-  flush carries hundreds of rows, when quiet a single one, without any fixed delay. A flush
+  flush carries hundreds of rows, when quiet a single one, without any fixed delay. (No
+  hold for more rows when calls are fast: with claims sized by :func:`claim_prefetch`,
+  20,000 mock jobs at concurrency 10 were written in 30-47 flushes of 400-660 rows; a
+  hold would only delay answers.) A flush
   wakes the claim loop when it may have made work claimable: a session's next question, or
   room under ``max_in_flight``.
 * **listen**: the run LISTENs on ``worker_ai_jobs`` (sent by the insert trigger), so a row
