@@ -28,6 +28,19 @@ When nothing is due the run ends after lingering; if jobs wait for a later time 
 rate limits), it first defers a drain scheduled at the earliest ``next_attempt_at``
 (queueing lock ``drain@<epoch second>``, so it cannot be swallowed by the waiting
 immediate ``drain`` job's lock).
+
+**Shutdown** (SIGTERM, :mod:`worker.realtime.shutdown`): the run stops claiming at once,
+gives its claimed-but-unstarted jobs (those waiting for a provider slot) back to
+``pending``/``retrying`` in the next flush, lets the calls in flight finish until the
+deadline (the grace period ``SHUTDOWN_GRACEFUL_SECONDS`` minus a margin) and writes their
+answers, then cancels the calls still running and releases their jobs (no attempt used).
+Before it returns it releases any row it still holds, so a clean exit leaves nothing
+``processing``. The run's report counts ``released_unstarted`` and ``released_in_flight``.
+
+**Joining**: a run that finds more due work than one claim takes defers one more ``drain``
+job (queueing lock ``drain``), which an idle worker process picks up; that run does the
+same, so a bulk insert is worked by every idle process within a few claims instead of by
+one process until the next tick.
 """
 
 from __future__ import annotations
@@ -53,9 +66,10 @@ from worker.database import resolve_database_url
 from worker.error_log import record_error
 from worker.errors import ProviderError
 from worker.queries import q
+from worker.realtime import shutdown
 from worker.realtime.claim import claim, load_settings, load_templates
 from worker.realtime.embeddings import group_jobs, group_limit, group_token_estimate, run_group
-from worker.realtime.execute import invalid_job_outcome, run_chat
+from worker.realtime.execute import invalid_job_outcome, outcome_for_error, run_chat
 from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
@@ -134,6 +148,30 @@ class Drain:
         self._estimates: dict[int, int] = {}  # job id -> tokens the rate limiter reserved
         self._success_reported: dict[str, float] = {}  # provider -> monotonic time told
         self._in_session: dict[int, bool] = {}  # claimed jobs of a session, until written
+        self.stopping = False
+        self.deadline: float | None = None  # monotonic; in-flight calls end by then
+        self.waiting: set[asyncio.Task[None]] = set()  # claimed, no provider slot yet
+        self._joined = False  # deferred one more drain for idle processes
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop(self, deadline: float) -> None:
+        """Stop claiming; unstarted jobs go back now, in-flight calls get until
+        ``deadline`` (see the module docstring)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.deadline = deadline
+        for task in list(self.waiting):
+            task.cancel()
+        self.wake.set()
+
+    def _released(self, jobs: list[Job], *, in_flight: bool) -> list[Outcome]:
+        self.report["released_in_flight" if in_flight else "released_unstarted"] += len(jobs)
+        return [
+            Outcome(job_id=j.id, status="released", provider=j.provider, model=j.model)
+            for j in jobs
+        ]
 
     # ------------------------------------------------------------------ capacity
 
@@ -171,10 +209,11 @@ class Drain:
     async def run(self) -> dict[str, Any]:
         listener = asyncio.create_task(self._listen())
         writer = asyncio.create_task(self._writer())
+        shutdown.register(self)
+        clean = False
         try:
             await self._loop()
-            while self.tasks:
-                await asyncio.wait(set(self.tasks))
+            await self._finish_tasks()
             while self.unwritten > 0 and not writer.done():
                 self.written.clear()
                 self.results_ready.set()
@@ -182,7 +221,9 @@ class Drain:
                     await asyncio.wait_for(self.written.wait(), 5.0)
             if writer.done() and not writer.cancelled():
                 writer.result()  # re-raise a failed write
+            clean = not self.stopping
         finally:
+            shutdown.unregister(self)
             for t in (listener, writer):
                 t.cancel()
             for t in (listener, writer):
@@ -190,8 +231,40 @@ class Drain:
                     await t
             for t in list(self.tasks):
                 t.cancel()
+            if not clean:
+                # Stopped, cancelled or failed: nothing this run claimed stays processing.
+                await self._release_owned()
         await self._schedule_next()
         return {k: v for k, v in self.report.items() if v}
+
+    async def _finish_tasks(self) -> None:
+        """Wait for the running calls; once stopping, only until the deadline, then cancel
+        the rest (their jobs are released, see :meth:`_guard`)."""
+        while self.tasks:
+            timeout = 0.5
+            if self.stopping and self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    for t in list(self.tasks):
+                        t.cancel()
+                    await asyncio.wait(set(self.tasks))
+                    return
+                timeout = min(timeout, left)
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+
+    async def _release_owned(self) -> None:
+        """Release every row this run still holds (one statement; shielded from a second
+        cancellation so a hard stop cannot leave rows for the 600 s lease)."""
+
+        async def release() -> None:
+            async with self.pool.connection(timeout=10) as conn:
+                cur = await conn.execute(q("rt_release_owner"), {"owner": self.owner})
+                self.report["released_at_exit"] += cur.rowcount if cur.rowcount > 0 else 0
+
+        try:
+            await asyncio.shield(release())
+        except Exception:
+            log.exception("could not release the jobs of %s; their lease frees them", self.owner)
 
     async def _loop(self) -> None:
         """Claim while slots are free and work may be due; otherwise wait for a wake-up (a
@@ -202,6 +275,8 @@ class Drain:
         idle_since = time.monotonic()
         next_due: datetime | None = None
         while True:
+            if self.stopping:
+                return
             self.wake.clear()
             now = datetime.now(UTC)
             due_passed = next_due is not None and next_due <= now
@@ -210,6 +285,8 @@ class Drain:
                 asked = min(free, self.settings.claim_batch)
                 got = await self._claim_round(asked)
                 more = got >= asked
+                if more and not self._joined and not self.stopping:
+                    await self._invite_idle_processes()
                 if got:
                     idle_since = time.monotonic()
                     next_due = None
@@ -344,21 +421,49 @@ class Drain:
         return max(1, chars // 4) + out
 
     def _start(self, lane: str, jobs: list[Job], provider: str, coro: Any) -> None:
+        if self.stopping:  # claimed while the stop arrived: straight back
+            coro.close()
+            self.results.extend(self._released(jobs, in_flight=False))
+            self.results_ready.set()
+            return
         self.lane_busy[lane] += len(jobs)
         task = asyncio.create_task(self._guard(lane, jobs, provider, coro))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _guard(self, lane: str, jobs: list[Job], provider: str, coro: Any) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        sem = self.sem(provider)
+        outcomes: list[Outcome]
         try:
-            async with self.sem(provider):
-                outcomes: list[Outcome] = await coro
-        except Exception as exc:  # a bug, not a provider failure: retry later, bounded
-            log.exception("realtime job crashed")
-            from worker.realtime.execute import outcome_for_error
-
-            outcomes = [outcome_for_error(j, exc, self.settings) for j in jobs]
+            try:
+                if self.stopping:  # stopped before this task first ran
+                    raise asyncio.CancelledError
+                self.waiting.add(me)  # from here stop() may cancel the wait for a slot
+                await sem.acquire()
+            except asyncio.CancelledError:
+                coro.close()
+                if not self.stopping:
+                    raise
+                me.uncancel()
+                outcomes = self._released(jobs, in_flight=False)
+            else:
+                self.waiting.discard(me)
+                try:
+                    outcomes = await coro
+                except asyncio.CancelledError:
+                    if not self.stopping:
+                        raise
+                    me.uncancel()  # the deadline passed: the answer will never come
+                    outcomes = self._released(jobs, in_flight=True)
+                except Exception as exc:  # a bug, not a provider failure: retry, bounded
+                    log.exception("realtime job crashed")
+                    outcomes = [outcome_for_error(j, exc, self.settings) for j in jobs]
+                finally:
+                    sem.release()
         finally:
+            self.waiting.discard(me)
             self.lane_busy[lane] -= len(jobs)
         self.results.extend(outcomes)
         self.results_ready.set()
@@ -366,7 +471,7 @@ class Drain:
         # writer flushes (otherwise every slot idles for a flush + claim per job). A lane
         # with prefetched jobs still waiting is refilled in batches (see refill_due), not
         # with one claim per finished call.
-        if self.refill_due(lane):
+        if not self.stopping and self.refill_due(lane):
             self.wake.set()
 
     async def _run_chat(self, job: Job) -> list[Outcome]:
@@ -431,9 +536,14 @@ class Drain:
         }
 
     async def _write(self, batch: list[Outcome]) -> None:
+        released = [o.job_id for o in batch if o.status == "released"]
+        done = [o for o in batch if o.status != "released"]
         async with self.pool.connection() as conn:
-            await conn.execute(q("rt_finish"), self._params(batch))
-            await self._after_write(conn, batch)
+            if released:
+                await conn.execute(q("rt_release"), {"ids": released, "owner": self.owner})
+            if done:
+                await conn.execute(q("rt_finish"), self._params(done))
+                await self._after_write(conn, done)
 
     async def _flush(self, batch: list[Outcome]) -> None:
         # Texts Postgres cannot store (NUL, lone surrogates) are cleaned first (issue #11).
@@ -552,6 +662,16 @@ class Drain:
             except Exception as exc:
                 log.warning("drain listener failed (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
+
+    async def _invite_idle_processes(self) -> None:
+        """More is due than one claim took: defer one more drain (lock ``drain``) for an
+        idle worker process, which does the same in turn (see the module docstring)."""
+        self._joined = True
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
+        except psycopg.Error as exc:
+            log.warning("could not invite idle workers to the drain: %s", exc)
 
     async def _next_due(self) -> datetime | None:
         async with self.pool.connection() as conn:
