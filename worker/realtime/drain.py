@@ -144,6 +144,7 @@ class Drain:
         self.tasks: set[asyncio.Task[None]] = set()
         self.blocked: set[str] = set()
         self._blocked_at = -1e9
+        self.probe_held: dict[int, str] = {}  # job id -> provider whose probe it is
         self.report: dict[str, int] = defaultdict(int)
         self._estimates: dict[int, int] = {}  # job id -> tokens the rate limiter reserved
         self._success_reported: dict[str, float] = {}  # provider -> monotonic time told
@@ -315,21 +316,58 @@ class Drain:
             if self.wake.is_set():
                 more = True
 
-    async def _blocked_providers(self, conn: AsyncConnection[Any]) -> set[str]:
-        if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
-            from worker import resilience
+    async def _gates(self, conn: AsyncConnection[Any]) -> tuple[set[str], set[str]]:
+        """(providers to leave alone, providers whose half-open probe this drain just
+        took). A provider whose probe job this drain still runs stays left alone."""
+        from worker import resilience
 
+        probes: set[str] = set()
+        if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
             try:
-                self.blocked = set(await resilience.blocked_providers(conn))
+                self.blocked, probes = await resilience.provider_gates(conn)
             except Exception:
-                log.exception("blocked_providers failed; claiming for every provider")
+                log.exception("provider_gates failed; claiming for every provider")
                 self.blocked = set()
             self._blocked_at = time.monotonic()
-        return self.blocked
+        return self.blocked | set(self.probe_held.values()), probes
+
+    async def _claim_probes(
+        self, conn: AsyncConnection[Any], probes: set[str], skip: set[str]
+    ) -> list[Job]:
+        """Exactly one job per provider whose half-open probe this drain took (the breaker
+        hands one probe to one caller across all processes); an unused probe is given
+        back at once."""
+        from worker import breaker
+
+        out: list[Job] = []
+        for provider in sorted(probes):
+            got = await claim(
+                conn,
+                owner=self.owner,
+                limit=1,
+                lane_free={provider: 1, f"{provider}:embed": 1},
+                default_free=0,
+                skip_providers=skip,
+                settings=self.settings,
+            )
+            if not got:
+                await breaker.return_probe(conn, provider)
+                continue
+            self.probe_held[got[0].id] = provider
+            self._success_reported.pop(provider, None)  # its outcome is told at once
+            self.report["probes"] += 1
+            out.extend(got)
+        return out
+
+    def _probe_done(self, job_ids: list[int]) -> None:
+        if any(self.probe_held.pop(i, None) is not None for i in job_ids):
+            self._blocked_at = -1e9  # read the breaker's new state before the next claim
 
     async def _claim_round(self, asked: int) -> int:
         async with self.pool.connection() as conn:
-            skip = set(await self._blocked_providers(conn))
+            skip, probes = await self._gates(conn)
+            probe_jobs = await self._claim_probes(conn, probes, skip) if probes else []
+            skip = skip | probes
             lane_free = self.lane_free()
             default_free = self.settings.default_concurrency
             default_free += prefetch(default_free)
@@ -337,7 +375,7 @@ class Drain:
             for provider in self.settings.provider_concurrency:
                 for lane in (provider, f"{provider}:embed"):
                     lane_free.setdefault(lane, self.lane_capacity(lane))
-            jobs = await claim(
+            jobs = probe_jobs + await claim(
                 conn,
                 owner=self.owner,
                 limit=asked,
@@ -404,6 +442,11 @@ class Drain:
                 await conn.execute(
                     q("rt_release_throttled"), {"ids": waiting, "at": at, "owner": self.owner}
                 )
+                if any(i in self.probe_held for i in waiting):
+                    from worker import breaker
+
+                    await breaker.return_probe(conn, provider)
+                    self._probe_done(waiting)
                 self.unwritten -= len(waiting)
                 self.report["rate_limited"] += len(waiting)
                 for job_id in waiting:
@@ -504,6 +547,8 @@ class Drain:
                 continue
             batch, self.results = self.results, []
             await self._flush(batch)
+            if self.probe_held:
+                self._probe_done([o.job_id for o in batch])
             was_full = self.free_total() == 0
             self.unwritten -= len(batch)
             self.written.set()
@@ -594,18 +639,27 @@ class Drain:
         """Bookkeeping after a flush: token settlement, provider health, error log. Never
         per job: once per provider and error kind per flush, and a provider's success at most
         once per :data:`SUCCESS_REPORT_SECONDS` while it keeps succeeding."""
-        from worker import resilience
+        from worker import breaker, resilience
 
         await self.limiter.settle(conn)
         ok: set[str] = set()
-        errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
-        for o in batch:
+        # Outcomes are in the order the calls finished: a provider's failures count toward
+        # its breaker only after its last success in this flush (consecutive failures),
+        # and each failed call counts (not one per flush).
+        last_ok: dict[str, int] = {}
+        for i, o in enumerate(batch):
             if o.status == "completed":
                 ok.add(o.provider)
-            elif o.error_kind:
+                last_ok[o.provider] = i
+        errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
+        counted: dict[tuple[str, str], int] = defaultdict(int)
+        for i, o in enumerate(batch):
+            if o.status != "completed" and o.error_kind:
                 key = (o.provider, o.error_kind)
                 first, n = errors.get(key, (o, 0))
                 errors[key] = (first, n + 1)
+                if i > last_ok.get(o.provider, -1):
+                    counted[key] += 1
         now = time.monotonic()
         for provider in sorted(ok):
             # A healthy provider's success is a no-op write (three statements: BEGIN, UPDATE,
@@ -618,10 +672,13 @@ class Drain:
                 await resilience.on_provider_success(conn, provider)
             self._success_reported[provider] = now
         for (provider, kind), (o, n) in sorted(errors.items(), key=lambda kv: kv[0]):
-            if o.exc is not None and isinstance(o.exc, ProviderError):
+            calls = counted[(provider, kind)]
+            if isinstance(o.exc, ProviderError) and (
+                calls or not breaker.counts_toward_breaker(o.exc.kind)
+            ):
                 self._success_reported.pop(provider, None)
                 with contextlib.suppress(Exception):
-                    await resilience.on_provider_error(conn, provider, o.exc)
+                    await resilience.on_provider_error(conn, provider, o.exc, count=max(1, calls))
             verb = "failed" if o.status == "failed" else "will be retried"
             await record_error(
                 conn,
