@@ -135,6 +135,18 @@ def test_a_bulk_insert_is_worked_by_every_idle_process(
             60,
             "three worker processes up",
         )
+        # The ticks each process defers at start-up (each may wake a drain) are over.
+        wait_for(
+            lambda: query_one(
+                db_url,
+                "SELECT (SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'tick'"
+                "        AND status IN ('todo', 'doing')) = 0"
+                " AND (SELECT count(*) FROM worker_task_runs WHERE task_name = 'tick') > 0"
+                " AS settled",
+            )["settled"],
+            30,
+            "the start-up ticks done",
+        )
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO ai_jobs (kind, provider, model, input_text)"

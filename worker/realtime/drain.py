@@ -37,7 +37,7 @@ answers, then cancels the calls still running and releases their jobs (no attemp
 Before it returns it releases any row it still holds, so a clean exit leaves nothing
 ``processing``. The run's report counts ``released_unstarted`` and ``released_in_flight``.
 
-**Joining**: a run that finds more due work than one claim takes defers one more ``drain``
+**Joining**: a run that leaves due work unclaimed after a claim defers one more ``drain``
 job (queueing lock ``drain``), which an idle worker process picks up; that run does the
 same, so a bulk insert is worked by every idle process within a few claims instead of by
 one process until the next tick.
@@ -85,6 +85,9 @@ BLOCKED_POLL_SECONDS = 0.1
 #: A provider that keeps succeeding is reported to the circuit breaker this often at most
 #: (the claim's view of blocked providers is cached as long, BLOCKED_CACHE_SECONDS).
 SUCCESS_REPORT_SECONDS = 1.0
+#: A drain that claimed work looks this often at most whether due jobs are left over, to
+#: invite an idle worker process (one EXISTS on the due index).
+BACKLOG_CHECK_SECONDS = 1.0
 
 #: Chat jobs a lane may hold claimed beyond its concurrency, as a share of it (at least 1).
 #: They wait in memory on the provider's semaphore, so a finished call's slot is refilled at
@@ -153,6 +156,7 @@ class Drain:
         self.deadline: float | None = None  # monotonic; in-flight calls end by then
         self.waiting: set[asyncio.Task[None]] = set()  # claimed, no provider slot yet
         self._joined = False  # deferred one more drain for idle processes
+        self._backlog_checked_at = -1e9
 
     # ------------------------------------------------------------------ shutdown
 
@@ -286,8 +290,8 @@ class Drain:
                 asked = min(free, self.settings.claim_batch)
                 got = await self._claim_round(asked)
                 more = got >= asked
-                if more and not self._joined and not self.stopping:
-                    await self._invite_idle_processes()
+                if got and not self._joined and not self.stopping:
+                    await self._invite_if_backlog()
                 if got:
                     idle_since = time.monotonic()
                     next_due = None
@@ -720,13 +724,22 @@ class Drain:
                 log.warning("drain listener failed (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
 
-    async def _invite_idle_processes(self) -> None:
-        """More is due than one claim took: defer one more drain (lock ``drain``) for an
-        idle worker process, which does the same in turn (see the module docstring)."""
-        self._joined = True
+    async def _invite_if_backlog(self) -> None:
+        """If due jobs are left after a claim (this process is full), defer one more drain
+        (lock ``drain``) for an idle worker process, which does the same in turn (see the
+        module docstring). Looked at most once per :data:`BACKLOG_CHECK_SECONDS`."""
+        now = time.monotonic()
+        if now - self._backlog_checked_at < BACKLOG_CHECK_SECONDS:
+            return
+        self._backlog_checked_at = now
         try:
             async with self.pool.connection() as conn:
-                await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
+                cur = await conn.execute(q("rt_backlog"))
+                row = await cur.fetchone()
+                if row and row[0]:
+                    await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
+                    self._joined = True
+                    self.report["invited"] = 1
         except psycopg.Error as exc:
             log.warning("could not invite idle workers to the drain: %s", exc)
 

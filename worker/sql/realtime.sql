@@ -151,6 +151,13 @@ WITH u AS (
 )
 SELECT (SELECT count(*) FROM done) AS written, (SELECT count(*) FROM msgs) AS messages;
 
+-- name: rt_backlog
+-- Due jobs nobody has claimed (after a claim: more work than this process takes).
+SELECT EXISTS (
+    SELECT 1 FROM ai_jobs
+    WHERE status IN ('pending', 'retrying', 'processing')
+      AND status IN ('pending', 'retrying') AND next_attempt_at <= now());
+
 -- name: rt_next_due
 -- When the next waiting job becomes due (a retry, a rate-limit wait, an expired lease).
 SELECT least(
