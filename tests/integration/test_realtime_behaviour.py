@@ -4,7 +4,9 @@ slot of the tier that blocks them, a moderation rejection fails that job only.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -106,3 +108,102 @@ async def test_breaker_counts_every_failed_call_and_opens_at_the_fifth(
     assert db.execute(
         "SELECT count(*) AS n FROM ai_jobs WHERE status = 'pending' AND attempts = 0"
     ).fetchone() == {"n": 3}
+
+
+# ------------------------------------------------------------------------------ rate limits
+
+
+def acquire(db: psycopg.Connection[Any], n: int, at: str, provider: str = "mistral") -> Any:
+    return db.execute(
+        "SELECT granted, retry_at FROM ai_rate_acquire_at(%s, 'mistral-small-latest',"
+        " array_fill(10, ARRAY[%s]), %s::timestamptz)",
+        (provider, n, at),
+    ).fetchone()
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_rate_limited_jobs_wait_for_the_next_free_slot_of_the_blocking_tier(
+    db: psycopg.Connection[Any],
+) -> None:
+    # 5 per minute and 8 per hour, ten jobs queued at 10:00:30 (a fixed clock: the windows
+    # are checked from the ledger, never by waiting for them).
+    db.execute(
+        "INSERT INTO ai_rate_limits (provider, model, rpm, requests_per_hour)"
+        " VALUES ('mistral', '*', 5, 8)"
+    )
+    first = acquire(db, 10, "2026-01-05 10:00:30+00")
+    # The 6th is held by the minute limit only: next minute, not the end of the hour.
+    assert first == {"granted": 5, "retry_at": utc("2026-01-05 10:01:00")}
+    second = acquire(db, 5, "2026-01-05 10:01:00+00")
+    # The 6th-8th start in the next minute; the 9th is held by the hour limit.
+    assert second == {"granted": 3, "retry_at": utc("2026-01-05 11:00:00")}
+    assert acquire(db, 2, "2026-01-05 10:01:10+00") == {
+        "granted": 0,
+        "retry_at": utc("2026-01-05 11:00:00"),
+    }
+    ledger = db.execute(
+        "SELECT unit, window_start, requests FROM ai_rate_usage ORDER BY unit, window_start"
+    ).fetchall()
+    assert [(r["unit"], r["window_start"], r["requests"]) for r in ledger] == [
+        ("hour", utc("2026-01-05 10:00:00"), 8),
+        ("minute", utc("2026-01-05 10:00:00"), 5),
+        ("minute", utc("2026-01-05 10:01:00"), 3),
+    ]
+
+
+def test_a_weekly_tier_waits_for_monday_and_month_still_counts(
+    db: psycopg.Connection[Any],
+) -> None:
+    db.execute(
+        "INSERT INTO ai_rate_limits (provider, model, requests_per_week, requests_per_month)"
+        " VALUES ('mistral', '*', 2, 100)"
+    )
+    # Thursday 2026-01-08: two this week, the third waits for Monday 2026-01-12 00:00 UTC.
+    assert acquire(db, 3, "2026-01-08 12:00:00+00") == {
+        "granted": 2,
+        "retry_at": utc("2026-01-12 00:00:00"),
+    }
+    assert acquire(db, 1, "2026-01-12 00:00:00+00") == {"granted": 1, "retry_at": None}
+    rows = db.execute(
+        "SELECT unit, window_start, requests FROM ai_rate_usage ORDER BY unit, window_start"
+    ).fetchall()
+    assert [(r["unit"], r["window_start"], r["requests"]) for r in rows] == [
+        ("month", utc("2026-01-01 00:00:00"), 3),
+        ("week", utc("2026-01-05 00:00:00"), 2),
+        ("week", utc("2026-01-12 00:00:00"), 1),
+    ]
+
+
+async def test_the_drain_gives_jobs_the_next_minute_not_the_end_of_the_hour(
+    rt: Emulator, db: psycopg.Connection[Any], pool: AsyncConnectionPool
+) -> None:
+    # Not across a minute boundary: the next window would admit the waiting jobs mid-test.
+    sec = db.execute("SELECT extract(second FROM clock_timestamp()) AS s").fetchone()
+    if sec is not None and sec["s"] > 52:
+        await asyncio.sleep(60.5 - float(sec["s"]))
+    db.execute(
+        "INSERT INTO ai_rate_limits (provider, model, rpm, requests_per_hour)"
+        " VALUES ('mistral', '*', 5, 8)"
+    )
+    insert_jobs(db, 10, provider="mistral", model="mistral-small-latest")
+    await run_drain(pool)
+    done = db.execute(
+        "SELECT count(*) AS n, min(called_at) AS t FROM ai_jobs WHERE status = 'completed'"
+    ).fetchone()
+    assert done is not None and done["n"] == 5
+    # The minute window the five used, from the ledger the drain wrote.
+    window = db.execute(
+        "SELECT window_start FROM ai_rate_usage WHERE unit = 'minute' AND requests = 5"
+    ).fetchone()
+    assert window is not None
+    waiting = db.execute(
+        "SELECT DISTINCT next_attempt_at AS at FROM ai_jobs WHERE status = 'pending'"
+    ).fetchall()
+    assert [r["at"] for r in waiting] == [
+        db.execute(
+            "SELECT %s::timestamptz + interval '1 minute' AS m", (window["window_start"],)
+        ).fetchone()["m"]  # type: ignore[index]
+    ]
