@@ -207,3 +207,36 @@ async def test_the_drain_gives_jobs_the_next_minute_not_the_end_of_the_hour(
             "SELECT %s::timestamptz + interval '1 minute' AS m", (window["window_start"],)
         ).fetchone()["m"]  # type: ignore[index]
     ]
+
+
+# ------------------------------------------------------------------------------ moderation
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "status"),
+    [("openrouter", "openai/gpt-4.1-mini", 403), ("openai", "gpt-4.1-mini", 400)],
+    ids=["openrouter-403", "openai-400"],
+)
+async def test_a_moderation_rejection_fails_that_job_only_and_stops_no_provider(
+    rt: Emulator,
+    db: psycopg.Connection[Any],
+    pool: AsyncConnectionPool,
+    provider: str,
+    model: str,
+    status: int,
+) -> None:
+    db.execute(
+        "UPDATE ai_realtime_settings SET provider_concurrency = %s", (f'{{"{provider}": 1}}',)
+    )
+    rt.configure(http_faults=[{"kind": "moderation", "provider": provider, "count": 1}])
+    insert_jobs(db, 5, provider=provider, model=model)
+    await run_drain(pool)
+    rows = db.execute(
+        "SELECT status, error_kind, error, attempts FROM ai_jobs ORDER BY id"
+    ).fetchall()
+    assert [r["status"] for r in rows] == ["failed"] + ["completed"] * 4
+    assert rows[0]["error_kind"] == "content_refused"
+    assert f"status={status}" in rows[0]["error"]
+    assert db.execute("SELECT count(*) AS n FROM provider_stops").fetchone() == {"n": 0}
+    assert health(db, provider).get("state", "closed") == "closed"
+    assert rt.stats()[provider]["requests"] == 5  # one call each, no retry of the flagged one
