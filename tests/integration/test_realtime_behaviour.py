@@ -240,3 +240,179 @@ async def test_a_moderation_rejection_fails_that_job_only_and_stops_no_provider(
     assert db.execute("SELECT count(*) AS n FROM provider_stops").fetchone() == {"n": 0}
     assert health(db, provider).get("state", "closed") == "closed"
     assert rt.stats()[provider]["requests"] == 5  # one call each, no retry of the flagged one
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+def chat(db: psycopg.Connection[Any], session: str) -> None:
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text, session_id)"
+        " VALUES ('chat', 'openai', 'gpt-4.1-mini', 'Hallo', %s)",
+        (session,),
+    )
+
+
+def test_sessions_expire_after_their_age_limit_and_can_be_required_to_exist(
+    db: psycopg.Connection[Any],
+) -> None:
+    chat(db, "new")  # created on the fly by default
+    db.execute("UPDATE ai_chat_sessions SET created_at = now() - interval '31 days'")
+    with pytest.raises(psycopg.errors.CheckViolation, match="session 'new' has expired"):
+        chat(db, "new")  # the default age limit is 30 days (720 hours)
+    db.execute("UPDATE ai_realtime_settings SET session_max_age_hours = NULL")
+    chat(db, "new")  # no limit
+    db.execute("UPDATE ai_realtime_settings SET session_max_age_hours = 720")
+
+    db.execute("UPDATE ai_realtime_settings SET require_sessions = true")
+    with pytest.raises(psycopg.errors.CheckViolation, match="session 'unknown' does not exist"):
+        chat(db, "unknown")
+    assert db.execute(
+        "SELECT count(*) AS n FROM ai_chat_sessions WHERE id = 'unknown'"
+    ).fetchone() == {"n": 0}
+    db.execute("INSERT INTO ai_chat_sessions (id) VALUES ('known')")
+    chat(db, "known")
+    assert db.execute(
+        "SELECT session_id, count(*) AS n FROM ai_jobs GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [{"session_id": "known", "n": 1}, {"session_id": "new", "n": 2}]
+
+
+# ------------------------------------------------------------------------------ retention
+
+
+async def test_the_tick_deletes_old_rows_in_small_batches(
+    db: psycopg.Connection[Any], opened_app: Any
+) -> None:
+    from worker import maintenance
+
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+        " SELECT 'completion', 'mock', 'mock', 'Text ' || g FROM generate_series(1, 6) g"
+    )
+    # ids 1-3 completed 40 days ago (> 30), 4 completed today, 5 failed 100 days ago
+    # (> 90), 6 failed 40 days ago (< 90: kept).
+    db.execute(
+        "UPDATE ai_jobs SET status = CASE WHEN id <= 4 THEN 'completed' ELSE 'failed' END,"
+        " completed_at = now() - CASE id WHEN 4 THEN interval '1 hour'"
+        "   WHEN 5 THEN interval '100 days' ELSE interval '40 days' END"
+    )
+    db.execute(
+        "INSERT INTO ai_chat_sessions (id, created_at) VALUES ('old', now() - interval '61 days'),"
+        " ('recent', now() - interval '40 days')"
+    )
+    db.execute(
+        "INSERT INTO ai_chat_messages (session_id, role, content)"
+        " SELECT s, 'user', 'Frage' FROM unnest(ARRAY['old', 'old', 'recent']) s"
+    )
+    db.execute(
+        "INSERT INTO ai_rate_usage (provider, model, unit, window_start, requests) VALUES"
+        " ('openai', '*', 'minute', date_trunc('minute', now() - interval '3 days'), 1),"
+        " ('openai', '*', 'second', date_trunc('second', now() - interval '5 days'), 1),"
+        " ('openai', '*', 'hour', date_trunc('hour', now()), 1),"
+        " ('openai', '*', 'month', date_trunc('month', now()), 1)"
+    )
+    db.execute(
+        "INSERT INTO worker_alerts (dedup_key, title, message, status, created_at) VALUES"
+        " ('a', 't', 'm', 'disabled', now() - interval '100 days'),"
+        " ('b', 't', 'm', 'disabled', now())"
+    )
+    db.execute(
+        "INSERT INTO worker_task_runs (task_name, started_at, finished_at, outcome)"
+        " VALUES ('tick', now() - interval '8 days', now() - interval '8 days', 'ok')"
+    )
+    db.execute("UPDATE worker_retention_settings SET batch_rows = 2")
+
+    pool = opened_app.connector.pool
+    first = (await maintenance.run_tick(pool))["retention"]
+    assert first == {
+        "completed_jobs": 2,  # a batch of two of the three
+        "failed_jobs": 1,
+        "session_messages": 2,
+        "rate_usage": 2,
+        "alerts": 1,
+        "task_runs": 1,
+    }
+    second = (await maintenance.run_tick(pool))["retention"]
+    assert second == {"completed_jobs": 1}
+    assert "retention" not in await maintenance.run_tick(pool)  # nothing left to delete
+    assert [r["id"] for r in db.execute("SELECT id FROM ai_jobs ORDER BY id")] == [4, 6]
+    assert [r["session_id"] for r in db.execute("SELECT session_id FROM ai_chat_messages")] == [
+        "recent"
+    ]
+    assert [r["unit"] for r in db.execute("SELECT unit FROM ai_rate_usage ORDER BY unit")] == [
+        "hour",
+        "month",
+    ]
+    assert [r["dedup_key"] for r in db.execute("SELECT dedup_key FROM worker_alerts")] == ["b"]
+
+
+# ------------------------------------------------------------------------------ queue view
+
+
+def test_queue_position_estimates_the_wait_from_recent_throughput(
+    db: psycopg.Connection[Any],
+) -> None:
+    # openai finished 60 jobs over the last minute (1 per second); gemini none recently.
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+        " SELECT 'completion', 'openai', 'gpt-4.1-mini', 'Done ' || g FROM generate_series(1, 60) g"
+    )
+    db.execute(
+        "UPDATE ai_jobs SET status = 'completed',"
+        " completed_at = now() - (id - 1) * interval '1 second'"
+    )
+    insert_jobs(db, 30)
+    insert_jobs(db, 1, provider="gemini", model="gemini-2.5-flash")
+    rows = db.execute(
+        "SELECT provider, provider_position, estimated_wait_seconds AS w"
+        " FROM ai_job_queue_position ORDER BY id"
+    ).fetchall()
+    openai = [r for r in rows if r["provider"] == "openai"]
+    assert [r["provider_position"] for r in openai] == list(range(1, 31))
+    # position / (60 jobs / ~59 s): the 30th waits about 30 s, the 1st about 1 s
+    assert 25 <= openai[-1]["w"] <= 35 and 0.5 <= openai[0]["w"] <= 1.5
+    assert rows[-1]["provider"] == "gemini" and rows[-1]["w"] is None  # no basis
+    # A job waiting for a retry waits at least until then.
+    db.execute(
+        "UPDATE ai_jobs SET next_attempt_at = now() + interval '300 seconds'"
+        " WHERE id = (SELECT max(id) FROM ai_jobs WHERE provider = 'openai')"
+    )
+    later = db.execute(
+        "SELECT estimated_wait_seconds AS w FROM ai_job_queue_position"
+        " WHERE provider = 'openai' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert later is not None and later["w"] >= 295
+
+
+# ------------------------------------------------------------------------------ templates
+
+
+async def test_the_old_job_type_names_run_as_built_in_templates(
+    rt: Emulator, db: psycopg.Connection[Any], pool: AsyncConnectionPool
+) -> None:
+    kinds = ["ai_generation", "review_processing", "prompt_analysis", "sentiment_analysis"]
+    for kind in kinds:
+        db.execute(
+            "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+            " VALUES (%s, 'openai', 'gpt-4.1-mini', 'Tolles Essen, langsamer Service.')",
+            (kind,),
+        )
+    await run_drain(pool)
+    rows = {
+        r["kind"]: r
+        for r in db.execute("SELECT kind, status, result_text, result_json, error FROM ai_jobs")
+    }
+    assert {k: rows[k]["status"] for k in kinds} == dict.fromkeys(kinds, "completed"), rows
+    assert rows["ai_generation"]["result_text"]
+    assert set(rows["review_processing"]["result_json"]) == {
+        "sentiment",
+        "summary",
+        "topics",
+        "reply",
+    }
+    assert rows["sentiment_analysis"]["result_json"]["sentiment"] in (
+        "positive",
+        "neutral",
+        "negative",
+    )
+    assert set(rows["prompt_analysis"]["result_json"]) == {"intent", "clarity", "suggestions"}

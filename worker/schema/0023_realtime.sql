@@ -279,9 +279,10 @@ WITH recent AS (
 SELECT w.id, w.kind, w.provider, w.model, w.session_id, w.status, w.priority,
        w.next_attempt_at, w.created_at, w.queue_position, w.queue_length,
        w.provider_position,
-       round(greatest(w.provider_position / r.per_second,
-                      extract(epoch FROM w.next_attempt_at - now()))::numeric, 1)::float8
-           AS estimated_wait_seconds
+       CASE WHEN r.per_second IS NOT NULL
+            THEN round(greatest(w.provider_position / r.per_second,
+                                extract(epoch FROM w.next_attempt_at - now()))::numeric, 1)::float8
+       END AS estimated_wait_seconds
 FROM waiting w
 LEFT JOIN recent r ON r.provider = w.provider;
 

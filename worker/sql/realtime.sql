@@ -166,3 +166,7 @@ SELECT least(
 
 -- name: rt_defer_drain
 SELECT worker_defer_job('realtime', 'drain', %(lock)s, '{}'::jsonb, %(scheduled_at)s);
+
+-- name: retention_apply
+-- One batch of deletions per kind (schema/0023, worker/retention.py).
+SELECT worker_apply_retention();
