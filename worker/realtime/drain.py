@@ -656,14 +656,16 @@ class Drain:
                 ok.add(o.provider)
                 last_ok[o.provider] = i
         errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
-        counted: dict[tuple[str, str], int] = defaultdict(int)
+        # One failed call of an embeddings group fails all its jobs with the same
+        # exception object: it counts once.
+        counted: dict[tuple[str, str], set[int]] = defaultdict(set)
         for i, o in enumerate(batch):
             if o.status != "completed" and o.error_kind:
                 key = (o.provider, o.error_kind)
                 first, n = errors.get(key, (o, 0))
                 errors[key] = (first, n + 1)
                 if i > last_ok.get(o.provider, -1):
-                    counted[key] += 1
+                    counted[key].add(id(o.exc) if o.exc is not None else id(o))
         now = time.monotonic()
         for provider in sorted(ok):
             # A healthy provider's success is a no-op write (three statements: BEGIN, UPDATE,
@@ -676,7 +678,7 @@ class Drain:
                 await resilience.on_provider_success(conn, provider)
             self._success_reported[provider] = now
         for (provider, kind), (o, n) in sorted(errors.items(), key=lambda kv: kv[0]):
-            calls = counted[(provider, kind)]
+            calls = len(counted[(provider, kind)])
             if isinstance(o.exc, ProviderError) and (
                 calls or not breaker.counts_toward_breaker(o.exc.kind)
             ):
