@@ -220,6 +220,8 @@ class Drain:
             await self._loop()
             await self._finish_tasks()
             while self.unwritten > 0 and not writer.done():
+                if self.stopping and self.deadline and time.monotonic() > self.deadline + 2:
+                    break  # stopping: what is still unwritten is released below
                 self.written.clear()
                 self.results_ready.set()
                 with contextlib.suppress(TimeoutError):
