@@ -82,6 +82,9 @@ BLOCKED_CACHE_SECONDS = 1.0
 #: When due rows exist but none could be claimed (locked by another worker, or waiting for
 #: an earlier job of their session held elsewhere), look again after this long.
 BLOCKED_POLL_SECONDS = 0.1
+#: When a run ends with due jobs left while some provider is blocked (stopped, breaker
+#: open), the next drain is scheduled this much later at the earliest.
+BLOCKED_RESCHEDULE_SECONDS = 5.0
 #: A provider that keeps succeeding is reported to the circuit breaker this often at most
 #: (the claim's view of blocked providers is cached as long, BLOCKED_CACHE_SECONDS).
 SUCCESS_REPORT_SECONDS = 1.0
@@ -757,6 +760,11 @@ class Drain:
         due = await self._next_due()
         if due is None:
             return
+        if self.blocked and not self.stopping:
+            # Due jobs this run could not claim while a provider is stopped or its breaker
+            # open: look again in a few seconds, not at once (a stopped provider's backlog
+            # made every process run a drain a second, for as long as the stop lasted).
+            due = max(due, datetime.now(UTC) + timedelta(seconds=BLOCKED_RESCHEDULE_SECONDS))
         lock = f"drain@{int(due.timestamp())}"
         async with self.pool.connection() as conn:
             await conn.execute(q("rt_defer_drain"), {"lock": lock, "scheduled_at": due})
