@@ -8,6 +8,7 @@ Secrets are ``SecretStr``: their repr is ``'**********'`` and they are never log
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Literal
 
@@ -20,7 +21,10 @@ PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepsee
 class Settings(BaseSettings):
     """Everything the worker process reads from its environment."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+    # env_ignore_empty: `KEY=` (as in a copied .env.example) means unset, never "".
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", env_file_encoding="utf-8", env_ignore_empty=True
+    )
 
     # Database. Unset: the local server on 127.0.0.1:5432 when it answers, else an
     # embedded Postgres under .data/ (see worker.database).
@@ -71,6 +75,14 @@ class Settings(BaseSettings):
     def base_url(self, provider: str) -> str | None:
         url: str | None = getattr(self, f"{provider}_base_url", None)
         return url
+
+
+def env(name: str, default: str) -> str:
+    """An environment variable read outside :class:`Settings`; empty or blank means unset
+    (so ``NAME=`` in ``.env`` gives the default). Every such variable is listed with its
+    default in ``.env.example`` (checked by tests/unit/test_env_example.py)."""
+    raw = os.environ.get(name)
+    return raw.strip() if raw is not None and raw.strip() else default
 
 
 @lru_cache(maxsize=1)
