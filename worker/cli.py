@@ -156,6 +156,20 @@ def _parser() -> argparse.ArgumentParser:
         help="how many sample questions (default: all of them)",
     )
 
+    psql = db_sub.add_parser(
+        "psql",
+        help="open psql on the worker's database (the embedded one too)",
+        description=textwrap.fill(
+            "Open psql on the database the worker uses (DATABASE_URL, else 127.0.0.1:5432, "
+            "else the embedded Postgres, started for as long as psql runs), or on DBNAME on "
+            "the same server, e.g. `python -m worker db psql ai_worker_demo` after the demo. "
+            "Uses the psql on PATH, else the one shipped in the pgserver wheel.",
+            88,
+        ),
+        formatter_class=_Formatter,
+    )
+    psql.add_argument("dbname", nargs="?", default=None, help="another database on that server")
+
     st = command(
         "status",
         "what the worker is doing: questions, jobs, batches, spend, errors",
@@ -242,6 +256,8 @@ def _main(argv: list[str]) -> int:
         return int(emulator_main(argv[1:]))
     args = _parser().parse_args(argv)
     if args.command == "db":
+        if args.db_command == "psql":
+            return _psql(args.dbname)
         return _db(args.db_command)
     if args.command == "run":
         return _run(args, settings.worker_processes)
@@ -295,6 +311,39 @@ def _db(command: str) -> int:
         return 1
     print("schema is up to date and intact")
     return 0
+
+
+def _psql(dbname: str | None) -> int:
+    import shutil
+    import subprocess
+
+    from worker.database import with_database
+    from worker.errors import SetupError
+
+    url = _database_url()
+    if dbname:
+        url = with_database(url, dbname)
+    exe = shutil.which("psql")
+    if exe is None:
+        try:
+            import pgserver
+
+            bundled = os.path.join(os.path.dirname(pgserver.__file__), "pginstall", "bin", "psql")
+            exe = bundled if os.path.exists(bundled) else None
+        except ImportError:
+            exe = None
+    if exe is None:
+        raise SetupError(
+            "psql is not installed: install the PostgreSQL client (e.g. postgresql-client)"
+        )
+    import signal
+
+    # Ctrl-C belongs to psql (it cancels the running query), not to us
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.call([exe, url])
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run(args: Any, default_processes: int) -> int:
