@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         argv = [a for a in argv if a != "--debug"]
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

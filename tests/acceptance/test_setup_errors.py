@@ -183,3 +183,24 @@ def test_run_waits_for_the_database_and_obeys_ctrl_c(unreachable_url: str, tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_status_into_a_closed_pipe_is_quiet(db_url: str, tmp_path: Path) -> None:
+    """`status | head`: the reader is gone before status writes; no BrokenPipeError."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", "status"],
+            env={**env, "DATABASE_URL": db_url},
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
