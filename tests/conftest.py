@@ -10,12 +10,23 @@ test SIGKILLs in the middle of a download.
 import atexit
 import os
 import shutil
+import signal
 import tempfile
+from types import FrameType
 
 _RUN_TMP = tempfile.mkdtemp(prefix="aiw-test-")
 os.environ["TMPDIR"] = _RUN_TMP
 tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 atexit.register(shutil.rmtree, _RUN_TMP, True)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (a CI timeout, `kill`): stop like Ctrl-C, so fixtures tear down and the
+    # run's databases and temp directory are removed instead of left on the server.
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, _terminated)
 
 pytest_plugins = [
     "tests.fixtures.database",
