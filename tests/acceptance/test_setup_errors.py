@@ -153,10 +153,13 @@ def test_missing_privileges(
     assert_one_line(out, "lacks a privilege", "permission denied", "GRANT")
 
 
-def test_invalid_setting_names_the_variable(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("METRICS_PORT=eighty\n")
+@pytest.mark.parametrize(
+    ("line", "shown"), [("METRICS_PORT=eighty", "'eighty'"), ("LOG_LEVEL=verbose", "'verbose'")]
+)
+def test_invalid_setting_names_the_variable(tmp_path: Path, line: str, shown: str) -> None:
+    (tmp_path / ".env").write_text(line + "\n")
     out = cli("status", url="not-a-url", cwd=tmp_path)
-    assert_one_line(out, "METRICS_PORT", "'eighty'", ".env")
+    assert_one_line(out, line.split("=")[0], shown, ".env")
 
 
 def test_run_waits_for_the_database_and_obeys_ctrl_c(unreachable_url: str, tmp_path: Path) -> None:
