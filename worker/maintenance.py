@@ -16,13 +16,13 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
   without any request to pending;
+- deletes one batch of old finished rows of each kind (:mod:`worker.retention`);
 - returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -34,8 +34,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import custom_ids
+from worker.config import env
 from worker.error_log import record_error
 from worker.queries import q
+from worker.retention import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ worker running the same call are not bad luck any more."""
 
 def stalled_seconds() -> float:
     """Seconds without a heartbeat after which a worker counts as dead."""
-    return max(1.0, float(os.environ.get("WORKER_STALLED_SECONDS", "30")))
+    return max(1.0, float(env("WORKER_STALLED_SECONDS", "30")))
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
@@ -62,9 +64,7 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
-        await conn.execute(
-            "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
-        )
+        detail["retention"] = await apply_retention(conn)
     return {k: v for k, v in detail.items() if v}
 
 

@@ -12,7 +12,9 @@ so a restarted worker heals what its predecessor left behind without waiting for
 ``--processes N`` starts N such processes and restarts any that dies; the children die with
 their parent (``PR_SET_PDEATHSIG``: a SIGKILLed supervisor leaves no orphan workers).
 ``--until-idle`` exits once nothing is pending, claimed or due. SIGTERM drains: running
-jobs finish (up to ``SHUTDOWN_GRACEFUL_SECONDS``), then the process exits 0.
+jobs finish (up to ``SHUTDOWN_GRACEFUL_SECONDS``), then the process exits 0; a realtime
+drain stops claiming at once and releases what it cannot finish
+(:mod:`worker.realtime.shutdown`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from procrastinate.worker import Worker
 
 from worker import wakeups
-from worker.config import get_settings
+from worker.config import env, get_settings
 from worker.database import aconnect, resolve_database_url
 from worker.queue_app import (
     ALL_QUEUES,
@@ -41,6 +43,7 @@ from worker.queue_app import (
     pool_max_size,
     queue_concurrency,
 )
+from worker.realtime import shutdown as realtime_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ SELECT
 
 
 def shutdown_graceful_seconds() -> float:
-    return float(os.environ.get("SHUTDOWN_GRACEFUL_SECONDS", "60"))
+    return float(env("SHUTDOWN_GRACEFUL_SECONDS", "60"))
 
 
 # Workers of one process start this far apart, so their heartbeats and polls do not hit
@@ -254,6 +257,48 @@ def cap_pool_reconnect_backoff(max_delay: float = MAX_POOL_RECONNECT_DELAY) -> N
     cls._ai_worker_capped = True
 
 
+DB_RETRY_SECONDS = 2.0
+DB_MESSAGE_SECONDS = 10.0
+
+
+def wait_for_database(
+    url: str, *, retry: float = DB_RETRY_SECONDS, message_every: float = DB_MESSAGE_SECONDS
+) -> bool:
+    """Block until ``url`` accepts a connection; True then. A server that is not there
+    (refused, unresolvable, starting up) is waited for with a message every
+    ``message_every`` seconds; any other connection error (bad password, no such
+    database) raises :class:`SetupError` at once. Ctrl-C (KeyboardInterrupt) stops the
+    wait immediately: every blocking step is bounded by ``retry`` seconds and Python
+    delivers the signal between them and inside ``time.sleep``."""
+    import psycopg
+
+    from worker import preflight
+    from worker.errors import SetupError
+
+    last_message = -message_every
+    started = time.monotonic()
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=max(1, int(retry))):
+                pass
+            if time.monotonic() - started > 0.5 and last_message >= 0:
+                log.info("database at %s is reachable; starting", preflight.where(url))
+            return True
+        except psycopg.OperationalError as exc:
+            if not preflight.unreachable(exc):
+                raise SetupError(preflight.explain(exc, url) or str(exc)) from exc
+            now = time.monotonic()
+            if now - last_message >= message_every:
+                last_message = now
+                log.warning(
+                    "waiting for the database at %s (%s); retrying every %.0fs, Ctrl-C to stop",
+                    preflight.where(url),
+                    preflight.first_line(exc),
+                    retry,
+                )
+        time.sleep(retry)
+
+
 async def _open_app_with_retry() -> None:
     backoff = 0.5
     while True:
@@ -303,6 +348,7 @@ async def run_async(
 ) -> int:
     settings = get_settings()
     url = resolve_database_url()
+    realtime_shutdown.reset()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -349,12 +395,15 @@ async def run_async(
         for t in pending:
             t.cancel()
         idle_ok = any(t.result() is True for t in done if not t.cancelled())
-        # Cancelling a Procrastinate worker stops it gracefully: running jobs finish.
+        # Running drains stop claiming now and finish within the grace period; then
+        # cancelling a Procrastinate worker stops it gracefully: running jobs finish.
+        realtime_shutdown.request_stop(shutdown_graceful_seconds())
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
     finally:
         wakeups.current = None
+        realtime_shutdown.reset()
         if listener is not None:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
