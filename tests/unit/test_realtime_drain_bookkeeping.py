@@ -191,3 +191,17 @@ async def test_the_breaker_hears_each_failed_call_after_the_last_success(
     ]
     await d._after_write(conn, group)
     assert counts == [3, 1, 1]
+
+
+def test_claims_wait_for_room_for_a_full_claim_while_an_embeddings_request_runs() -> None:
+    d = make_drain(claim_batch=500, max_in_flight=2000)
+    d.unwritten = 1950  # 50 free: the small first group was written, 1,950 texts in flight
+    assert not d._hold_for_groups(d.free_total())  # nothing in flight: claim what fits
+    d.lane_busy["openai:embed"] = 450
+    assert d._hold_for_groups(d.free_total())  # a claim of 50 would be a request of 50
+    d.unwritten = 1500
+    assert not d._hold_for_groups(d.free_total())  # a full claim fits
+    d.lane_busy["openai:embed"] = 0
+    d.lane_busy["openai"] = 40  # chat lanes never wait for it
+    d.unwritten = 1990
+    assert not d._hold_for_groups(d.free_total())
