@@ -205,3 +205,17 @@ def test_claims_wait_for_room_for_a_full_claim_while_an_embeddings_request_runs(
     d.lane_busy["openai"] = 40  # chat lanes never wait for it
     d.unwritten = 1990
     assert not d._hold_for_groups(d.free_total())
+
+
+def test_a_lane_is_idle_only_after_a_quiet_second() -> None:
+    import time
+
+    d = make_drain()
+    assert d.lane_idle("openai:embed")  # never used: the first request is a small one
+    d.lane_busy["openai:embed"] = 500
+    assert not d.lane_idle("openai:embed")
+    d.lane_busy["openai:embed"] = 0
+    d.lane_done_at["openai:embed"] = time.monotonic()  # a wave just ended: not idle
+    assert not d.lane_idle("openai:embed")
+    d.lane_done_at["openai:embed"] = time.monotonic() - drain_mod.LANE_IDLE_SECONDS - 0.1
+    assert d.lane_idle("openai:embed")

@@ -120,6 +120,10 @@ PREFETCH_SHARE = 0.1
 #: (:func:`claim_prefetch`): a prefetched job then waits at most about this many round trips
 #: for a slot, whatever the call time, so another worker is never kept from work for long.
 PREFETCH_ROUND_TRIPS = 2.0
+#: A lane counts as idle (its next embeddings request is a small one, see
+#: :func:`~worker.realtime.embeddings.split_first_groups`) when none of its calls ended for
+#: this long: not between the waves of a busy lane, whose requests often all end together.
+LANE_IDLE_SECONDS = 1.0
 #: Weight of the newest measurement in the moving averages of call and claim times.
 TIME_SMOOTHING = 0.2
 
@@ -191,6 +195,7 @@ class Drain:
         self.call_seconds: dict[str, float] = {}  # lane -> moving average of a call's time
         self.claim_seconds = 0.002  # moving average of a claim round trip (first guess)
         self._held = False  # the loop waits for room for a full claim (_hold_for_groups)
+        self.lane_done_at: dict[str, float] = {}  # lane -> monotonic time a call last ended
         self.stopping = False
         self.deadline: float | None = None  # monotonic; in-flight calls end by then
         self.waiting: set[asyncio.Task[None]] = set()  # claimed, no provider slot yet
@@ -251,6 +256,13 @@ class Drain:
             return True
         batch = max(1, self.lane_prefetch(lane) // 2)
         return self.lane_capacity(lane) - self.lane_busy[lane] >= batch
+
+    def lane_idle(self, lane: str) -> bool:
+        """Nothing in flight on ``lane`` and nothing finished for :data:`LANE_IDLE_SECONDS`
+        (between two claims of a busy lane its calls may all have just finished)."""
+        if self.lane_busy.get(lane):
+            return False
+        return time.monotonic() - self.lane_done_at.get(lane, -1e9) > LANE_IDLE_SECONDS
 
     def _hold_for_groups(self, free: int) -> bool:
         """Whether to wait for a full claim's worth of room before claiming: while an
@@ -484,8 +496,8 @@ class Drain:
             await self.limiter.refresh(conn)
             chats = [j for j in jobs if j.kind != KIND_EMBEDDING]
             groups = group_jobs(j for j in jobs if j.kind == KIND_EMBEDDING)
-            # A lane with nothing in flight sends a small first request (first vector sooner).
-            idle = {g[0].lane for g in groups if not self.lane_busy.get(g[0].lane)}
+            # A lane that was idle sends a small first request (first vector sooner).
+            idle = {g[0].lane for g in groups if self.lane_idle(g[0].lane)}
             groups = split_first_groups(groups, idle)
             runnable_chats, runnable_groups = await self._admit(conn, chats, groups)
         for job in runnable_chats:
@@ -595,6 +607,7 @@ class Drain:
         finally:
             self.waiting.discard(me)
             self.lane_busy[lane] -= len(jobs)
+            self.lane_done_at[lane] = time.monotonic()
         self.results.extend(outcomes)
         self.results_ready.set()
         # The slot is free now, not after the write: let the loop refill it while the
