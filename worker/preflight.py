@@ -134,8 +134,15 @@ _OBJECT_PATTERNS = {
 _DROP = re.compile(
     r"DROP\s+(TABLE|VIEW|FUNCTION|TRIGGER)\s+(?:IF\s+EXISTS\s+)?([a-z_][a-z0-9_]*)", re.I
 )
-# Tables a migration creates only on a database that had the production layout.
-_CONDITIONAL = {"ai_commentary_summaries_legacy_duplicates"}
+# Objects a migration creates only on some databases: a table only where the production
+# layout was there; the embedding_vector trigger and its function only where the `vector`
+# extension exists (0024_embedding_vector.sql).
+_CONDITIONAL = {
+    "ai_commentary_summaries_legacy_duplicates",
+    "ai_jobs_fill_embedding_vector",
+    "ai_jobs_embedding_vector",
+    "ai_jobs_embedding_vector_ins",
+}
 
 
 @dataclass(frozen=True)

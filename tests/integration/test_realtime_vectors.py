@@ -81,6 +81,14 @@ async def _flush(db_url: str, outcomes: list[Outcome], owner: str) -> dict[str, 
         return dict(d.report)
 
 
+def test_without_pgvector_nothing_of_embedding_vector_is_expected(db_url: str) -> None:
+    from worker.migrate import missing_objects
+
+    # the shared server has no `vector`: 0024 creates nothing, and the start-up schema
+    # check must not miss its trigger (it did: `worker run` refused to start)
+    assert missing_objects(db_url) == []
+
+
 async def test_binary_vectors_are_stored_as_the_text_path_stored_them(
     db: psycopg.Connection[Any], db_url: str
 ) -> None:
@@ -165,7 +173,7 @@ def test_embedding_vector_is_filled_where_pgvector_exists() -> None:
     import asyncio
 
     from tests.fixtures.private_pg import PrivateCluster
-    from worker.migrate import migrate
+    from worker.migrate import migrate, missing_objects
 
     with PrivateCluster() as pg:
         admin = pg.url("postgres")
@@ -178,6 +186,7 @@ def test_embedding_vector_is_filled_where_pgvector_exists() -> None:
             # as on Supabase, where the migrating role's search_path includes `extensions`
             conn.execute('ALTER DATABASE vec SET search_path = "$user", public, extensions')
         migrate(url)
+        assert missing_objects(url) == []  # `worker run` checks this before it starts
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as db:
             owner = "test-pgvector"
             ids = _claimed(db, 4, owner)
