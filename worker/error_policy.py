@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import google.genai.errors as genai_errors
@@ -154,6 +155,10 @@ MISTRAL_QUOTA_MESSAGE = re.compile(
     r"\b(billing|credits?|quota|payment required|spend(ing)? limit|usage limit)\b", re.I
 )
 
+#: Keys of OpenRouter's ``ModerationErrorMetadata`` (403 "your input was flagged"): a 403
+#: carrying them rejects this input, it says nothing about the key.
+MODERATION_METADATA = frozenset({"reasons", "flagged_input"})
+
 #: Proto3 JSON Duration: "37s", "1.680s".
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
@@ -173,6 +178,7 @@ class _Parsed:
     type: str | None
     status: str | None  # google.rpc status name (Gemini)
     details: tuple[dict[str, Any], ...]  # google.rpc details (Gemini)
+    moderation: bool = False  # OpenRouter moderation metadata (reasons / flagged_input)
 
 
 def _as_body(body: object) -> object:
@@ -210,12 +216,14 @@ def _parse_body(body: object) -> _Parsed:
     details_raw = inner.get("details")
     details = tuple(d for d in details_raw if isinstance(d, dict)) if details_raw else ()
     status = inner.get("status")
+    metadata = inner.get("metadata")
     return _Parsed(
         message=str(message)[:_MESSAGE_LIMIT],
         code=_str_or_none(inner.get("code")),
         type=_str_or_none(inner.get("type")),
         status=status if isinstance(status, str) else None,
         details=details,
+        moderation=isinstance(metadata, dict) and bool(MODERATION_METADATA & metadata.keys()),
     )
 
 
@@ -281,6 +289,8 @@ def _gemini_retry_delay(parsed: _Parsed) -> float | None:
 
 
 def _openai_kind(status: int, p: _Parsed) -> ErrorKind | None:
+    if status == 403 and p.moderation:
+        return K.CONTENT_REFUSED  # OpenRouter: the input was flagged, the key is fine
     if p.code is not None and p.code in OPENAI_CODE_KINDS:
         return OPENAI_CODE_KINDS[p.code]
     if p.type is not None and p.type in OPENAI_TYPE_KINDS:
@@ -493,6 +503,33 @@ def translate_errors(provider: str) -> Iterator[None]:
         raise classify(exc, provider) from exc
 
 
+class Disposition(StrEnum):
+    """What a lane does with a failed call or an unusable answer - the same in both lanes
+    (commentary instant models and ai_jobs), whichever client made the call."""
+
+    FAIL_REQUEST = "fail_request"  # this request/job fails (charged); provider untouched
+    RETRY = "retry"  # transient: try again later; counts toward the breaker
+    STOP_PROVIDER = "stop_provider"  # quota / bad key: stop the provider, charge nothing
+
+
+#: ErrorKind -> disposition (every kind listed; a test checks it).
+DISPOSITIONS: Mapping[ErrorKind, Disposition] = {
+    K.RETRYABLE: Disposition.RETRY,
+    K.UNKNOWN: Disposition.RETRY,
+    K.QUOTA: Disposition.STOP_PROVIDER,
+    K.AUTH: Disposition.STOP_PROVIDER,
+    K.CONTENT_REFUSED: Disposition.FAIL_REQUEST,
+    K.TRUNCATED: Disposition.FAIL_REQUEST,
+    K.CONTEXT_TOO_LONG: Disposition.FAIL_REQUEST,
+    K.INVALID_REQUEST: Disposition.FAIL_REQUEST,
+}
+
+
+def disposition(kind: ErrorKind) -> Disposition:
+    """What to do about a failure of ``kind`` (see :class:`Disposition`)."""
+    return DISPOSITIONS[kind]
+
+
 #: google.rpc.Code number -> (name, HTTP status), for google.rpc.Status bodies that carry a
 #: gRPC code instead of an HTTP one (Gemini batch operation errors and result lines).
 GRPC_CODES: Mapping[int, tuple[str, int]] = {
@@ -538,7 +575,8 @@ RESULT_CODE_KINDS: Mapping[str, ErrorKind] = {
     "content_refused": K.CONTENT_REFUSED,
     "malformed_line": K.UNKNOWN,
     "empty_response": K.UNKNOWN,
-    "max_tokens": K.INVALID_REQUEST,
+    "truncated": K.TRUNCATED,
+    "max_tokens": K.TRUNCATED,  # the code before answer_rules (rows already written)
     "invalid_json": K.UNKNOWN,
     **OPENAI_CODE_KINDS,
 }
