@@ -155,10 +155,6 @@ MISTRAL_QUOTA_MESSAGE = re.compile(
     r"\b(billing|credits?|quota|payment required|spend(ing)? limit|usage limit)\b", re.I
 )
 
-#: Keys of OpenRouter's ``ModerationErrorMetadata`` (403 "your input was flagged"): a 403
-#: carrying them rejects this input, it says nothing about the key.
-MODERATION_METADATA = frozenset({"reasons", "flagged_input"})
-
 #: Gemini Batch and Files API paths (a generic 429 there is a batch quota, not billing).
 GEMINI_BATCH_PATH = re.compile(
     r":(?:batchGenerateContent|asyncBatchEmbedContent)(?:\?|$)|/batches(?:/|\?|$)"
@@ -184,7 +180,9 @@ class _Parsed:
     type: str | None
     status: str | None  # google.rpc status name (Gemini)
     details: tuple[dict[str, Any], ...]  # google.rpc details (Gemini)
-    moderation: bool = False  # OpenRouter moderation metadata (reasons / flagged_input)
+    #: OpenRouter's moderation metadata (``error.metadata.reasons`` / ``flagged_input``):
+    #: its 403 then means "your input was flagged", not "bad key".
+    moderation: bool = False
 
 
 def _as_body(body: object) -> object:
@@ -222,14 +220,14 @@ def _parse_body(body: object) -> _Parsed:
     details_raw = inner.get("details")
     details = tuple(d for d in details_raw if isinstance(d, dict)) if details_raw else ()
     status = inner.get("status")
-    metadata = inner.get("metadata")
+    meta = inner.get("metadata")
     return _Parsed(
         message=str(message)[:_MESSAGE_LIMIT],
         code=_str_or_none(inner.get("code")),
         type=_str_or_none(inner.get("type")),
         status=status if isinstance(status, str) else None,
         details=details,
-        moderation=isinstance(metadata, dict) and bool(MODERATION_METADATA & metadata.keys()),
+        moderation=isinstance(meta, dict) and ("reasons" in meta or "flagged_input" in meta),
     )
 
 
@@ -295,8 +293,10 @@ def _gemini_retry_delay(parsed: _Parsed) -> float | None:
 
 
 def _openai_kind(status: int, p: _Parsed) -> ErrorKind | None:
-    if status == 403 and p.moderation:
-        return K.CONTENT_REFUSED  # OpenRouter: the input was flagged, the key is fine
+    if p.moderation:
+        # OpenRouter: "403: Your chosen model requires moderation and your input was
+        # flagged" - that request's content, never the key: fail the job, not the provider.
+        return K.CONTENT_REFUSED
     if p.code is not None and p.code in OPENAI_CODE_KINDS:
         return OPENAI_CODE_KINDS[p.code]
     if p.type is not None and p.type in OPENAI_TYPE_KINDS:

@@ -15,7 +15,8 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 "Alive" means: a ``submit`` job in ``doing`` on a worker whose heartbeat is younger than
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
-  without any request to pending.
+  without any request to pending;
+- deletes one batch of old finished rows of each kind (:mod:`worker.retention`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker import custom_ids
 from worker.error_log import record_error
 from worker.queries import q
+from worker.retention import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,7 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
-        await conn.execute(
-            "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
-        )
+        detail["retention"] = await apply_retention(conn)
     return {k: v for k, v in detail.items() if v}
 
 

@@ -114,7 +114,7 @@ def test_instant_out_of_credit_or_bad_key_stops_the_provider_and_charges_nothing
 @pytest.mark.parametrize(
     ("fault", "error"),
     [
-        ("moderation", "content_refused"),  # OpenAI-style 400 invalid_prompt
+        ("moderation", "content_refused"),  # OpenAI-style 400 content_policy_violation
         ("refusal", "content_refused"),  # finish_reason content_filter
         ("truncated", "truncated"),  # finish_reason length
         ("context_length", "context_too_long"),

@@ -78,7 +78,7 @@ async def test_success_is_reported_once_a_second_but_at_once_after_a_failure(
     async def success(conn: Any, provider: str) -> None:
         calls.append(("success", provider))
 
-    async def error(conn: Any, provider: str, exc: BaseException) -> None:
+    async def error(conn: Any, provider: str, exc: BaseException, count: int = 1) -> None:
         calls.append(("error", provider))
 
     async def record(*args: Any, **kwargs: Any) -> None:

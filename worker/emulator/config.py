@@ -38,7 +38,8 @@ class FaultRule:
 
     ``kind``: ``rate_limit`` (429 + ``retry-after``), ``quota`` (out of credit), ``auth``
     (bad key), ``server`` (500), ``unavailable`` (503), ``moderation`` (OpenRouter 403 with
-    moderation metadata, OpenAI-style 400 ``invalid_prompt``, Gemini a 200 whose prompt is
+    moderation metadata, OpenAI-style 400
+    ``content_policy_violation``, Gemini a 200 whose prompt is
     blocked), ``context_length`` (400), ``payment`` (402), ``request_timeout`` (408),
     ``bad_gateway`` (502), or the answer-level ``truncated`` (a 200 cut off at the token
     limit) and ``refusal`` (a 200 the model refused); see :mod:`worker.emulator.faults`

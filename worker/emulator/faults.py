@@ -20,6 +20,13 @@ Gemini, envelope ``{"error": {code, message, status, details?}}``:
   auth         400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID
   server       500 INTERNAL;  unavailable 503 UNAVAILABLE
 
+Moderation (the request's input was flagged; fails that request only):
+  openrouter   403 ``{"error": {"code": 403, message, "metadata": {reasons, flagged_input,
+               provider_name, model_slug}}}`` (OpenRouter docs, "Moderation Errors")
+  OpenAI-style 400 type=invalid_request_error code=content_policy_violation
+  Gemini       400 INVALID_ARGUMENT, Mistral 400 invalid_request_error [chosen: both
+               providers report safety blocks inside a 200 answer instead]
+
 Mistral, flat envelope ``{"object":"error", message, type, param, code}``:
   rate_limit   429 type=rate_limited code="1300", ``retry-after`` header
   quota        429 type=billing_error code="insufficient_quota", message mentions the
@@ -78,6 +85,8 @@ def _mistral_error(status: int, message: str, type_: str, code: str | None) -> E
 
 def fault_reply(provider: str, kind: str, retry_after: float = 1.0, model: str = "") -> ErrorReply:
     """The error a real ``provider`` sends for fault ``kind``."""
+    if kind == "moderation":
+        return moderation_reply(provider, model)
     if kind in MORE_HTTP_KINDS:
         return more_fault_reply(provider, kind, model)
     ra = f"{retry_after:g}"
@@ -222,6 +231,37 @@ def fault_reply(provider: str, kind: str, retry_after: float = 1.0, model: str =
     )
 
 
+def moderation_reply(provider: str, model: str = "") -> ErrorReply:
+    """A request whose input the provider's moderation flagged."""
+    if provider == "openrouter":
+        slug = model or "openai/gpt-4o-mini"
+        return ErrorReply(
+            403,
+            {
+                "error": {
+                    "code": 403,
+                    "message": f"{slug} requires moderation on OpenAI. "
+                    'Your input was flagged for "harassment". No credits were charged.',
+                    "metadata": {
+                        "reasons": ["harassment"],
+                        "flagged_input": "...",
+                        "provider_name": "OpenAI",
+                        "model_slug": slug,
+                    },
+                }
+            },
+        )
+    message = (
+        "Your request was rejected as a result of our safety system. Your prompt may "
+        "contain text that is not allowed by our safety system."
+    )
+    if provider == "gemini":
+        return _gemini_error(400, "INVALID_ARGUMENT", message)
+    if provider == "mistral":
+        return _mistral_error(400, message, "invalid_request_error", None)
+    return _openai_error(400, message, "invalid_request_error", "content_policy_violation")
+
+
 def missing_key_reply(provider: str) -> ErrorReply:
     """The provider's answer when no API key was sent at all."""
     if provider == "gemini":
@@ -261,9 +301,7 @@ def bad_request_reply(provider: str, message: str, param: str | None = None) -> 
 
 
 #: Fault kinds added for issue 13 (answered by :func:`more_fault_reply`).
-MORE_HTTP_KINDS = frozenset(
-    {"moderation", "context_length", "payment", "request_timeout", "bad_gateway"}
-)
+MORE_HTTP_KINDS = frozenset({"context_length", "payment", "request_timeout", "bad_gateway"})
 
 
 def _openrouter_error(status: int, message: str, metadata: dict[str, Any] | None) -> ErrorReply:
@@ -274,20 +312,20 @@ def _openrouter_error(status: int, message: str, metadata: dict[str, Any] | None
 
 
 def more_fault_reply(provider: str, kind: str, model: str = "") -> ErrorReply:
-    """``moderation``, ``context_length``, ``payment``, ``request_timeout``, ``bad_gateway``.
+    """``context_length``, ``payment``, ``request_timeout``, ``bad_gateway`` (``moderation``:
+    :func:`moderation_reply`).
 
     OpenRouter uses its own envelope ``{"error": {code: <int>, message, metadata?}}`` (its
     errors page: 402 insufficient credits, 403 "your input was flagged" with
     ``ModerationErrorMetadata{reasons, flagged_input, provider_name, model_slug}``, 408, 502
     with ``{provider_name, raw}``). DeepSeek's 402 is ``Insufficient Balance`` (its error
-    codes page); OpenAI's moderation rejection is the 400 ``invalid_prompt`` seen in SDK
-    error reports; context-length bodies are provider-apis.md 2.7 / 3.8 / 4.7.
+    codes page); context-length bodies are provider-apis.md 2.7 / 3.8 / 4.7.
     [chosen]: OpenAI/Perplexity/Ollama 402 and 408 bodies (OpenAI's envelope), Gemini
     ``payment`` (403 PERMISSION_DENIED with ErrorInfo ``BILLING_DISABLED``, the Google APIs
-    convention), Gemini ``request_timeout`` (504 DEADLINE_EXCEEDED), Mistral ``moderation``
-    / ``payment`` / ``request_timeout`` bodies (no real ones were found). Gemini
+    convention), Gemini ``request_timeout`` (504 DEADLINE_EXCEEDED), Mistral
+    ``payment`` / ``request_timeout`` bodies (no real ones were found). Gemini
     ``moderation`` is not an HTTP error at all (a 200 with ``promptFeedback.blockReason``,
-    see :mod:`worker.emulator.answer_faults`)."""
+    see :mod:`worker.emulator.answer_faults`; the server never asks for it here)."""
     if provider == "gemini":
         if kind == "context_length":
             return _gemini_error(
@@ -328,27 +366,11 @@ def more_fault_reply(provider: str, kind: str, model: str = "") -> ErrorReply:
             return _mistral_error(
                 402, "Payment required: no credits left.", "payment_required", None
             )
-        if kind == "moderation":
-            return _mistral_error(
-                400, "The request was flagged by moderation.", "invalid_request_error", None
-            )
         if kind == "request_timeout":
             return _mistral_error(408, "Request timeout", "request_timeout", None)
         return _mistral_error(502, "Bad gateway", "bad_gateway", None)
     model = model or "openai/gpt-4o-mini"
     if provider == "openrouter":
-        if kind == "moderation":
-            return _openrouter_error(
-                403,
-                f"{model} requires moderation on OpenAI. Your input was flagged for "
-                '"harassment". No credits were charged.',
-                {
-                    "reasons": ["harassment"],
-                    "flagged_input": "...",
-                    "provider_name": "OpenAI",
-                    "model_slug": model,
-                },
-            )
         if kind == "payment":
             return _openrouter_error(
                 402,
@@ -367,15 +389,6 @@ def more_fault_reply(provider: str, kind: str, model: str = "") -> ErrorReply:
             "about 130000 tokens (129000 of text input, 1000 in the output). Please reduce "
             "the length of either one.",
             None,
-        )
-    if kind == "moderation":
-        return _openai_error(
-            400,
-            "Invalid prompt: your prompt was flagged as potentially violating our usage "
-            "policy. Please try again with a different prompt: "
-            "https://platform.openai.com/docs/guides/reasoning#advice-on-prompting",
-            "invalid_request_error",
-            "invalid_prompt",
         )
     if kind == "context_length":
         return _openai_error(
