@@ -7,7 +7,9 @@ OpenAI-compatible endpoints (OpenRouter with its ``HTTP-Referer``/``X-Title`` he
 Perplexity, DeepSeek, Ollama), ``genai.Client(...).aio`` for Gemini and
 ``Mistral(...).chat.complete_async`` / ``embeddings.create_async`` for Mistral - pointed at
 the base URLs of :func:`worker.config.get_settings`. Every SDK failure is translated with
-:func:`worker.error_policy.classify`.
+:func:`worker.error_policy.classify`, and every answer that arrives is judged by
+:func:`worker.providers.answer_rules.check_answer` - the rules the commentary lane applies:
+a truncated answer raises ``truncated``, a refusal or blocked prompt ``content_refused``.
 
 SDK-internal retries are off (``max_retries=0``): a failed call frees its concurrency slot
 at once and the job goes back to the queue with our own backoff, which honours
