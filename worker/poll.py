@@ -78,7 +78,7 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
             from worker import resilience
 
             if job["provider"] in await resilience.blocked_providers(
-                conn, providers=[job["provider"]]
+                conn, providers=[job["provider"]], include_stops=False
             ):
                 await conn.execute(
                     q("batch_still_running"),
@@ -91,6 +91,10 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 with metrics.timed_call(job["provider"], "batch_status"):
                     status = await provider.status(job["batch_id"])
             except ProviderError as exc:
+                if exc.status_code == 404:
+                    from worker import budget
+
+                    return await budget.resolve_lost(conn, job, exc)
                 delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
                 await conn.execute(
                     q("batch_still_running"),
