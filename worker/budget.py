@@ -407,3 +407,26 @@ async def resolve_lost(
     )
     await defer(conn, "submit", "submit")
     return {"lost": reason}
+
+
+async def affordable_questions(
+    conn: AsyncConnection[Any], daily: Decimal, tz: str, routes: Sequence[tuple[str, str, str]]
+) -> int:
+    """Questions today's money left (budget - spent - reserved) pays for, at the estimated
+    cost of one request per batch model in ``routes`` (and beyond what already waits)."""
+    state = await money(conn, daily, tz)
+    if state is None:
+        return CLAIM_CAP
+    if state.free <= 0:
+        return 0
+    per_question = Decimal(0)
+    waiting_cost = Decimal(0)
+    waiting = await waiting_counts(conn)
+    for key, provider, model in routes:
+        mb = await load(conn, provider, model)
+        per_request = await cost_per_token(conn, mb) * Decimal(mb.request_tokens())
+        per_question += per_request
+        waiting_cost += per_request * waiting.get(key, 0)
+    if per_question <= 0:
+        return CLAIM_CAP
+    return max(0, min(CLAIM_CAP, int((state.free - waiting_cost) / per_question)))

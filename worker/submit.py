@@ -631,7 +631,8 @@ async def claim_size(conn: AsyncConnection[Any], settings: CommentarySettings) -
     """Questions to claim this run. Without token limits: ``batch_size``. With them: what
     the free token budget of the tightest enabled batch model can still take beyond the
     requests already waiting (0 when full: nothing is claimed that could not be sent), up
-    to budget.CLAIM_CAP; the batches are then packed up to the budget, not to batch_size."""
+    to budget.CLAIM_CAP; the batches are then packed up to the budget, not to batch_size.
+    With a daily budget, no more than today's money left can pay for (estimated)."""
     routes: list[tuple[str, str, str]] = []
     for key in [*settings.enabled_models, "summary"]:
         try:
@@ -641,7 +642,15 @@ async def claim_size(conn: AsyncConnection[Any], settings: CommentarySettings) -
         if route.mode == "batch":
             routes.append((key, route.provider, route.model))
     capacity = await budget.claim_capacity(conn, routes)
-    return settings.batch_size if capacity is None else capacity
+    size = settings.batch_size if capacity is None else capacity
+    if settings.daily_budget_usd is not None:
+        from worker import resilience
+
+        affordable = await budget.affordable_questions(
+            conn, settings.daily_budget_usd, resilience.budget_timezone(), routes
+        )
+        size = min(size, affordable)
+    return size
 
 
 async def _defer_again(

@@ -5,6 +5,7 @@ and the ledger equals what the emulator billed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from decimal import Decimal
@@ -204,3 +205,99 @@ async def test_crash_recovery_finds_an_intent_behind_600_batches(
     found = await p.find_by_intent("intent-old", start)
     assert found is not None and found.batch_id == target.batch_id
     assert await p.find_by_intent("intent-nobody", datetime.now(UTC)) is None
+
+
+def _billed_usd(db: psycopg.Connection[Any], stats: dict[str, Any]) -> Decimal:
+    """What the emulator billed (its usage counters) times the price table."""
+    total = Decimal(0)
+    for provider, st in stats.items():
+        for model, modes in st["usage"].items():
+            p = db.execute(
+                "SELECT * FROM worker_price(%s, %s, true) w", (provider, model)
+            ).fetchone()
+            for mode, u in modes.items():
+                if not (u["input_tokens"] or u["output_tokens"]):
+                    continue
+                assert p is not None and mode == "batch", (provider, model, mode)
+                total += (
+                    u["input_tokens"] * p["input_usd_per_mtok"]
+                    + u["output_tokens"] * p["output_usd_per_mtok"]
+                ) / Decimal(1_000_000) * p["factor"]
+    return total
+
+
+async def _rounds_until_paused(pool: Any, db: psycopg.Connection[Any]) -> dict[str, Any]:
+    """submit + poll every live batch, until submit pauses for the budget or has nothing."""
+    from tests.fixtures.pipeline import batch_ids
+    from worker import poll, submit
+
+    report: dict[str, Any] = {}
+    for _ in range(200):
+        report = await submit.run_submit(pool)
+        live = batch_ids(db)
+        if not live and (report.get("budget_exhausted") or not report.get("batches")):
+            return report
+        for _ in range(100):
+            live = batch_ids(db)
+            if not live:
+                break
+            for job_id in live:
+                await poll.run_poll(pool, job_id)
+            await asyncio.sleep(0.02)
+    raise AssertionError("submit never paused")
+
+
+async def test_daily_budget_ends_within_one_batch_and_ledger_equals_billed_usage(
+    pipeline: Emulator, db: psycopg.Connection[Any], db_url: str
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    _only_chatgpt(db)
+    # Far below the backlog's cost (200 questions ~ 0.06 USD at gpt-4.1-mini batch prices).
+    budget_usd = Decimal("0.005")
+    db.execute("UPDATE ai_commentary_settings SET daily_budget_usd = %s", (budget_usd,))
+    insert_questions(db, 200)
+    async with AsyncConnectionPool(
+        db_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+    ) as pool:
+        report = await _rounds_until_paused(pool, db)
+        # Paused: the budget is reached, or what is left pays for no further question.
+        assert report.get("budget_exhausted") or not report.get("claimed"), report
+        spent = db.execute("SELECT sum(cost_usd) AS s FROM ai_cost_events").fetchone()["s"]
+        biggest = db.execute(
+            "SELECT max(e.c) AS c FROM (SELECT sum(cost_usd) AS c FROM ai_cost_events"
+            " GROUP BY batch_job_id) e"
+        ).fetchone()["c"]
+        # Within one batch of the budget, on both sides (reservations, not ingest, decide).
+        assert abs(spent - budget_usd) <= biggest, (spent, budget_usd, biggest)
+        assert status_counts(db).get("completed", 0) < 200  # the budget stopped real work
+        assert _close(spent, _billed_usd(db, pipeline.stats()))
+
+        # Re-processing adds to the ledger: requeue ten completed questions and pay again.
+        again = [
+            r["id"]
+            for r in db.execute(
+                "SELECT id FROM questions WHERE ai_commentary_status = 'completed' LIMIT 10"
+            ).fetchall()
+        ]
+        db.execute(
+            "UPDATE questions SET ai_commentary_status = 'pending',"
+            " ai_commentary_queued_at = now() - interval '1 day' WHERE id = ANY(%s)",
+            (again,),
+        )
+        db.execute("UPDATE ai_commentary_settings SET daily_budget_usd = NULL")
+        await _rounds_until_paused(pool, db)
+    stats = pipeline.stats()
+    assert any(stats["openai"]["paid_twice"])  # the requeued ones, on purpose
+    ledger = db.execute("SELECT sum(cost_usd) AS s FROM ai_cost_events").fetchone()["s"]
+    assert _close(ledger, _billed_usd(db, stats))
+    latest = db.execute(
+        "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM ai_answer_comments)"
+        " + (SELECT coalesce(sum(cost_usd), 0) FROM ai_commentary_summaries) AS s"
+    ).fetchone()["s"]
+    assert latest < ledger  # the rows keep only the latest generation's cost
+
+
+def _close(a: Decimal, b: Decimal) -> bool:
+    # Each ledger row is rounded to 8 decimals.
+    return abs(a - b) <= Decimal("0.00000001") * 2000
