@@ -220,9 +220,13 @@ def _billed_usd(db: psycopg.Connection[Any], stats: dict[str, Any]) -> Decimal:
                     continue
                 assert p is not None and mode == "batch", (provider, model, mode)
                 total += (
-                    u["input_tokens"] * p["input_usd_per_mtok"]
-                    + u["output_tokens"] * p["output_usd_per_mtok"]
-                ) / Decimal(1_000_000) * p["factor"]
+                    (
+                        u["input_tokens"] * p["input_usd_per_mtok"]
+                        + u["output_tokens"] * p["output_usd_per_mtok"]
+                    )
+                    / Decimal(1_000_000)
+                    * p["factor"]
+                )
     return total
 
 
