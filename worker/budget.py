@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -284,20 +285,26 @@ async def calibrate(conn: AsyncConnection[Any], provider: str, model: str) -> fl
 async def on_token_limit_failure(
     conn: AsyncConnection[Any], job: dict[str, Any], reason: str
 ) -> int | None:
-    """A batch failed because the provider's token queue was full: learn a smaller limit and
-    keep this batch's reservation for a while. Returns the new learned limit."""
+    """A batch failed because the provider's token queue was full: learn a smaller limit
+    (the one the provider's message names, e.g. "Limit: 2,000,000 enqueued tokens", else
+    half of what was queued), keep this batch's reservation for
+    ``TOKEN_LIMIT_HOLD_SECONDS`` and wake submit when that hold ends. Returns the new
+    learned limit."""
     budget = await load(conn, str(job["provider"]), str(job["model_name"]))
+    hold = token_limit_hold_seconds()
     cur = await conn.execute(
         q("budget_shrink"),
         {
             "id": job["id"],
-            "hold": token_limit_hold_seconds(),
+            "hold": hold,
+            "named": named_limit(reason),
             "effective": budget.effective_limit,
             "reason": reason[:2000],
         },
     )
     row = await cur.fetchone()
     learned = int(row[0]) if row else None
+    await conn.execute(q("wake_submit_after_hold"), {"delay": hold + 0.1})
     log.warning(
         "token queue of %s %s was full; learned limit now %s",
         job["provider"],
@@ -305,6 +312,19 @@ async def on_token_limit_failure(
         learned,
     )
     return learned
+
+
+_NAMED_LIMIT = re.compile(r"limit:\s*([\d,. ]+)\s*enqueued tokens", re.IGNORECASE)
+
+
+def named_limit(reason: str | None) -> int | None:
+    """The limit an OpenAI ``token_limit_exceeded`` message names ("Limit: 2,000,000
+    enqueued tokens"), or None."""
+    m = _NAMED_LIMIT.search(reason or "")
+    if not m:
+        return None
+    digits = re.sub(r"[^\d]", "", m.group(1))
+    return int(digits) if digits and int(digits) > 0 else None
 
 
 def is_token_limit_failure(reason: str | None) -> bool:

@@ -73,6 +73,39 @@ def test_backlog_several_times_the_token_limit_completes_without_failures(
     assert 0.5 < learned["correction_factor"] < 2.0
 
 
+def test_a_too_generous_limit_is_learned_from_token_limit_failures(
+    pipeline: Emulator, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table says 10x what the account may queue: batches fail token_limit_exceeded,
+    the learned limit shrinks below the real one, and nothing is failed or charged."""
+    limit = 10_000
+    monkeypatch.setenv("TOKEN_LIMIT_HOLD_SECONDS", "1")
+    pipeline.configure(
+        state_seconds=0.15,
+        openai_enqueued_tokens_per_model=limit,
+        openai_failed_tokens_hold_seconds=1.0,
+    )
+    _only_chatgpt(db)
+    _set_limit(db, "openai", MODEL, 10 * limit)
+    n = 150
+    insert_questions(db, n)
+    assert drain(180) == 0
+    assert status_counts(db) == {"completed": n}
+    failed = db.execute(
+        "SELECT count(*) AS n FROM ai_commentary_batch_jobs WHERE failure_cause = 'limit'"
+    ).fetchone()
+    assert failed is not None and failed["n"] >= 1
+    learned = db.execute(
+        "SELECT learned_enqueued_tokens AS t, limit_failures AS f FROM worker_token_budget"
+        " WHERE provider = 'openai' AND model = %s",
+        (MODEL,),
+    ).fetchone()
+    assert learned is not None and learned["f"] >= 1
+    assert learned["t"] is not None and learned["t"] <= limit
+    attempts = db.execute("SELECT max(attempts) AS hi FROM ai_commentary_requests").fetchone()
+    assert attempts == {"hi": 0}
+
+
 async def test_no_questions_claimed_while_the_budget_is_full(
     pipeline: Emulator, db: psycopg.Connection[Any], db_url: str
 ) -> None:

@@ -92,12 +92,14 @@ class Limits:
         with self.lock:
             self._openai_creates.clear()
 
-    def _advance_all(self, provider: str) -> list[BatchRecord]:
+    def _advance_all(self, provider: str, model: str | None = None) -> list[BatchRecord]:
         # Batches advance lazily (on reads); bring every one up to date so batches that have
-        # finished by now release their tokens and slots.
+        # finished by now release their tokens and slots. ``model``: only that model's.
         from worker.emulator.lifecycle import advance
 
         batches = self.store.list_batches(provider)
+        if model is not None:
+            batches = [b for b in batches if b.data.get("model") == model]
         for b in batches:
             if not b.terminal:
                 advance(self.store, b)
@@ -144,9 +146,7 @@ class Limits:
         hold = cfg.openai_failed_tokens_hold_seconds
         t = time.time()
         total = 0
-        for b in self._advance_all("openai"):
-            if b.data.get("model") != model:
-                continue
+        for b in self._advance_all("openai", model):
             if not b.terminal:
                 if b.data.get("enqueued"):
                     total += int(b.data.get("enqueued_tokens") or 0)

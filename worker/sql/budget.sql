@@ -87,9 +87,9 @@ WHERE provider = %(provider)s AND model = %(model)s;
 
 -- name: budget_shrink
 -- The provider refused a batch for its token queue: what was queued (this batch included)
--- was more than this account may queue. Learn 90% of the smaller of that and the current
--- effective limit; the refused batch keeps its reservation for a while (the provider
--- counts it too).
+-- was more than this account may queue. Learn the limit the provider named in its message
+-- (%(named)s), else half of the smaller of what was queued and the current effective limit;
+-- the refused batch keeps its reservation for a while (the provider counts it too).
 WITH job AS (
     UPDATE ai_commentary_batch_jobs
     SET reservation_held_until = now() + make_interval(secs => %(hold)s)
@@ -105,8 +105,10 @@ INSERT INTO worker_token_budget AS t
     (provider, model, learned_enqueued_tokens, limit_failures, last_limit_failure_at,
      last_limit_failure)
 SELECT job.provider, job.model_name,
-       greatest(1, floor(0.9 * least(coalesce(%(effective)s, queued.tokens + job.estimated_tokens),
-                                     greatest(queued.tokens + job.estimated_tokens, 1))))::bigint,
+       coalesce(%(named)s::bigint,
+                greatest(1, floor(0.5 * least(
+                    coalesce(%(effective)s::bigint, queued.tokens + job.estimated_tokens),
+                    greatest(queued.tokens + job.estimated_tokens, 1))))::bigint),
        1, now(), %(reason)s
 FROM job, queued
 ON CONFLICT (provider, model) DO UPDATE
@@ -114,6 +116,10 @@ SET learned_enqueued_tokens = EXCLUDED.learned_enqueued_tokens,
     limit_failures = t.limit_failures + 1, last_limit_failure_at = now(),
     last_limit_failure = EXCLUDED.last_limit_failure, updated_at = now()
 RETURNING learned_enqueued_tokens;
+
+-- name: wake_submit_after_hold
+SELECT worker_defer_job('submit', 'submit', 'submit:budget-hold', '{}'::jsonb,
+                        clock_timestamp() + make_interval(secs => %(delay)s));
 
 -- name: record_cost_events
 -- The ledger: every staged result line of this ingest that was answered or reported usage

@@ -201,7 +201,9 @@ CREATE TEMP TABLE IF NOT EXISTS worker_ingest_lines (
     model_agreement_analysis text,
     input_tokens integer NOT NULL DEFAULT 0,
     output_tokens integer NOT NULL DEFAULT 0,
-    model_version text
+    model_version text,
+    -- false: the line failed for a batch-level cause (expiry, cancel): no attempt spent
+    charge boolean NOT NULL DEFAULT true
 ) ON COMMIT DELETE ROWS;
 
 -- name: upsert_comments
@@ -301,22 +303,36 @@ WHERE l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
 -- name: mark_line_failed
 -- A failed line counts an attempt; after max_attempts the request (and so the question)
 -- fails with the reason. Raw error text stays here, never in comment columns (mode 10).
+-- A line failed for a batch-level cause (l.charge false: expiry, cancel) is a free retry,
+-- bounded by max_free_retries (schema/0018).
 UPDATE ai_commentary_requests r
-SET attempts = r.attempts + %(count_attempt)s::int,
-    status = CASE WHEN r.attempts + %(count_attempt)s::int >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+SET attempts = r.attempts + c.n,
+    free_retries = r.free_retries + c.free,
+    status = CASE WHEN r.attempts + c.n >= %(max_attempts)s
+                    OR r.free_retries + c.free >= %(max_free_retries)s
+                  THEN 'failed' ELSE 'waiting' END,
     last_error = l.error, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
     updated_at = now()
-FROM worker_ingest_lines l
+FROM worker_ingest_lines l,
+     LATERAL (SELECT CASE WHEN l.charge THEN %(count_attempt)s::int ELSE 0 END AS n,
+                     CASE WHEN l.charge THEN 0 ELSE 1 END AS free) c
 WHERE NOT l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
   AND r.status = 'submitted' AND r.claimed_by = %(owner)s;
 
 -- name: mark_missing
--- Whatever this owner still holds had no line at all: treated as failed (mode 6).
+-- Whatever this owner still holds had no line at all: treated as failed (mode 6), with an
+-- attempt when the batch's cause says nothing about the requests (%(charge_missing)s
+-- false: limits, provider errors, expiry, cancel) only a free retry (schema/0018).
 UPDATE ai_commentary_requests r
-SET attempts = r.attempts + %(count_attempt)s::int,
-    status = CASE WHEN r.attempts + %(count_attempt)s::int >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+SET attempts = r.attempts + c.n,
+    free_retries = r.free_retries + c.free,
+    status = CASE WHEN r.attempts + c.n >= %(max_attempts)s
+                    OR r.free_retries + c.free >= %(max_free_retries)s
+                  THEN 'failed' ELSE 'waiting' END,
     last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
     updated_at = now()
+FROM (SELECT CASE WHEN %(charge_missing)s THEN %(count_attempt)s::int ELSE 0 END AS n,
+             CASE WHEN %(charge_missing)s THEN 0 ELSE 1 END AS free) c
 WHERE r.claimed_by = %(owner)s AND r.status = 'submitted'
 RETURNING r.question_id;
 
