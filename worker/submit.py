@@ -634,20 +634,24 @@ async def claim_size(conn: AsyncConnection[Any], settings: CommentarySettings) -
     to budget.CLAIM_CAP; the batches are then packed up to the budget, not to batch_size.
     With a daily budget, no more than today's money left can pay for (estimated)."""
     routes: list[tuple[str, str, str]] = []
+    # Comment models only: a summary request waits for its question's comments, so it is
+    # not sendable when claimed and would make a full pipeline look like a full budget.
+    # Summaries use the budget as comment batches free it (same packing, same lock).
+    summary: list[tuple[str, str, str]] = []
     for key in [*settings.enabled_models, "summary"]:
         try:
             route = settings.route(key)
         except KeyError:
             continue
         if route.mode == "batch":
-            routes.append((key, route.provider, route.model))
+            (summary if key == "summary" else routes).append((key, route.provider, route.model))
     capacity = await budget.claim_capacity(conn, routes)
     size = settings.batch_size if capacity is None else capacity
     if settings.daily_budget_usd is not None:
         from worker import resilience
 
         affordable = await budget.affordable_questions(
-            conn, settings.daily_budget_usd, resilience.budget_timezone(), routes
+            conn, settings.daily_budget_usd, resilience.budget_timezone(), routes + summary
         )
         size = min(size, affordable)
     return size

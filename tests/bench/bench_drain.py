@@ -50,7 +50,7 @@ N = int(os.environ.get("DRAIN_QUESTIONS", "2000"))
 RUNS = int(os.environ.get("DRAIN_RUNS", "1"))
 REAL_BACKLOG = 49_000
 SCALE = N / REAL_BACKLOG
-STATE_SECONDS = float(os.environ.get("DRAIN_STATE_SECONDS", "1.0"))
+STATE_SECONDS = float(os.environ.get("DRAIN_STATE_SECONDS", "2.0"))
 TIMEOUT = float(os.environ.get("DRAIN_TIMEOUT", "600"))
 OLD_BATCH_SIZE = 40
 OLD_MAX_ATTEMPTS = 3
@@ -74,9 +74,11 @@ INSERT = (
     " 'Leber', 'Pankreas', 'Milz', 'Niere', 'Herz', 'B', 'Physiologie', 'pending'"
     " FROM generate_series(1, %s) g"
 )
+# Polling scaled with the turnaround: in production POLL_MAX_SECONDS (300 s) is 0.3% of a
+# 24 h turnaround; 0.3 s is ~5% of the scaled one (shorter would cost CPU, not realism).
 WORKER_EXTRA = {
-    "POLL_MIN_SECONDS": "0.2",
-    "POLL_MAX_SECONDS": "0.5",
+    "POLL_MIN_SECONDS": "0.1",
+    "POLL_MAX_SECONDS": "0.3",
     "FETCH_JOB_POLLING_INTERVAL": "0.2",
     "TICK_SECONDS": "2",
     "TOKEN_LIMIT_HOLD_SECONDS": str(STATE_SECONDS),
