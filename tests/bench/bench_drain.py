@@ -372,7 +372,14 @@ def main() -> int:
         "share of ideal",
         target=">= 0.85",
     )
-    emit("drain: worker drain time", t_new, "s", baseline=ideal, baseline_label="quota ideal")
+    emit(
+        "drain: worker drain time",
+        t_new,
+        "s",
+        baseline=ideal,
+        baseline_label="quota ideal",
+        better="lower",
+    )
     emit(
         "drain: questions failed because of limits (worker)",
         median([r["failed"] for r in new_runs]),
