@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # lines count as missing; polled again with the usual backoff meanwhile.
     results_grace_seconds: float = Field(default=600.0, ge=0)
     metrics_port: int | None = None
+    # Connections: one LISTEN connection per process plus a pool of at most
+    # min(DB_POOL_MAX, 1 + the jobs the process runs at once); pooled connections idle
+    # longer than DB_POOL_IDLE_SECONDS are closed (down to one).
+    db_pool_max: int = Field(default=5, ge=2, le=100)
+    db_pool_idle_seconds: float = Field(default=10.0, ge=1)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

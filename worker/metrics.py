@@ -435,13 +435,15 @@ async def _questions(conn: psycopg.AsyncConnection[Any]) -> list[Family]:
     oldest = Family(
         "ai_worker_oldest_pending_age_seconds",
         "gauge",
-        "Age of the oldest pending question (0 when none is pending).",
+        "Age of the oldest pending question (0 when none is pending; at least the time"
+        " since the install for rows queued before it).",
     )
     oldest.add(p["oldest_pending_age_seconds"])
     claimed = Family(
         "ai_worker_oldest_processing_age_seconds",
         "gauge",
-        "Age of the oldest claim of a processing question (0 when none).",
+        "Age of the oldest claim of a processing question (0 when none; at least the time"
+        " since the install for rows claimed before it).",
     )
     claimed.add(p["oldest_processing_age_seconds"])
     return [fam, oldest, claimed]
