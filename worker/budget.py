@@ -15,9 +15,12 @@ unlimited; tier-1 defaults seeded by schema/0019).
 - **Pack.** Under a per-provider transaction lock the submitter reads the free budget and
   takes only the requests that fit (:func:`pack`); the rest stay ``waiting``, unclaimed.
   When nothing fits, submit stops; the poll that finishes a batch defers submit again.
-- **Learn.** A batch refused for the token queue shrinks the learned limit to 90% of what
-  was queued (:func:`on_token_limit_failure`) and keeps its reservation for
-  ``TOKEN_LIMIT_HOLD_SECONDS`` (the provider keeps counting it for a while).
+- **Learn.** A batch refused for the token queue sets the learned limit to the one the
+  provider's message names, else half of what was queued (:func:`on_token_limit_failure`),
+  and keeps its reservation for ``TOKEN_LIMIT_HOLD_SECONDS`` (default 10: the provider
+  keeps counting it "for a while", duration unpublished; a retry too early only costs a
+  free failed batch). A batch the provider then runs proves its size: a learned limit
+  below it grows back to it (:func:`calibrate`).
 - **Money.** The daily budget is checked against spent (the ``ai_cost_events`` ledger) plus
   reserved (estimated cost of batches not yet ingested), and a batch is packed to what
   money is left, so the budget is overshot by at most the estimation error of one batch.
@@ -62,7 +65,7 @@ FACTOR_ALPHA = 0.3
 
 def token_limit_hold_seconds() -> float:
     """How long a batch refused for the token queue keeps its reservation."""
-    return float(os.environ.get("TOKEN_LIMIT_HOLD_SECONDS", "60") or 60)
+    return float(os.environ.get("TOKEN_LIMIT_HOLD_SECONDS", "10") or 10)
 
 
 def raw_estimate(request: ChatRequest) -> int:
@@ -255,6 +258,7 @@ async def calibrate(conn: AsyncConnection[Any], provider: str, model: str) -> fl
     samples = int(state[1]) if state else 0
     used = 0
     out_tokens = out_answers = 0
+    proven = max(int(r["estimated_tokens"]) for r in rows)
     for r in rows:
         raw, total, answered = r["raw_estimated_tokens"], r["request_count"], r["answered"]
         if r["succeeded_count"]:
@@ -277,6 +281,7 @@ async def calibrate(conn: AsyncConnection[Any], provider: str, model: str) -> fl
             "factor": factor,
             "samples": used,
             "avg_output": out_tokens / out_answers if out_answers else None,
+            "proven": proven,
         },
     )
     return factor

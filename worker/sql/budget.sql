@@ -76,13 +76,19 @@ UPDATE ai_commentary_batch_jobs
 SET calibrated = true
 WHERE state = 'ingested' AND NOT calibrated AND provider = %(provider)s
   AND model_name = %(model)s
-RETURNING raw_estimated_tokens, request_count, succeeded_count + failed_count AS answered,
-          input_tokens, output_tokens, succeeded_count;
+RETURNING raw_estimated_tokens, estimated_tokens, request_count,
+          succeeded_count + failed_count AS answered, input_tokens, output_tokens,
+          succeeded_count;
 
 -- name: budget_learn
+-- A batch the provider ran proves its queue held at least that batch: a learned limit below
+-- it (an older refusal, a tier raised since) grows back to it.
 UPDATE worker_token_budget
 SET correction_factor = %(factor)s, calibration_samples = calibration_samples + %(samples)s,
-    avg_output_tokens = coalesce(%(avg_output)s, avg_output_tokens), updated_at = now()
+    avg_output_tokens = coalesce(%(avg_output)s, avg_output_tokens),
+    learned_enqueued_tokens = CASE WHEN learned_enqueued_tokens IS NULL THEN NULL
+                                   ELSE greatest(learned_enqueued_tokens, %(proven)s) END,
+    updated_at = now()
 WHERE provider = %(provider)s AND model = %(model)s;
 
 -- name: budget_shrink
