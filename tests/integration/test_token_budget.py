@@ -338,3 +338,68 @@ async def test_daily_budget_ends_within_one_batch_and_ledger_equals_billed_usage
 def _close(a: Decimal, b: Decimal) -> bool:
     # Each ledger row is rounded to 8 decimals.
     return abs(a - b) <= Decimal("0.00000001") * 2000
+
+
+async def test_a_stopped_provider_still_collects_the_batches_it_was_paid_for(
+    pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
+) -> None:
+    from tests.fixtures.pipeline import batch_ids
+    from worker import poll, submit
+
+    pool = opened_app.connector.pool
+    _only_chatgpt(db)
+    pipeline.configure(state_seconds=0.2)
+    insert_questions(db, 5)
+    report = await submit.run_submit(pool)
+    assert report["batches"] == 1
+    (job_id,) = batch_ids(db)
+    # Out of credit (or a bad key) after the batch was paid for: new work stops ...
+    db.execute(
+        "INSERT INTO provider_stops (provider, kind, reason, stopped_at)"
+        " VALUES ('openai', 'quota', 'test: out of credit', clock_timestamp())"
+    )
+    insert_questions(db, 3, prefix="Neu")
+    assert "batches" not in await submit.run_submit(pool)
+    # ... but the batch in flight is still polled and ingested.
+    for _ in range(100):
+        if not batch_ids(db):
+            break
+        await poll.run_poll(pool, job_id)
+        await asyncio.sleep(0.05)
+    state = db.execute(
+        "SELECT state FROM ai_commentary_batch_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    assert state == {"state": "ingested"}
+    n = db.execute("SELECT count(*) AS n FROM ai_answer_comments").fetchone()
+    assert n == {"n": 5}
+
+
+async def test_a_batch_the_provider_no_longer_knows_is_resolved_as_lost(
+    pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
+) -> None:
+    from tests.fixtures.pipeline import batch_ids
+    from worker import poll, submit
+
+    pool = opened_app.connector.pool
+    _only_chatgpt(db)
+    pipeline.configure(state_seconds=30)
+    insert_questions(db, 4)
+    await submit.run_submit(pool)
+    (job_id,) = batch_ids(db)
+    row = db.execute(
+        "SELECT batch_id FROM ai_commentary_batch_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    assert row is not None
+    pipeline.store.batches[row["batch_id"]].deleted = True  # gone at the provider: 404
+    result = await poll.run_poll(pool, job_id)
+    assert "lost" in result
+    job = db.execute(
+        "SELECT state, error FROM ai_commentary_batch_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    assert job is not None and job["state"] == "lost" and "no longer knows" in job["error"]
+    reqs = db.execute(
+        "SELECT DISTINCT status, attempts FROM ai_commentary_requests WHERE model_key = 'chatgpt'"
+    ).fetchall()
+    assert reqs == [{"status": "waiting", "attempts": 0}]
+    err = db.execute("SELECT count(*) AS n FROM worker_errors WHERE kind = 'batch_lost'").fetchone()
+    assert err == {"n": 1}
