@@ -32,6 +32,7 @@ from worker import budget, custom_ids, ingest, metrics, prompts, question_input,
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
+from worker.providers import idempotent
 from worker.providers.base import ChatRequest, ResultLine
 from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.queries import q
@@ -371,10 +372,29 @@ async def create_provider_batch(
                 )
         except (ProviderError, WorkerError, OSError) as exc:
             found = None
+            lookup_failed = False
             try:
                 found = await provider.find_by_intent(str(job_id), created_at)
             except Exception as find_exc:
+                lookup_failed = True
                 log.warning("find_by_intent after failed submit: %s", find_exc)
+            if found is None and lookup_failed and idempotent.ambiguous(exc):
+                # The batch may exist and we cannot tell: keep the intent (and its
+                # reservation) for the tick's reconciler, which looks again once this lock
+                # is free, instead of abandoning a batch the provider may run and bill.
+                await record_error(
+                    conn,
+                    "submit_unresolved",
+                    f"batch creation failed ambiguously ({exc}) and the lookup by intent "
+                    "failed too; the tick will look again before anything is resubmitted",
+                    provider=provider_name,
+                    batch_job_id=job_id,
+                    fingerprint=f"submit-unresolved:{provider_name}",
+                )
+                from worker import resilience
+
+                await resilience.on_provider_error(conn, provider_name, exc)
+                return False
             if found is None:
                 await abandon_intent(conn, job_id, provider_name, exc)
                 return False

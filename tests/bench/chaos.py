@@ -279,6 +279,7 @@ def run_scenario(
     stats = httpx.get(f"{base}/_emulator/stats", timeout=30).json()
     row = audit(url, stats)
     row.update(scenario=name, seconds=round(settled), exit_code=code, log=str(log))
+    row["responses_lost"] = sum(int(s.get("responses_lost", 0)) for s in stats.values())
     with psycopg.connect(url, autocommit=True) as conn:
         reasons = conn.execute(
             "SELECT left(ai_commentary_error, 90), count(*) FROM questions"
@@ -305,6 +306,7 @@ def main() -> int:
             print(
                 f"  {name}: {row['completed']} completed, {row['failed']} failed,"
                 f" {row['lost']} lost in {time.monotonic() - t:.0f}s;"
+                f" {row['responses_lost']} provider answers lost by the emulator;"
                 f" failure reasons: {row['top_reasons']}",
                 flush=True,
             )

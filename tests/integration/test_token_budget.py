@@ -403,3 +403,45 @@ async def test_a_batch_the_provider_no_longer_knows_is_resolved_as_lost(
     assert reqs == [{"status": "waiting", "attempts": 0}]
     err = db.execute("SELECT count(*) AS n FROM worker_errors WHERE kind = 'batch_lost'").fetchone()
     assert err == {"n": 1}
+
+
+async def test_an_ambiguous_create_whose_lookup_fails_is_left_for_the_reconciler(
+    pipeline: Emulator,
+    db: psycopg.Connection[Any],
+    opened_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Create answered nothing and listing batches fails too: the intent is not abandoned
+    (the batch may exist and be billed); the tick's reconciler adopts it later, once."""
+    from tests.fixtures.pipeline import batch_ids
+    from worker import maintenance, submit
+
+    pool = opened_app.connector.pool
+    set_models(db, chatgpt=False, gemini=True, mistral=False, perplexity=False, deepseek=False)
+    pipeline.configure(
+        lost_response_rate=1.0,
+        http_faults=[{"provider": "gemini", "kind": "server", "path": "/batches", "count": None}],
+    )
+    insert_questions(db, 3)
+    await submit.run_submit(pool)
+    intent = db.execute(
+        "SELECT id, state FROM ai_commentary_batch_jobs WHERE model_key = 'gemini'"
+    ).fetchone()
+    st = pipeline.stats()["gemini"]
+    assert intent is not None and intent["state"] == "submitting", (
+        st["responses_lost"],
+        st["faults_injected"],
+    )
+    unresolved = db.execute(
+        "SELECT count(*) AS n FROM worker_errors WHERE kind = 'submit_unresolved'"
+    ).fetchone()
+    assert unresolved == {"n": 1}
+    created = [b for b in pipeline.store.list_batches("gemini")]
+    assert len(created) == 1  # created once, its answer lost
+    pipeline.configure(lost_response_rate=0.0, http_faults=[])
+    monkeypatch.setattr(maintenance, "INTENT_GRACE_SECONDS", 0)
+    async with pool.connection() as conn:
+        out = await maintenance.reconcile_intents(conn)
+    assert out["adopted"] == 1
+    assert batch_ids(db) == [str(intent["id"])]
+    assert len(pipeline.store.list_batches("gemini")) == 1
