@@ -10,9 +10,10 @@
 Most figures are read from the database at each scrape (the database is the source of truth
 and is shared by every worker process, so any process's /metrics shows the whole system):
 questions and queue jobs by status, batches in flight by provider and state, submissions
-and results per provider, errors by provider and kind, batch turnaround histograms, tokens
-and cost today, breaker state and provider stops (when the resilience tables exist), queue
-depth and oldest pending age, worker heartbeats and the last OpenRouter credit check.
+and results per provider, batch failures by cause, errors by provider and kind, batch
+turnaround histograms, tokens and cost today, breaker state and provider stops (when the
+resilience tables exist), queue depth and oldest pending age, worker heartbeats and the last
+OpenRouter credit check.
 
 The in-process registry (:data:`REGISTRY`) holds what only a process knows: provider call
 latency (:func:`observe_provider_call`, :func:`timed_call`) and scrape counters.
@@ -562,6 +563,14 @@ async def _batches(conn: psycopg.AsyncConnection[Any]) -> list[Family]:
         hist.add(r["n"], "_bucket", provider=r["provider"], stage=r["stage"], le="+Inf")
         hist.add(r["total_seconds"], "_sum", provider=r["provider"], stage=r["stage"])
         hist.add(r["n"], "_count", provider=r["provider"], stage=r["stage"])
+    failures = Family(
+        "ai_worker_batch_failures_total",
+        "counter",
+        "Batches that ended without all their results, by cause (limit, provider, expired, "
+        "cancelled, request, unknown; see ai_commentary_batch_jobs.failure_reason).",
+    )
+    for r in await _rows(conn, "ops_batch_failures"):
+        failures.add(r["batches"], provider=r["provider"], stage=r["stage"], cause=r["cause"])
     # Keep each series' samples together (bucket..., +Inf, sum, count).
     hist.samples.sort(
         key=lambda s: (
@@ -571,7 +580,7 @@ async def _batches(conn: psycopg.AsyncConnection[Any]) -> list[Family]:
             _le_key(s.labels.get("le")),
         )
     )
-    return [live, live_age, by_state, subs, reqs, results, tokens, hist]
+    return [live, live_age, by_state, subs, reqs, results, tokens, failures, hist]
 
 
 _SUFFIX_ORDER = {"_bucket": 0, "_sum": 1, "_count": 2}

@@ -335,7 +335,8 @@ async def record_failure(
         conn,
         f"batch_{failure.cause}",
         f"batch {status.batch_id} ended {status.raw_state} ({failure.cause}): "
-        f"{failure.reason or 'no reason given'}; {counts.missing} requests without a result "
+        f"{(failure.reason or 'no reason given').rstrip('.')}; {counts.missing} requests "
+        "without a result "
         f"went back to waiting and {charged}",
         provider=job["provider"],
         batch_job_id=job["id"],

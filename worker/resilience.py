@@ -298,7 +298,7 @@ async def on_batch_finished(
             f"{missing} missing. Failed and missing requests are retried"
             + ("." if charged else " without spending an attempt.")
         )
-        because = f": {reason}" if reason else ""
+        because = f": {reason.rstrip('.')}" if reason else ""
         if state in (BatchState.FAILED, BatchState.EXPIRED, BatchState.CANCELLED):
             await alert(
                 conn,

@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.pipeline import adrain, batch_ids, insert_questions, one_round, status_counts
 from tests.integration.test_failure_modes import comment_counts, only
-from worker import poll, submit
+from worker import metrics, poll, submit
 from worker.config import get_settings
 from worker.emulator import Emulator
 
@@ -114,8 +114,14 @@ async def test_results_that_never_become_readable_are_missing_without_an_attempt
 
 
 async def test_gemini_generic_429_on_create_backs_off_and_never_stops_the_provider(
-    pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
+    pipeline: Emulator,
+    db: psycopg.Connection[Any],
+    opened_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "2")
+    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "3")
+    monkeypatch.setenv("BREAKER_PROBE_TIMEOUT_SECONDS", "3")
     only(db, gemini=True)
     db.execute("UPDATE ai_commentary_settings SET quota_disables_feature = true")
     insert_questions(db, 6)
@@ -130,9 +136,13 @@ async def test_gemini_generic_429_on_create_backs_off_and_never_stops_the_provid
         "feature_enabled": True
     }
     health = db.execute(
-        "SELECT consecutive_failures FROM provider_health WHERE provider = 'gemini'"
+        "SELECT state, consecutive_failures FROM provider_health WHERE provider = 'gemini'"
     ).fetchone()
-    assert health is not None and health["consecutive_failures"] >= 1  # the breaker counts
+    # rate limiting: the breaker counts it and opens, and submit backs off
+    assert health is not None and health["state"] == "open"
+    calls = pipeline.stats()["gemini"]["requests"]
+    await submit.run_submit(pool)
+    assert pipeline.stats()["gemini"]["requests"] == calls  # not called while open
     errors = db.execute(
         "SELECT kind, message FROM worker_errors WHERE provider = 'gemini'"
     ).fetchall()
@@ -141,7 +151,7 @@ async def test_gemini_generic_429_on_create_backs_off_and_never_stops_the_provid
     assert {r["attempts"] for r in requests(db, "gemini")} == {0}
     assert pipeline.stats()["gemini"]["batches_created"] == 0
     pipeline.configure(gemini_max_concurrent_batches=None)
-    db.execute("UPDATE provider_health SET opened_at = NULL, state = 'closed'")
+    # after the cooldown one probe call finds the provider healthy again
     assert await adrain(90) == 0
     assert status_counts(db) == {"completed": 6}
     assert db.execute("SELECT count(*) AS n FROM provider_stops").fetchone() == {"n": 0}
@@ -170,16 +180,18 @@ async def test_the_failure_reason_reaches_the_batch_row_errors_and_alert(
         "SELECT message FROM worker_errors WHERE kind = 'batch_limit' AND batch_job_id = %s",
         (job["id"],),
     ).fetchall()
-    assert len(errors) == 1 and expected in errors[0]["message"]
+    assert len(errors) == 1 and expected.rstrip(".") + "; 10 requests" in errors[0]["message"]
     (alert,) = alerts(db, "batch-failed:openai")
-    assert alert.startswith(f"State failed: {expected}.")
+    assert alert.startswith(f"State failed: {expected} batch ")
     assert "without spending an attempt" in alert
     # a limit is not the requests' fault
     assert {(r["status"], r["attempts"]) for r in requests(db, "chatgpt")} == {("waiting", 0)}
     assert all(expected in r["last_error"] for r in requests(db, "chatgpt"))
-    pipeline.configure(openai_enqueued_tokens_per_model=None)
-    assert await adrain(60) == 0
-    assert status_counts(db) == {"completed": 10}
+    async with opened_app.connector.pool.connection() as conn:
+        families = {f.name: f for f in await metrics._batches(conn)}
+    (sample,) = families["ai_worker_batch_failures_total"].samples
+    assert sample.labels == {"provider": "openai", "stage": "comment", "cause": "limit"}
+    assert sample.value == 1
 
 
 async def test_a_request_level_failure_reason_reaches_the_question(

@@ -89,8 +89,9 @@ class Limits:
         self._openai_creates: deque[float] = deque()
 
     def reset(self) -> None:
-        with self.lock:
-            self._openai_creates.clear()
+        # Called under the store lock: taking self.lock here would invert the lock order
+        # of a create (self.lock, then the store lock). deque.clear is atomic.
+        self._openai_creates.clear()
 
     def _advance_all(self, provider: str, model: str | None = None) -> list[BatchRecord]:
         # Batches advance lazily (on reads); bring every one up to date so batches that have

@@ -14,3 +14,11 @@ SET status = %(raw_state)s, poll_count = poll_count + 1, last_polled_at = now(),
     results_pending_since = coalesce(results_pending_since, now())
 WHERE id = %(id)s
 RETURNING extract(epoch FROM now() - results_pending_since)::float8 AS waited;
+
+-- name: ops_batch_failures
+-- Batches that ended without all their results, by provider, stage and cause (/metrics).
+SELECT provider, stage, failure_cause AS cause, count(*) AS batches,
+       coalesce(sum(missing_count), 0) AS missing
+FROM ai_commentary_batch_jobs
+WHERE failure_cause IS NOT NULL
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
