@@ -405,14 +405,30 @@ async def cost_per_token(conn: AsyncConnection[Any], budget: ModelBudget) -> Dec
 
 async def resolve_lost(
     conn: AsyncConnection[Any], job: dict[str, Any], exc: BaseException
-) -> dict[str, Any]:
-    """The provider answered 404 for a batch we hold: it no longer knows it (deleted,
-    expired from its listing, another account's key). Polling it again can never end, so
-    the batch is resolved as ``lost`` with the reason; its requests wait for a new batch
-    without an attempt charged, and a person is told."""
+) -> dict[str, Any] | None:
+    """The provider answered 404 for a batch we hold. If its listing (searched back to the
+    intent's creation) does not show the batch either, the provider no longer knows it
+    (deleted, another account's key): polling can never end, so the batch is resolved as
+    ``lost`` with the reason; its requests wait for a new batch without an attempt charged,
+    and a person is told. If the listing fails too or shows the batch (a wrong base URL or
+    API version answers 404 for everything), nothing is resolved: returns None and the
+    caller keeps polling, so a misconfiguration never resubmits batches that still run."""
     from worker.alerts import alert
     from worker.error_log import record_error
+    from worker.routing import providers
     from worker.submit import defer
+
+    try:
+        found = (
+            await providers()
+            .batch(str(job["provider"]))
+            .find_by_intent(str(job["id"]), job.get("created_at"))
+        )
+    except Exception as lookup_exc:
+        log.warning("404 on batch %s and its listing failed: %s", job.get("batch_id"), lookup_exc)
+        return None
+    if found is not None:
+        return None
 
     reason = f"the provider no longer knows batch {job.get('batch_id')}: {exc}"[:2000]
     await conn.execute(q("resolve_lost_batch"), {"id": job["id"], "error": reason})

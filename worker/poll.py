@@ -109,7 +109,9 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 if exc.status_code == 404:
                     from worker import budget
 
-                    return await budget.resolve_lost(conn, job, exc)
+                    lost = await budget.resolve_lost(conn, job, exc)
+                    if lost is not None:
+                        return lost
                 delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
                 await conn.execute(
                     q("batch_still_running"),

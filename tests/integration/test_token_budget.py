@@ -445,3 +445,30 @@ async def test_an_ambiguous_create_whose_lookup_fails_is_left_for_the_reconciler
     assert out["adopted"] == 1
     assert batch_ids(db) == [str(intent["id"])]
     assert len(pipeline.store.list_batches("gemini")) == 1
+
+
+async def test_a_404_for_everything_is_a_misconfiguration_not_a_lost_batch(
+    pipeline: Emulator,
+    db: psycopg.Connection[Any],
+    opened_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong base URL answers 404 for the batch and for the listing too: nothing is
+    resolved as lost (resubmitting would pay twice for a batch that still runs)."""
+    from tests.fixtures.pipeline import batch_ids
+    from worker import poll, submit
+    from worker.config import get_settings
+    from worker.routing import reset_providers
+
+    pool = opened_app.connector.pool
+    _only_chatgpt(db)
+    pipeline.configure(state_seconds=30)
+    insert_questions(db, 2)
+    await submit.run_submit(pool)
+    (job_id,) = batch_ids(db)
+    monkeypatch.setenv("OPENAI_BASE_URL", pipeline.base_url + "/nowhere/v1")
+    get_settings.cache_clear()
+    reset_providers()
+    result = await poll.run_poll(pool, job_id)
+    assert "lost" not in result
+    assert batch_ids(db) == [job_id]  # still in flight, polled again later
