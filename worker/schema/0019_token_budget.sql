@@ -135,18 +135,22 @@ BEGIN
     FROM ai_answer_comments WHERE updated_at >= p_since AND provider IS NULL;
     SELECT total + coalesce(sum(cost_usd), 0) INTO total
     FROM ai_commentary_summaries WHERE updated_at >= p_since AND provider IS NULL;
+    -- Columns are looked up by the table's oid, not current_schema(): worker_secure() (0016)
+    -- pins every function's search_path to pg_catalog first, which current_schema() reports.
     IF to_regclass('ai_jobs') IS NOT NULL AND EXISTS (
-        SELECT 1 FROM information_schema.columns
-        WHERE table_schema = current_schema() AND table_name = 'ai_jobs' AND column_name = 'cost_usd'
+        SELECT 1 FROM pg_attribute a
+        WHERE a.attrelid = to_regclass('ai_jobs') AND a.attname = 'cost_usd' AND NOT a.attisdropped
     ) THEN
-        SELECT c.column_name INTO ts_col
-        FROM information_schema.columns c
-        JOIN unnest(ARRAY['finished_at', 'completed_at', 'updated_at', 'created_at'])
-             WITH ORDINALITY AS pref (name, ord) ON pref.name = c.column_name
-        WHERE c.table_schema = current_schema() AND c.table_name = 'ai_jobs'
+        SELECT pref.name INTO ts_col
+        FROM unnest(ARRAY['finished_at', 'completed_at', 'updated_at', 'created_at'])
+             WITH ORDINALITY AS pref (name, ord)
+        WHERE EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = to_regclass('ai_jobs') AND a.attname = pref.name
+                        AND NOT a.attisdropped)
         ORDER BY pref.ord LIMIT 1;
         IF ts_col IS NOT NULL THEN
-            EXECUTE format('SELECT coalesce(sum(cost_usd), 0) FROM ai_jobs WHERE %I >= $1', ts_col)
+            EXECUTE format('SELECT coalesce(sum(cost_usd), 0) FROM %s WHERE %I >= $1',
+                           to_regclass('ai_jobs'), ts_col)
                 INTO extra USING p_since;
             total := total + extra;
         END IF;
