@@ -378,7 +378,7 @@ async def create_provider_batch(
             except Exception as find_exc:
                 lookup_failed = True
                 log.warning("find_by_intent after failed submit: %s", find_exc)
-            if found is None and lookup_failed and idempotent.ambiguous(exc):
+            if found is None and lookup_failed and idempotent.batch_may_exist(exc):
                 # The batch may exist and we cannot tell: keep the intent (and its
                 # reservation) for the tick's reconciler, which looks again once this lock
                 # is free, instead of abandoning a batch the provider may run and bill.

@@ -175,9 +175,13 @@ class GeminiBatch:
                     raw_state=raw_state_str(job.state),
                 )
 
-            return await idempotent.once(
-                create, lambda: self.find_by_intent(intent_id, created_after)
-            )
+            try:
+                return await idempotent.once(
+                    create, lambda: self.find_by_intent(intent_id, created_after)
+                )
+            except Exception as exc:
+                idempotent.mark_create_failure(exc)
+                raise
 
     async def _find_file(self, intent_id: str, created_after: datetime | None) -> str | None:
         """The newest file whose display name is ``intent_id`` (files list newest first)."""

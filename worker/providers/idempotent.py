@@ -37,6 +37,21 @@ def ambiguous(exc: BaseException) -> bool:
     return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 408
 
 
+def batch_may_exist(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a batch *create* whose outcome is unknown (marked by the
+    adapters with :func:`mark_create_failure`). An upload that failed cannot have created a
+    batch: its intent may be abandoned safely."""
+    return bool(getattr(exc, "batch_may_exist", False))
+
+
+def mark_create_failure(exc: BaseException) -> None:
+    """Record on ``exc`` that the batch create itself failed, and whether ambiguously."""
+    try:
+        exc.batch_may_exist = ambiguous(exc)  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type that takes no attributes
+        pass
+
+
 def not_before(created_after: datetime | None) -> datetime | None:
     """The oldest creation time a lookup must still examine."""
     if created_after is None:

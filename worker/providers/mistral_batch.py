@@ -136,9 +136,13 @@ class MistralBatch:
                     raw_state=raw_state_str(job.status),
                 )
 
-            return await idempotent.once(
-                create, lambda: self.find_by_intent(intent_id, created_after)
-            )
+            try:
+                return await idempotent.once(
+                    create, lambda: self.find_by_intent(intent_id, created_after)
+                )
+            except Exception as exc:
+                idempotent.mark_create_failure(exc)
+                raise
 
     async def _find_file(self, file_name: str) -> str | None:
         """An uploaded batch file named ``file_name`` (the server searches by name)."""

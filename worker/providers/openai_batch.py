@@ -143,9 +143,13 @@ class OpenAIBatch:
                     raw_state=batch.status,
                 )
 
-            return await idempotent.once(
-                create, lambda: self.find_by_intent(intent_id, created_after)
-            )
+            try:
+                return await idempotent.once(
+                    create, lambda: self.find_by_intent(intent_id, created_after)
+                )
+            except Exception as exc:
+                idempotent.mark_create_failure(exc)
+                raise
 
     async def _find_file(self, file_name: str, created_after: datetime | None) -> str | None:
         """The newest uploaded batch file named ``file_name`` (files list newest first,
