@@ -37,7 +37,7 @@ from worker.providers.base import ChatRequest, ResultLine
 from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.queries import q
 from worker.routing import providers
-from worker.schemas import COMMENTARY_SCHEMA, SUMMARY_SCHEMA
+from worker.schemas import COMMENTARY_SCHEMA, COMMENTARY_SCHEMA_FOUR, SUMMARY_SCHEMA
 from worker.settings_row import CommentarySettings, parse_settings
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,12 @@ async def defer(
 async def claim(
     conn: AsyncConnection[Any], settings: CommentarySettings, limit: int | None = None
 ) -> tuple[int, int]:
-    """Claim up to ``limit`` (default ``batch_size``) pending and summary-missing questions
-    and create their request rows."""
+    """Claim up to ``limit`` (default ``batch_size``; see :func:`claim_size`) pending and
+    summary-missing questions and create their request rows.
+
+    Pending questions go by the policy's priority and at the depth it allows (schema/0021):
+    blocked ones leave the queue; a full-depth claim takes its payer's unit in this
+    transaction; each question's requests follow the model set it was claimed with."""
     models = settings.enabled_models
     size = settings.batch_size if limit is None else limit
     if size <= 0:
@@ -114,12 +118,13 @@ async def claim(
                 "delay_minutes": settings.processing_delay_minutes,
                 "limit": size,
                 "models": models,
+                "partial_models": settings.partial_set,
             },
         )
-        ids = [r[0] for r in await cur.fetchall()]
+        ids = [r[0] for r in await cur.fetchall() if r[1] == "processing"]
         if ids:
             await conn.execute(q("reset_requests"), {"ids": ids})
-            await conn.execute(q("create_requests"), {"ids": ids, "models": [*models, "summary"]})
+            await conn.execute(q("create_claimed_requests"), {"ids": ids})
         left = size - len(ids)
         summary_ids: list[Any] = []
         if left > 0:
@@ -177,17 +182,21 @@ async def build_requests(
             )
             for r in rows
         ]
-    system = settings.system_prompt or prompts.SYSTEM_DE_V1
-    return [
-        ChatRequest(
-            custom_id=custom_ids.make(r["question_id"], model_key),
-            system_prompt=system,
-            user_prompt=prompts.user_prompt(_question(r), settings.user_prompt_template),
-            schema_name="commentary",
-            json_schema=COMMENTARY_SCHEMA,
+    out = []
+    for r in rows:
+        question = _question(r)
+        out.append(
+            ChatRequest(
+                custom_id=custom_ids.make(r["question_id"], model_key),
+                system_prompt=prompts.system_prompt(question, settings.system_prompt),
+                user_prompt=prompts.user_prompt(question, settings.user_prompt_template),
+                schema_name="commentary",
+                json_schema=COMMENTARY_SCHEMA
+                if question.letters == "ABCDE"
+                else COMMENTARY_SCHEMA_FOUR,
+            )
         )
-        for r in rows
-    ]
+    return out
 
 
 async def _take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[dict[str, Any]]:
