@@ -306,6 +306,7 @@ async def test_daily_budget_ends_within_one_batch_and_ledger_equals_billed_usage
             " GROUP BY batch_job_id) e"
         ).fetchone()["c"]
         # Within one batch of the budget, on both sides (reservations, not ingest, decide).
+        print(f"budget {budget_usd} USD: spent {spent}, largest batch {biggest}")
         assert abs(spent - budget_usd) <= biggest, (spent, budget_usd, biggest)
         assert status_counts(db).get("completed", 0) < 200  # the budget stopped real work
         assert _close(spent, _billed_usd(db, pipeline.stats()))
