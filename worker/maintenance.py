@@ -16,7 +16,7 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
   without any request to pending;
-- deletes one batch of old finished rows of each kind (:mod:`worker.retention`).
+- deletes one batch of old finished rows of each kind (:mod:`worker.retention`);
 - returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
 """
 
@@ -101,7 +101,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
         try:
             provider = providers().batch(job["provider"])
             try:
-                found = await provider.find_by_intent(str(job_id))
+                found = await provider.find_by_intent(str(job_id), job["created_at"])
             except Exception as exc:
                 await record_error(
                     conn,

@@ -45,13 +45,13 @@ def _stop(workers: list[WorkerProcess]) -> None:
 
 
 def _drain_pids(url: str, since: object) -> int:
-    return int(
-        query_one(
-            url,
-            "SELECT count(DISTINCT worker_pid) AS n FROM worker_task_runs"
-            f" WHERE task_name = 'drain' AND started_at > '{since}'",
-        )["n"]
-    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(DISTINCT worker_pid) FROM worker_task_runs"
+            " WHERE task_name = 'drain' AND started_at > %s",
+            (since,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def test_half_open_breaker_admits_one_probe_call_across_three_processes(

@@ -22,7 +22,7 @@ from worker.emulator import Emulator
 pytestmark = pytest.mark.timeout(180)
 
 JOBS = 2000
-CONCURRENCY = 200  # per process; the lane also prefetches a tenth more (unstarted)
+CONCURRENCY = 50  # per process (the default); the lane also prefetches a tenth more
 
 
 def _counts(url: str) -> dict[str, int]:

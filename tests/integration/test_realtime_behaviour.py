@@ -416,3 +416,21 @@ async def test_the_old_job_type_names_run_as_built_in_templates(
         "negative",
     )
     assert set(rows["prompt_analysis"]["result_json"]) == {"intent", "clarity", "suggestions"}
+
+
+async def test_jobs_of_a_stopped_provider_do_not_make_the_drain_spin(
+    rt: Emulator, db: psycopg.Connection[Any], pool: AsyncConnectionPool
+) -> None:
+    db.execute(
+        "INSERT INTO provider_stops (provider, kind, reason) VALUES ('openai', 'manual', 't')"
+    )
+    insert_jobs(db, 3)
+    report = await run_drain(pool)
+    assert report.get("claimed", 0) == 0 and rt.stats()["openai"]["requests"] == 0
+    # The next drain is due in seconds, not at once (it used to run again immediately, one
+    # drain a second per process for as long as the stop lasted).
+    row = db.execute(
+        "SELECT min(scheduled_at) - now() AS wait FROM procrastinate_jobs"
+        " WHERE task_name = 'drain' AND status = 'todo' AND scheduled_at IS NOT NULL"
+    ).fetchone()
+    assert row is not None and row["wait"].total_seconds() > 3

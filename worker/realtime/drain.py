@@ -82,6 +82,9 @@ BLOCKED_CACHE_SECONDS = 1.0
 #: When due rows exist but none could be claimed (locked by another worker, or waiting for
 #: an earlier job of their session held elsewhere), look again after this long.
 BLOCKED_POLL_SECONDS = 0.1
+#: When a run ends with due jobs left while some provider is blocked (stopped, breaker
+#: open), the next drain is scheduled this much later at the earliest.
+BLOCKED_RESCHEDULE_SECONDS = 5.0
 #: A provider that keeps succeeding is reported to the circuit breaker this often at most
 #: (the claim's view of blocked providers is cached as long, BLOCKED_CACHE_SECONDS).
 SUCCESS_REPORT_SECONDS = 1.0
@@ -220,6 +223,8 @@ class Drain:
             await self._loop()
             await self._finish_tasks()
             while self.unwritten > 0 and not writer.done():
+                if self.stopping and self.deadline and time.monotonic() > self.deadline + 2:
+                    break  # stopping: what is still unwritten is released below
                 self.written.clear()
                 self.results_ready.set()
                 with contextlib.suppress(TimeoutError):
@@ -656,14 +661,16 @@ class Drain:
                 ok.add(o.provider)
                 last_ok[o.provider] = i
         errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
-        counted: dict[tuple[str, str], int] = defaultdict(int)
+        # One failed call of an embeddings group fails all its jobs with the same
+        # exception object: it counts once.
+        counted: dict[tuple[str, str], set[int]] = defaultdict(set)
         for i, o in enumerate(batch):
             if o.status != "completed" and o.error_kind:
                 key = (o.provider, o.error_kind)
                 first, n = errors.get(key, (o, 0))
                 errors[key] = (first, n + 1)
                 if i > last_ok.get(o.provider, -1):
-                    counted[key] += 1
+                    counted[key].add(id(o.exc) if o.exc is not None else id(o))
         now = time.monotonic()
         for provider in sorted(ok):
             # A healthy provider's success is a no-op write (three statements: BEGIN, UPDATE,
@@ -676,7 +683,7 @@ class Drain:
                 await resilience.on_provider_success(conn, provider)
             self._success_reported[provider] = now
         for (provider, kind), (o, n) in sorted(errors.items(), key=lambda kv: kv[0]):
-            calls = counted[(provider, kind)]
+            calls = len(counted[(provider, kind)])
             if isinstance(o.exc, ProviderError) and (
                 calls or not breaker.counts_toward_breaker(o.exc.kind)
             ):
@@ -753,6 +760,11 @@ class Drain:
         due = await self._next_due()
         if due is None:
             return
+        if self.blocked and not self.stopping:
+            # Due jobs this run could not claim while a provider is stopped or its breaker
+            # open: look again in a few seconds, not at once (a stopped provider's backlog
+            # made every process run a drain a second, for as long as the stop lasted).
+            due = max(due, datetime.now(UTC) + timedelta(seconds=BLOCKED_RESCHEDULE_SECONDS))
         lock = f"drain@{int(due.timestamp())}"
         async with self.pool.connection() as conn:
             await conn.execute(q("rt_defer_drain"), {"lock": lock, "scheduled_at": due})
