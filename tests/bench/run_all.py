@@ -21,6 +21,7 @@ BENCHES = [
     ("emulator", ["tests.bench.bench_emulator"]),
     ("footprint", ["tests.bench.bench_footprint"]),
     ("peers", ["tests.bench.bench_peers"]),
+    ("drain", ["tests.bench.bench_drain"]),
 ]
 PEERS_BEGIN = "<!-- peers:begin (written by run_all) -->"
 PEERS_END = "<!-- peers:end -->"

@@ -36,6 +36,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from worker.emulator.answer_faults import is_answer_fault
 from worker.emulator.compat_api import CompatApi
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.faults import bad_request_reply, fault_reply, missing_key_reply
@@ -137,7 +138,10 @@ class App:
         rule = store.faults.check(cfg, req.provider, req.path)
         if rule is not None:
             store.count(req.provider, "faults_injected")
-            return Response.error(fault_reply(req.provider, rule.kind, rule.retry_after))
+            if is_answer_fault(req.provider, rule.kind):
+                req.answer_fault = rule.kind  # the handler answers, then spoils the answer
+            else:
+                return Response.error(fault_reply(req.provider, rule.kind, rule.retry_after))
         if cfg.latency_ms > 0 and _REALTIME.search(req.path):
             time.sleep(cfg.latency_ms / 1000.0)
         router = self.routers[req.provider]
@@ -164,7 +168,9 @@ class App:
         return resp
 
 
-_CREATES = re.compile(r"/v1/files|/v1/batches|/v1/batch/jobs|/models/[^/:]+:batchGenerateContent")
+_CREATES = re.compile(
+    r"/v1/files|/v1/batches|/v1/batch/jobs|(?:/v1(?:beta)?)?/models/[^/:]+:batchGenerateContent"
+)
 
 
 def _creates(req: Request, resp: Response) -> bool:
