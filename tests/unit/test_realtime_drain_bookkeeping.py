@@ -110,6 +110,9 @@ def test_claim_prefetch_grows_when_calls_are_short_next_to_a_claim() -> None:
     assert claim_prefetch(10, None, 0.002, 2000) == prefetch(10) == 1
     # slow calls (200 ms) next to a 2 ms claim: the tenth is more than enough
     assert claim_prefetch(100, 0.2, 0.002, 2000) == 10
+    # calls no shorter than a claim round trip: the tenth, as before
+    assert claim_prefetch(100, 0.004, 0.002, 2000) == 10
+    assert claim_prefetch(100, 0.002, 0.002, 2000) == 10
     # fast calls: the jobs 10 slots finish in two claim round trips (0.1 ms per call)
     assert claim_prefetch(10, 0.0001, 0.002, 2000) == 400
     # never more than max_in_flight held by the lane, even for instant calls

@@ -140,10 +140,12 @@ def claim_prefetch(
     """Chat jobs a lane may hold beyond its concurrency: :func:`prefetch`, or, when calls are
     short, the jobs its ``concurrency`` slots finish in :data:`PREFETCH_ROUND_TRIPS` claim
     round trips of ``claim_seconds`` at ``call_seconds`` per call - bounded so that the lane
-    never holds more than ``max_in_flight`` jobs. Unknown call time: :func:`prefetch`."""
+    never holds more than ``max_in_flight`` jobs. Unknown call time, or calls no shorter
+    than a claim: :func:`prefetch` (HTTP calls at concurrency 100 ran no faster with more
+    held, tests/bench/bench_realtime.py)."""
     base = prefetch(concurrency)
-    if call_seconds is None:
-        return base
+    if call_seconds is None or call_seconds >= claim_seconds:
+        return base  # calls outlast a claim: the tenth refills in time (as measured before)
     per_round = concurrency * PREFETCH_ROUND_TRIPS * claim_seconds / max(call_seconds, 1e-6)
     return max(base, min(math.ceil(per_round), max_in_flight - concurrency))
 
