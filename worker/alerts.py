@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
+from worker.redact import redact, redact_opt
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ async def alert(
     ``conn`` may be inside the caller's transaction (the decision runs in a savepoint).
     Never raises (a failure here is logged and reported as ``Outcome.ERROR``)."""
     policy = policy or AlertPolicy.from_env()
+    title, message = redact(title), redact(message)
     try:
         decided = await _decide(conn, key, title, message, int(priority), policy)
     except Exception as exc:
@@ -152,7 +154,7 @@ async def alert(
     if isinstance(decided, Outcome):
         return decided
     alert_id, text = decided
-    error = await send_pushover(title, text, int(priority), timeout=policy.http_timeout)
+    error = redact_opt(await send_pushover(title, text, int(priority), timeout=policy.http_timeout))
     outcome = Outcome.SENT if error is None else Outcome.FAILED
     if error is not None:
         log.warning("pushover delivery of alert %s failed: %s", key, error)

@@ -60,6 +60,7 @@ from psycopg import AsyncConnection
 
 from worker.error_log import record_error
 from worker.queries import q
+from worker.redact import redact
 
 MAX_QUESTION_CHARS = 100_000
 LETTERS = "ABCDE"
@@ -169,7 +170,7 @@ async def reject_bad_questions(
         bad[row["question_id"]] = reason
     if bad:
         cur = await conn.execute(
-            q("fail_questions"), {"ids": list(bad), "reasons": list(bad.values())}
+            q("fail_questions"), {"ids": list(bad), "reasons": [redact(r) for r in bad.values()]}
         )
         # Recorded once, by the submit that failed the question (others may judge it too).
         for (qid,) in await cur.fetchall():

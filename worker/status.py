@@ -30,6 +30,7 @@ from worker.metrics import (
     breaker_states,
 )
 from worker.queries import q
+from worker.redact import redact
 
 LAST_ERRORS = 5
 BATCH_LIMIT = 20
@@ -345,7 +346,7 @@ def main(as_json: bool = False) -> int:
         print(f"error: database not reachable: {exc}", file=sys.stderr)
         return 2
     if as_json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(redact(json.dumps(data, indent=2, ensure_ascii=False)))
     else:
-        sys.stdout.write(render_text(data))
+        sys.stdout.write(redact(render_text(data)))
     return 0

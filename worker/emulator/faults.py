@@ -220,6 +220,20 @@ def fault_reply(provider: str, kind: str, retry_after: float = 1.0, model: str =
     )
 
 
+def echo_key(reply: ErrorReply, key: str) -> ErrorReply:
+    """``reply`` with the received API key repeated in its message (fault flag ``echo_key``):
+    plainly, as the request's ``Authorization`` header and inside a URL, the three ways
+    gateways have been seen to echo it."""
+    echo = (
+        f" [gateway debug: received key {key}; Authorization: Bearer {key};"
+        f" upstream https://gateway.example/v1/chat?key={key}&trace=1]"
+    )
+    err = reply.body.get("error")
+    target = err if isinstance(err, dict) else reply.body
+    target["message"] = f"{target.get('message') or ''}{echo}"
+    return reply
+
+
 def missing_key_reply(provider: str) -> ErrorReply:
     """The provider's answer when no API key was sent at all."""
     if provider == "gemini":
