@@ -334,6 +334,17 @@ async def abandon_intent(
     )
     from worker import resilience
 
+    if not (isinstance(exc, ProviderError) and exc.kind in resilience.STOP_KINDS):
+        # A stop (quota, auth) raises its own critical alert; anything else alerts here.
+        from worker.alerts import alert
+
+        await alert(
+            conn,
+            f"submit:{provider_name}:{kind}",
+            f"{provider_name}: batch submission failed ({kind})",
+            f"{message}\nThe requests go back to waiting and are retried; see"
+            " `python -m worker status` and worker_errors.",
+        )
     await resilience.on_provider_error(conn, provider_name, exc)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
 
 
 class RunRecord:
@@ -32,6 +35,8 @@ async def recorded_run(
         yield record
     except BaseException as exc:
         record.outcome = f"error: {type(exc).__name__}"
+        if isinstance(exc, Exception):
+            await _alert_crash(pool, task_name, exc)
         raise
     finally:
         try:
@@ -44,3 +49,21 @@ async def recorded_run(
                 )
         except Exception:
             pass
+
+
+async def _alert_crash(pool: AsyncConnectionPool, task_name: str, exc: Exception) -> None:
+    """A task that ended in an exception alerts (one alert per task and exception class
+    per dedup window, like the old system's crash alerts). Never raises."""
+    from worker.alerts import alert
+
+    try:
+        async with pool.connection(timeout=10) as conn:
+            await alert(
+                conn,
+                f"task:{task_name}:{type(exc).__name__}",
+                f"ai-worker task {task_name} crashed: {type(exc).__name__}",
+                f"{type(exc).__name__}: {str(exc)[:800]}\nThe task runs again at its next"
+                " wake-up; see worker_errors and `python -m worker status`.",
+            )
+    except Exception:
+        log.exception("could not alert the crash of task %s", task_name)
