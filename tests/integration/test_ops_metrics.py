@@ -341,6 +341,7 @@ def test_worker_run_serves_endpoints(db_url: str, free_port: int) -> None:
         r = httpx.get(f"http://127.0.0.1:{free_port}/metrics", timeout=10)
         samples, _ = parse(r.text)
         assert value(samples, "ai_worker_workers_fresh") >= 1
+        assert value(samples, "ai_worker_processes") == 1  # one process, four queue workers
         assert value(samples, "ai_worker_database_up") == 1
     finally:
         proc.send_signal(signal.SIGTERM)

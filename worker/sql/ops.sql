@@ -254,8 +254,10 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: ops_failed_questions
+-- The question's own reason (bad input) first, else its last failed request's.
 SELECT q.id, left(q.question, 80) AS question, q.ai_commentary_status AS status,
-       r.model_key, r.last_error
+       CASE WHEN q.ai_commentary_error IS NULL THEN r.model_key END AS model_key,
+       coalesce(q.ai_commentary_error, r.last_error) AS last_error
 FROM questions q
 LEFT JOIN LATERAL (
     SELECT model_key, last_error FROM ai_commentary_requests
