@@ -26,7 +26,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -61,6 +62,7 @@ REALTIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0
 BATCH_TURNAROUND_BUCKETS: tuple[float, ...] = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0)
 BATCH_TURNAROUND_BUCKETS += (3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR = datetime(9999, 1, 1, tzinfo=UTC)
 HEARTBEAT_FRESH_SECONDS = 30.0
 
 # `_created` series double the series count for no use on a dashboard.
@@ -126,7 +128,72 @@ def timed_call(provider: str, operation: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- database
 
 Conn = psycopg.AsyncConnection[Any]
-Reader = Callable[[Conn], Awaitable[list[Metric]]]
+FOLD_MARGIN = timedelta(minutes=5)
+"""Rows that finished longer ago than this are folded into the per-process totals; a
+transaction that commits a finishing row later than this after its timestamp is missed."""
+
+
+@dataclass
+class Scrape:
+    """What the readers of one scrape share: the database's clock and identity."""
+
+    now: datetime
+    db: tuple[str | None, int]
+
+
+class RangeTotals:
+    """All-time sums of rows read by a named query over a ``[from, to)`` time range, kept
+    per process: rows older than :data:`FOLD_MARGIN` are read once and folded into
+    ``totals``; each scrape then reads only the recent range. Written by hand because a
+    measurement asked for it: on 200k finished ai_jobs a scrape reading every row took
+    0.4-0.9 s, one after the fold 26-53 ms (``python -m tests.bench.bench_metrics``)."""
+
+    def __init__(self, query: str, keys: tuple[str, ...], params: dict[str, Any] | None = None):
+        self.query = query
+        self.keys = keys
+        self.params = params or {}
+        self.watermark = EPOCH
+        self.totals: dict[tuple[Any, ...], dict[str, float]] = {}
+
+    def _add(
+        self, into: dict[tuple[Any, ...], dict[str, float]], rows: list[dict[str, Any]]
+    ) -> None:
+        for r in rows:
+            sums = into.setdefault(tuple(r[k] for k in self.keys), {})
+            for k, v in r.items():
+                if k not in self.keys:
+                    sums[k] = sums.get(k, 0.0) + _f(v)
+
+    async def read(self, conn: Conn, now: datetime) -> list[dict[str, Any]]:
+        upto = now - FOLD_MARGIN
+        if upto > self.watermark:
+            rows = await _rows(
+                conn, self.query, {**self.params, "from": self.watermark, "to": upto}
+            )
+            self._add(self.totals, rows)
+            self.watermark = upto
+        out = {k: dict(v) for k, v in self.totals.items()}
+        fresh = await _rows(conn, self.query, {**self.params, "from": self.watermark, "to": FAR})
+        self._add(out, fresh)
+        return [
+            {**dict(zip(self.keys, k, strict=True)), **v}
+            for k, v in sorted(out.items(), key=lambda kv: tuple(map(str, kv[0])))
+        ]
+
+
+_TOTALS: dict[tuple[tuple[str | None, int], str], RangeTotals] = {}
+
+
+def totals(scrape: Scrape, query: str, keys: tuple[str, ...], **params: Any) -> RangeTotals:
+    """The per-process totals of ``query`` for this database (a recreated database has a
+    new oid and starts from zero)."""
+    key = (scrape.db, query)
+    if key not in _TOTALS:
+        _TOTALS[key] = RangeTotals(query, keys, params)
+    return _TOTALS[key]
+
+
+Reader = Callable[[Conn, Scrape], Awaitable[list[Metric]]]
 
 
 def _f(v: Any) -> float:
@@ -150,7 +217,7 @@ def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, labels=list(labels))
 
 
-async def _questions(conn: Conn) -> list[Metric]:
+async def _questions(conn: Conn, scrape: Scrape) -> list[Metric]:
     fam = _gauge("ai_worker_questions", "Questions by ai_commentary_status.", "status")
     for r in await _rows(conn, "ops_question_counts"):
         fam.add_metric([r["status"]], _f(r["n"]))
@@ -168,7 +235,7 @@ async def _questions(conn: Conn) -> list[Metric]:
     return [fam, oldest, claimed]
 
 
-async def _queue(conn: Conn) -> list[Metric]:
+async def _queue(conn: Conn, scrape: Scrape) -> list[Metric]:
     jobs = _gauge("ai_worker_jobs", "Procrastinate jobs by queue and status.", "queue", "status")
     for r in await _rows(conn, "ops_jobs_by_queue"):
         jobs.add_metric([r["queue"], r["status"]], _f(r["n"]))
@@ -201,7 +268,7 @@ def _histogram_rows(
     fam.add_metric(labels, buckets, total)
 
 
-async def _realtime(conn: Conn) -> list[Metric]:
+async def _realtime(conn: Conn, scrape: Scrape) -> list[Metric]:
     open_jobs = _gauge(
         "ai_worker_realtime_jobs",
         "The realtime lane's queue: open ai_jobs by provider and status"
@@ -237,18 +304,26 @@ async def _realtime(conn: Conn) -> list[Metric]:
         "Realtime calls delayed by a rate limit (provider 429 or our own limit), by provider.",
         "provider",
     )
-    for r in await _rows(conn, "ops_realtime_totals"):
+    calls: dict[str, dict[str, float]] = {}
+    for r in await totals(scrape, "ops_realtime_totals", ("provider",)).read(conn, scrape.now):
         finished.add_metric([r["provider"], "completed"], _f(r["completed"]))
         finished.add_metric([r["provider"], "failed"], _f(r["failed"]))
-        failed_calls.add_metric([r["provider"]], _f(r["failed_calls"]))
-        throttled.add_metric([r["provider"]], _f(r["throttled"]))
+        calls[r["provider"]] = {"failed_calls": r["failed_calls"], "throttled": r["throttled"]}
+    for r in await _rows(conn, "ops_realtime_open_calls"):
+        c = calls.setdefault(r["provider"], {"failed_calls": 0.0, "throttled": 0.0})
+        c["failed_calls"] += _f(r["failed_calls"])
+        c["throttled"] += _f(r["throttled"])
+    for provider, c in sorted(calls.items()):
+        failed_calls.add_metric([provider], c["failed_calls"])
+        throttled.add_metric([provider], c["throttled"])
     failures = _counter(
         "ai_worker_realtime_job_failures_total",
         "Realtime ai_jobs that failed, by provider and error kind.",
         "provider",
         "error_kind",
     )
-    for r in await _rows(conn, "ops_realtime_failures"):
+    fails = totals(scrape, "ops_realtime_failures", ("provider", "error_kind"))
+    for r in await fails.read(conn, scrape.now):
         failures.add_metric([r["provider"], r["error_kind"]], _f(r["n"]))
     call = HistogramMetricFamily(
         "ai_worker_realtime_call_seconds",
@@ -261,8 +336,9 @@ async def _realtime(conn: Conn) -> list[Metric]:
         labels=["provider"],
     )
     shifted = [b + 1e-9 for b in REALTIME_BUCKETS]
+    latency = totals(scrape, "ops_realtime_latency", ("provider", "what", "b"), bounds=shifted)
     series: dict[tuple[str, str], tuple[dict[int, float], float]] = {}
-    for r in await _rows(conn, "ops_realtime_latency", {"bounds": shifted}):
+    for r in await latency.read(conn, scrape.now):
         counts, total = series.setdefault((r["what"], r["provider"]), ({}, 0.0))
         counts[int(r["b"])] = _f(r["n"])
         series[(r["what"], r["provider"])] = (counts, total + _f(r["total"]))
@@ -272,7 +348,7 @@ async def _realtime(conn: Conn) -> list[Metric]:
     return [open_jobs, due_fam, due_age, finished, failed_calls, throttled, failures, call, wait]
 
 
-async def _batches(conn: Conn) -> list[Metric]:
+async def _batches(conn: Conn, scrape: Scrape) -> list[Metric]:
     labels = ("provider", "state", "provider_status")
     live = _gauge(
         "ai_worker_batches_in_flight",
@@ -353,7 +429,7 @@ async def _batches(conn: Conn) -> list[Metric]:
     return [live, live_age, by_state, subs, reqs, results, tokens, hist]
 
 
-async def _errors(conn: Conn) -> list[Metric]:
+async def _errors(conn: Conn, scrape: Scrape) -> list[Metric]:
     fam = _counter(
         "ai_worker_errors_total",
         "Errors recorded in worker_errors (occurrences), by provider and kind.",
@@ -372,7 +448,7 @@ async def _errors(conn: Conn) -> list[Metric]:
     return [fam, alerts]
 
 
-async def _spend(conn: Conn) -> list[Metric]:
+async def _spend(conn: Conn, scrape: Scrape) -> list[Metric]:
     labels = ("provider", "model", "source", "pricing")
     tokens = _counter(
         "ai_worker_tokens_total",
@@ -385,13 +461,14 @@ async def _spend(conn: Conn) -> list[Metric]:
     reqs = _counter(
         "ai_worker_priced_requests_total", "Priced results (one per answered request).", *labels
     )
+    ledger = totals(scrape, "ops_spend_range", ("provider", "model_name", "batch_priced"))
     rows = [
         {**r, "pricing": "batch" if r["batch_priced"] else "realtime", "source": "commentary"}
-        for r in await _rows(conn, "ops_spend_since", {"since": EPOCH})
+        for r in await ledger.read(conn, scrape.now)
     ]
+    jobs = totals(scrape, "ops_realtime_spend", ("provider", "model_name"))
     rows += [
-        {**r, "pricing": "realtime", "source": "ai_jobs"}
-        for r in await _rows(conn, "ops_realtime_spend")
+        {**r, "pricing": "realtime", "source": "ai_jobs"} for r in await jobs.read(conn, scrape.now)
     ]
     for r in rows:
         key = [r["provider"], r["model_name"] or "", r["source"], r["pricing"]]
@@ -402,7 +479,7 @@ async def _spend(conn: Conn) -> list[Metric]:
     return [tokens, cost, reqs]
 
 
-async def _providers(conn: Conn) -> list[Metric]:
+async def _providers(conn: Conn, scrape: Scrape) -> list[Metric]:
     out: list[Metric] = []
     breakers = await breaker_states(conn)
     if breakers is not None:
@@ -438,7 +515,7 @@ async def _providers(conn: Conn) -> list[Metric]:
     return out
 
 
-async def _workers(conn: Conn) -> list[Metric]:
+async def _workers(conn: Conn, scrape: Scrape) -> list[Metric]:
     r = (await _rows(conn, "ops_workers", {"fresh_seconds": HEARTBEAT_FRESH_SECONDS}))[0]
     workers = _gauge(
         "ai_worker_workers", "Registered Procrastinate queue workers (one per queue per process)."
@@ -460,7 +537,7 @@ async def _workers(conn: Conn) -> list[Metric]:
     return [workers, fresh, age, procs]
 
 
-async def _credits(conn: Conn) -> list[Metric]:
+async def _credits(conn: Conn, scrape: Scrape) -> list[Metric]:
     rows = await _rows(conn, "ops_last_credit_check", {"provider": "openrouter"})
     if not rows:
         return []
@@ -523,9 +600,16 @@ async def read_database(url: str | None = None, timeout: float = 5.0) -> list[Me
         return [up, failures]
     out: list[Metric] = []
     async with conn:
+        try:
+            clock = (await _rows(conn, "ops_scrape_clock"))[0]
+        except Exception as exc:
+            log.warning("metrics: database unusable: %s", exc)
+            up.add_metric([], 0.0)
+            return [up, failures]
+        scrape = Scrape(now=clock["now"], db=(url, int(clock["db"])))
         for name, reader in READERS.items():
             try:
-                out += await asyncio.wait_for(reader(conn), timeout)
+                out += await asyncio.wait_for(reader(conn, scrape), timeout)
             except Exception as exc:
                 log.warning("metrics reader %s failed: %s", name, exc)
                 failures.add_metric([name], 1.0)

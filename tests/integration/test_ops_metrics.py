@@ -499,3 +499,45 @@ def test_grafana_panels_match_the_exported_names_and_labels(
     assert value(samples, "ai_worker_realtime_jobs", status="pending") == 1
     assert value(samples, "ai_worker_realtime_call_seconds_count") == 2
     assert value(samples, "ai_worker_realtime_call_seconds_bucket", le="+Inf") == 2
+
+
+def test_realtime_counters_fold_old_rows_once_and_only_grow(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """Finished jobs older than the fold margin are read once and kept per process; later
+    scrapes read only recent rows, so the counters keep growing even when old rows go."""
+
+    def finish(n: int, status: str, ago: str) -> None:
+        db.execute(
+            "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+            " SELECT 'chat', 'openai', 'gpt-4.1-mini', 'x' FROM generate_series(1, %s)",
+            (n,),
+        )
+        db.execute(
+            "UPDATE ai_jobs SET status = %s, latency_ms = 200, attempts = 1,"
+            " error_kind = CASE WHEN %s = 'failed' THEN 'retryable' END,"
+            " completed_at = now() - %s::interval WHERE completed_at IS NULL AND status = 'pending'",
+            (status, status, ago),
+        )
+
+    def finished(samples: Samples, status: str) -> float:
+        return value(samples, "ai_worker_realtime_jobs_finished_total", status=status)
+
+    finish(30, "completed", "2 hours")
+    finish(4, "failed", "1 hour")
+    finish(5, "completed", "10 seconds")
+    (resp,) = fetch(db_url, "/metrics")
+    samples, _ = parse(resp.text)
+    assert finished(samples, "completed") == 35 and finished(samples, "failed") == 4
+    assert value(samples, "ai_worker_realtime_call_seconds_count") == 35
+    assert value(samples, "ai_worker_realtime_call_seconds_bucket", le="0.25") == 35
+    assert value(samples, "ai_worker_realtime_call_seconds_bucket", le="0.1") == 0
+    assert value(samples, "ai_worker_realtime_failed_calls_total") == 39
+
+    finish(2, "completed", "1 second")
+    db.execute("DELETE FROM ai_jobs WHERE completed_at < now() - interval '90 minutes'")
+    (resp,) = fetch(db_url, "/metrics")
+    samples, _ = parse(resp.text)
+    assert finished(samples, "completed") == 37  # 30 deleted rows were already counted
+    assert finished(samples, "failed") == 4
+    assert value(samples, "ai_worker_realtime_job_failures_total", error_kind="retryable") == 4

@@ -181,36 +181,54 @@ SELECT count(*) AS due,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
 FROM ai_jobs WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now();
 
+-- The all-time counters below read finished rows in a range of their finishing time,
+-- [from, to): worker.metrics folds everything older than a few minutes into per-process
+-- totals once and afterwards reads only the recent range (index range scans of
+-- ai_jobs_finished_idx / the comments' updated_at), so a scrape does not rescan the table.
+
 -- name: ops_realtime_totals
--- Realtime throughput and errors since the table began (exported as counters): finished jobs,
--- failed provider calls (attempts) and rate-limit waits (throttled) per provider.
+-- Finished realtime jobs per provider: completed, failed, their failed provider calls
+-- (attempts) and rate-limit waits (throttled).
 SELECT coalesce(provider, '') AS provider,
        count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        coalesce(sum(attempts), 0) AS failed_calls,
        coalesce(sum(throttled), 0) AS throttled
-FROM ai_jobs GROUP BY 1 ORDER BY 1;
+FROM ai_jobs
+WHERE completed_at >= %(from)s AND completed_at < %(to)s AND status IN ('completed', 'failed')
+GROUP BY 1 ORDER BY 1;
+
+-- name: ops_realtime_open_calls
+-- Failed calls and rate-limit waits of the jobs still open (read at every scrape).
+SELECT coalesce(provider, '') AS provider,
+       coalesce(sum(attempts), 0) AS failed_calls,
+       coalesce(sum(throttled), 0) AS throttled
+FROM ai_jobs WHERE status IN ('pending', 'retrying', 'processing')
+GROUP BY 1 ORDER BY 1;
 
 -- name: ops_realtime_failures
 SELECT coalesce(provider, '') AS provider, coalesce(error_kind, 'unknown') AS error_kind,
        count(*) AS n
-FROM ai_jobs WHERE status = 'failed' GROUP BY 1, 2 ORDER BY 1, 2;
+FROM ai_jobs
+WHERE status = 'failed' AND completed_at >= %(from)s AND completed_at < %(to)s
+GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: ops_realtime_latency
 -- Completed jobs per provider by latency bucket (width_bucket over the upper bounds, shifted
 -- by a nanosecond so that bucket i holds bounds[i] < x <= bounds[i+1]): the successful
 -- provider call, and the whole wait from insert to completion.
-SELECT coalesce(provider, '') AS provider, 'call' AS what,
-       width_bucket((latency_ms / 1000.0)::float8, %(bounds)s::float8[]) AS b,
-       count(*) AS n, sum(latency_ms / 1000.0)::float8 AS total
-FROM ai_jobs WHERE status = 'completed' AND latency_ms IS NOT NULL
-GROUP BY 1, 2, 3
+WITH d AS (
+    SELECT coalesce(provider, '') AS provider, latency_ms / 1000.0 AS call_s,
+           extract(epoch FROM completed_at - created_at)::float8 AS wait_s
+    FROM ai_jobs
+    WHERE status = 'completed' AND completed_at >= %(from)s AND completed_at < %(to)s
+)
+SELECT provider, 'call' AS what, width_bucket(call_s::float8, %(bounds)s::float8[]) AS b,
+       count(*) AS n, sum(call_s)::float8 AS total
+FROM d WHERE call_s IS NOT NULL GROUP BY 1, 2, 3
 UNION ALL
-SELECT coalesce(provider, ''), 'turnaround',
-       width_bucket(extract(epoch FROM completed_at - created_at)::float8, %(bounds)s::float8[]),
-       count(*), sum(extract(epoch FROM completed_at - created_at))::float8
-FROM ai_jobs WHERE status = 'completed' AND completed_at IS NOT NULL
-GROUP BY 1, 2, 3
+SELECT provider, 'turnaround', width_bucket(wait_s, %(bounds)s::float8[]), count(*), sum(wait_s)
+FROM d GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3;
 
 -- name: ops_realtime_spend
@@ -219,7 +237,22 @@ SELECT coalesce(provider, '') AS provider, coalesce(model, '') AS model_name,
        coalesce(sum(input_tokens), 0) AS input_tokens,
        coalesce(sum(output_tokens), 0) AS output_tokens,
        coalesce(sum(cost_usd), 0) AS cost_usd
-FROM ai_jobs WHERE cost_usd IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2;
+FROM ai_jobs
+WHERE cost_usd IS NOT NULL AND completed_at >= %(from)s AND completed_at < %(to)s
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_spend_range
+-- The ledger in a range of recorded_at (a regenerated comment counts again: it was paid again).
+SELECT provider, model_name, batch_priced, count(*) AS requests,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM ai_cost_ledger
+WHERE recorded_at >= %(from)s AND recorded_at < %(to)s
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: ops_scrape_clock
+SELECT now() AS now, (SELECT oid::bigint FROM pg_database WHERE datname = current_database()) AS db;
 
 -- name: ops_alerts_by_status
 SELECT status, count(*) AS n FROM worker_alerts GROUP BY 1 ORDER BY 1;
