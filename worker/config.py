@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     provider_timeout_seconds: float = Field(default=120.0, gt=0)
     metrics_port: int | None = None
+    # Connections: one LISTEN connection per process plus a pool of at most
+    # min(DB_POOL_MAX, 1 + the jobs the process runs at once); pooled connections idle
+    # longer than DB_POOL_IDLE_SECONDS are closed (down to one).
+    db_pool_max: int = Field(default=5, ge=2, le=100)
+    db_pool_idle_seconds: float = Field(default=10.0, ge=1)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -224,12 +224,14 @@ async def _questions(conn: Conn, scrape: Scrape) -> list[Metric]:
     p = (await _rows(conn, "ops_pending_summary"))[0]
     oldest = _gauge(
         "ai_worker_oldest_pending_age_seconds",
-        "Age of the oldest pending question (0 when none is pending).",
+        "Age of the oldest pending question (0 when none is pending; at least the time"
+        " since the install for rows queued before it).",
     )
     oldest.add_metric([], _f(p["oldest_pending_age_seconds"]))
     claimed = _gauge(
         "ai_worker_oldest_processing_age_seconds",
-        "Age of the oldest claim of a processing question (0 when none).",
+        "Age of the oldest claim of a processing question (0 when none; at least the time"
+        " since the install for rows claimed before it).",
     )
     claimed.add_metric([], _f(p["oldest_processing_age_seconds"]))
     return [fam, oldest, claimed]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker.validation import render_template
+
 SYSTEM_DE_V1 = (
     "Du bist ein erfahrener medizinischer Prüfer und begutachtest Multiple-Choice-Fragen "
     "aus deutschen Staatsexamina. Die offizielle Lösung kennst du nicht. Lies die Frage "
@@ -60,7 +62,9 @@ def user_prompt(q: QuestionText, template: str | None = None) -> str:
         "option_e": q.option_e or "(keine Option E)",
         "subject": q.subject or "",
     }
-    return (template or USER_DE_V1).format_map(values)
+    # Plain substitution, never str.format on a user template (issue #11: a format spec
+    # such as {question:>100000000000000} ran out of memory on every submit run).
+    return render_template(template or USER_DE_V1, values)
 
 
 def summary_prompt(q: QuestionText, comments: dict[str, dict[str, str | None]]) -> str:

@@ -20,6 +20,14 @@ where its requests are taken for a batch or an instant call (``worker.submit._ta
   - question plus options are longer than :data:`MAX_QUESTION_CHARS` (100,000 characters,
     after cleaning). Real exam questions are a few KB; 100 K characters is ~30 K tokens per
     model call, and text that long is a data error (a pasted document), not a question.
+  - the subject is longer than :data:`MAX_SUBJECT_CHARS` (1,000 characters): a subject
+    names a field ("Physiologie"); it goes into the summary prompt and may go into a user
+    template, so a pasted document there (issue #11: 5 MB) is refused before any model is
+    paid for, not at the summary after five comments.
+  - the rendered request (system prompt plus user prompt: template, subject, question,
+    options, for the summary the comments) is longer than
+    :data:`worker.request_check.MAX_REQUEST_CHARS`: checked on the exact text about to be
+    sent, the last net under the limits above.
 
 * **Sent, with a warning** (:func:`answer_problem`): ``correct_answer`` outside A-E, or
   naming an empty option. The official answer is not part of the comment prompts (the
@@ -63,6 +71,7 @@ from worker.queries import q
 from worker.redact import redact
 
 MAX_QUESTION_CHARS = 100_000
+MAX_SUBJECT_CHARS = 1_000
 LETTERS = "ABCDE"
 REQUIRED_OPTIONS = "abcd"
 
@@ -118,6 +127,11 @@ def check_question(row: Mapping[str, Any]) -> str | None:
             f"question and options are {size:,} characters, more than the limit of "
             f"{MAX_QUESTION_CHARS:,}"
         )
+    subject = len(clean_text(row.get("subject")))
+    if subject > MAX_SUBJECT_CHARS:
+        return (
+            f"the subject is {subject:,} characters, more than the limit of {MAX_SUBJECT_CHARS:,}"
+        )
     return None
 
 
@@ -168,17 +182,24 @@ async def reject_bad_questions(
                 )
             continue
         bad[row["question_id"]] = reason
-    if bad:
-        cur = await conn.execute(
-            q("fail_questions"), {"ids": list(bad), "reasons": [redact(r) for r in bad.values()]}
-        )
-        # Recorded once, by the submit that failed the question (others may judge it too).
-        for (qid,) in await cur.fetchall():
-            await record_error(
-                conn,
-                "bad_question",
-                f"question {qid} not sent to any model: {bad[qid]}",
-                question_id=qid,
-                fingerprint=f"bad-question:{qid}",
-            )
+    await fail_questions(conn, bad)
     return good
+
+
+async def fail_questions(conn: AsyncConnection[Any], bad: Mapping[Any, str]) -> None:
+    """Fail the questions ``bad`` maps to a reason, with their waiting requests, and record
+    each once (kind ``bad_question``), in the caller's transaction."""
+    if not bad:
+        return
+    cur = await conn.execute(
+        q("fail_questions"), {"ids": list(bad), "reasons": [redact(r) for r in bad.values()]}
+    )
+    # Recorded once, by the submit that failed the question (others may judge it too).
+    for (qid,) in await cur.fetchall():
+        await record_error(
+            conn,
+            "bad_question",
+            f"question {qid} not sent to any model: {bad[qid]}",
+            question_id=qid,
+            fingerprint=f"bad-question:{qid}",
+        )

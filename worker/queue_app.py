@@ -14,6 +14,7 @@ import procrastinate
 import psycopg
 import psycopg_pool
 
+from worker.config import get_settings
 from worker.database import APPLICATION_NAME, resolve_database_url
 
 # Queue names: one per kind of coarse job, so a worker per queue runs at concurrency 1
@@ -23,6 +24,23 @@ QUEUE_POLL = "poll"
 QUEUE_REALTIME = "realtime"
 QUEUE_MAINTENANCE = "maintenance"
 ALL_QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_REALTIME, QUEUE_MAINTENANCE)
+
+# Jobs woken by NOTIFY (submit, drain) run at concurrency 1: Procrastinate loses wake-ups
+# above 1. Polls are scheduled in the future and found by polling anyway, so several can
+# run at once (each locks its own batch row).
+QUEUE_CONCURRENCY = {QUEUE_POLL: 4}
+
+
+def queue_concurrency(queue: str) -> int:
+    return QUEUE_CONCURRENCY.get(queue, 1)
+
+
+def pool_max_size(queues: tuple[str, ...] = ALL_QUEUES) -> int:
+    """The pool's ceiling: one connection per job the process can run at once, plus one
+    for the side work (heartbeats, the tick, idle checks), capped by ``DB_POOL_MAX``
+    (default 5: with the LISTEN connection a busy process holds at most 6)."""
+    wanted = 1 + sum(queue_concurrency(q) for q in queues)
+    return max(2, min(get_settings().db_pool_max, wanted))
 
 
 async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -36,8 +54,9 @@ def _pool_factory(**kwargs: Any) -> psycopg_pool.AsyncConnectionPool:
         # nothing is ever left "idle in transaction" across a provider call.
         kwargs={"application_name": APPLICATION_NAME},
         configure=_autocommit,
-        min_size=2,
-        max_size=10,
+        min_size=1,
+        max_size=pool_max_size(),
+        max_idle=get_settings().db_pool_idle_seconds,
         **kwargs,
     )
 

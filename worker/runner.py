@@ -27,12 +27,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from procrastinate.worker import Worker
+
+from worker import wakeups
 from worker.config import get_settings
 from worker.database import aconnect, resolve_database_url
-from worker.queue_app import ALL_QUEUES, app
+from worker.queue_app import (
+    ALL_QUEUES,
+    QUEUE_MAINTENANCE,
+    app,
+    pool_max_size,
+    queue_concurrency,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +71,91 @@ def shutdown_graceful_seconds() -> float:
     return float(os.environ.get("SHUTDOWN_GRACEFUL_SECONDS", "60"))
 
 
-# Jobs woken by NOTIFY (submit, drain) run at concurrency 1: Procrastinate loses wake-ups
-# above 1. Polls are scheduled in the future and found by polling anyway, so several can
-# run at once (each locks its own batch row).
-QUEUE_CONCURRENCY = {"poll": 4}
+# Workers of one process start this far apart, so their heartbeats and polls do not hit
+# the pool at the same instant (which would grow it for nothing).
+STAGGER_SECONDS = 0.25
 
 
-async def _supervised_worker(queue: str, polling_interval: float) -> None:
+def _subscribe(hub: wakeups.Wakeups, queue: str, w: Worker) -> Callable[[], None]:
+    """Feed ``w`` the notifications of its queue from the process's one listener (the
+    worker's own LISTEN connection is switched off). ``_handle_notification`` is what
+    Procrastinate's listener calls; an empty payload (a reconnect) is a plain wake-up."""
+
+    def on_notify(payload: str) -> None:
+        note: Any = {"type": "job_inserted"}
+        if payload:
+            with contextlib.suppress(ValueError):
+                note = json.loads(payload)
+        task = asyncio.get_running_loop().create_task(
+            w._handle_notification(channel=wakeups.queue_channel(queue), notification=note)
+        )
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    return hub.subscribe(wakeups.queue_channel(queue), on_notify)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+IDLE_POOL_MAX = 3
+"""Pool ceiling while no submit, poll or drain job runs: heartbeats, fetch and abort polls
+of the four queues and the tick that overlap on a loaded machine get at most three
+connections, so an idle process holds at most four with its LISTEN connection."""
+
+
+class PoolSizer:
+    """A Procrastinate worker middleware that lets the pool grow to its full size only
+    while real work runs (anything but the maintenance queue), and caps it at
+    :data:`IDLE_POOL_MAX` otherwise. Connections above the cap are given back by the pool
+    itself, one every ``DB_POOL_IDLE_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+
+    async def _resize(self) -> None:
+        pool = app.connector.pool  # type: ignore[attr-defined]
+        full = pool_max_size()
+        await pool.resize(1, full if self.busy else min(IDLE_POOL_MAX, full))
+
+    async def __call__(self, call_next: Callable[[], Any], context: Any, worker: Any) -> Any:
+        if context.job.queue == QUEUE_MAINTENANCE:
+            return await call_next()
+        self.busy += 1
+        if self.busy == 1:
+            await self._resize()
+        try:
+            return await call_next()
+        finally:
+            self.busy -= 1
+            if self.busy == 0:
+                with contextlib.suppress(Exception):
+                    await self._resize()
+
+
+_sizer = PoolSizer()
+
+
+class QueueWorker(Worker):
+    """A Procrastinate worker for one queue. Every Procrastinate worker also runs the
+    periodic deferrer (the cron of ``tick`` and ``credit_check``); one per process is
+    enough, so only the maintenance queue's worker runs it: four deferrers waking at each
+    minute would open three pool connections for nothing."""
+
+    def __init__(self, *, run_periodic: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run_periodic = run_periodic
+
+    async def _periodic_deferrer(self) -> None:
+        if self.run_periodic:
+            await super()._periodic_deferrer()  # type: ignore[no-untyped-call]
+        else:  # a side task that returns would end Procrastinate's side-task monitoring
+            await asyncio.Event().wait()
+
+
+async def _supervised_worker(
+    queue: str, polling_interval: float, hub: wakeups.Wakeups | None = None
+) -> None:
     """Run a worker for ``queue`` until cancelled, restarting it whenever it stops."""
     from worker.maintenance import stalled_seconds
 
@@ -77,19 +164,26 @@ async def _supervised_worker(queue: str, polling_interval: float) -> None:
     while True:
         started = time.monotonic()
         reason: object
+        w = QueueWorker(
+            run_periodic=queue == QUEUE_MAINTENANCE or hub is None,
+            app=app,
+            queues=[queue],
+            name=f"{queue}-{os.getpid()}",
+            concurrency=queue_concurrency(queue),
+            wait=True,
+            install_signal_handlers=False,
+            fetch_job_polling_interval=polling_interval,
+            shutdown_graceful_timeout=shutdown_graceful_seconds(),
+            update_heartbeat_interval=stalled / 6,
+            stalled_worker_timeout=stalled,
+            delete_jobs="successful",
+            listen_notify=hub is None,
+            worker_middleware=[_sizer],
+        )
+        unsubscribe = _subscribe(hub, queue, w) if hub is not None else None
         try:
-            await app.run_worker_async(
-                queues=[queue],
-                name=f"{queue}-{os.getpid()}",
-                concurrency=QUEUE_CONCURRENCY.get(queue, 1),
-                wait=True,
-                install_signal_handlers=False,
-                fetch_job_polling_interval=polling_interval,
-                shutdown_graceful_timeout=shutdown_graceful_seconds(),
-                update_heartbeat_interval=stalled / 6,
-                stalled_worker_timeout=stalled,
-                delete_jobs="successful",
-            )
+            app.perform_import_paths()  # type: ignore[no-untyped-call]
+            await w.run()  # type: ignore[no-untyped-call]
             # Only cancellation stops us; a normal return means a side task (LISTEN,
             # heartbeat) died and Procrastinate stopped itself.
             reason = "a side task (listener or heartbeat) failed"
@@ -97,11 +191,19 @@ async def _supervised_worker(queue: str, polling_interval: float) -> None:
             raise
         except Exception as exc:
             reason = exc
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
         if time.monotonic() - started > 30:
             backoff = 0.2
         log.warning("worker for queue %s stopped (%s); restarting in %.1fs", queue, reason, backoff)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 5.0)
+
+
+async def _staggered(delay: float, coro: Coroutine[Any, Any, None]) -> None:
+    await asyncio.sleep(delay)
+    await coro
 
 
 async def _tick_loop(interval: float) -> None:
@@ -165,16 +267,26 @@ async def _open_app_with_retry() -> None:
             backoff = min(backoff * 2, 5.0)
 
 
-async def _wait_idle(timeout: float | None) -> bool:
+async def _idle_count(use_pool: bool) -> int:
+    if use_pool:  # inside a worker process: no extra connection for the check
+        pool = app.connector.pool  # type: ignore[attr-defined]
+        async with pool.connection(timeout=10) as conn:
+            cur = await conn.execute(IDLE_QUERY)
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+    async with await aconnect(autocommit=True) as conn:
+        cur = await conn.execute(IDLE_QUERY)
+        row = await cur.fetchone()
+    return int(row["open_work"]) if row else 0
+
+
+async def _wait_idle(timeout: float | None, *, use_pool: bool = True) -> bool:
     """Return True once the database shows no open work twice in a row."""
     deadline = None if timeout is None else time.monotonic() + timeout
     quiet = 0
     while deadline is None or time.monotonic() < deadline:
         try:
-            async with await aconnect(autocommit=True) as conn:
-                cur = await conn.execute(IDLE_QUERY)
-                row = await cur.fetchone()
-            quiet = quiet + 1 if row and row["open_work"] == 0 else 0
+            quiet = quiet + 1 if await _idle_count(use_pool) == 0 else 0
         except Exception as exc:
             log.warning("idle check failed: %s", exc)
             quiet = 0
@@ -191,7 +303,7 @@ async def run_async(
     queues: Sequence[str] = ALL_QUEUES,
 ) -> int:
     settings = get_settings()
-    resolve_database_url()
+    url = resolve_database_url()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -212,10 +324,21 @@ async def run_async(
     cap_pool_reconnect_backoff()
     await _open_app_with_retry()
     process_id = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+    await _sizer._resize()  # idle until a job starts
+    hub = wakeups.Wakeups(url, [wakeups.queue_channel(q) for q in queues] + [wakeups.DRAIN_CHANNEL])
+    listener: asyncio.Task[None] | None = None
     try:
+        await wakeups.check_delivery(url)
+        listener = asyncio.create_task(hub.run())
+        wakeups.current = hub
         workers = [
-            asyncio.create_task(_supervised_worker(q, settings.fetch_job_polling_interval))
-            for q in queues
+            asyncio.create_task(
+                _staggered(
+                    i * STAGGER_SECONDS,
+                    _supervised_worker(q, settings.fetch_job_polling_interval, hub),
+                )
+            )
+            for i, q in enumerate(queues)
         ]
         if "maintenance" in queues:
             workers.append(asyncio.create_task(_tick_loop(float(settings.tick_seconds))))
@@ -234,6 +357,10 @@ async def run_async(
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
     finally:
+        wakeups.current = None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
         await _process_gone(process_id)
         await app.close_async()
         if metrics_server is not None:
@@ -313,7 +440,7 @@ def run_processes(n: int, *, until_idle: bool, timeout: float | None) -> int:
             if c.poll() is not None and not stopping:
                 log.warning("worker process %s exited with %s; restarting", c.pid, c.returncode)
                 children[i] = spawn()
-        if until_idle and asyncio.run(_wait_idle(2.0)):
+        if until_idle and asyncio.run(_wait_idle(2.0, use_pool=False)):
             _stop(signal.SIGTERM, None)
         if deadline is not None and time.monotonic() > deadline:
             _stop(signal.SIGTERM, None)

@@ -148,6 +148,10 @@ async def snapshot(url: str | None = None) -> dict[str, Any]:
             "oldest_pending_age_seconds": pending["oldest_pending_age_seconds"],
             "processing": int(pending["processing"]),
             "oldest_processing_age_seconds": pending["oldest_processing_age_seconds"],
+            # rows from before the install: their queue (claim) time is unknown, and the
+            # oldest age above is a lower bound (schema/0015)
+            "pending_without_queued_at": int(pending["pending_without_queued_at"]),
+            "processing_without_claimed_at": int(pending["processing_without_claimed_at"]),
         },
         "queue": {
             name: {
@@ -213,6 +217,13 @@ def _age(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60:02d}m"
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def _age_at_least(seconds: float | None, unknown: int) -> str:
+    """An age; with rows of unknown time (from before the install) a lower bound."""
+    if not unknown:
+        return _age(seconds)
+    return f">= {_age(seconds)} ({unknown:,} from before the install, time unknown)"
 
 
 def _usd(v: Any) -> str:
@@ -287,9 +298,17 @@ def render_text(s: dict[str, Any]) -> str:
     counts += [f"{k} {v:,}" for k, v in sorted(qs["by_status"].items()) if k not in order]
     lines.append("Questions      " + "   ".join(counts))
     if qs["pending"]:
-        lines.append(f"               oldest pending {_age(qs['oldest_pending_age_seconds'])}")
+        lines.append(
+            "               oldest pending "
+            + _age_at_least(qs["oldest_pending_age_seconds"], qs["pending_without_queued_at"])
+        )
     if qs["processing"]:
-        lines.append(f"               oldest claim {_age(qs['oldest_processing_age_seconds'])}")
+        lines.append(
+            "               oldest claim "
+            + _age_at_least(
+                qs["oldest_processing_age_seconds"], qs["processing_without_claimed_at"]
+            )
+        )
 
     if s["ai_jobs"] is not None:
         aj = s["ai_jobs"]

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from worker import custom_ids, ingest, metrics, prompts, question_input
+from worker import custom_ids, ingest, metrics, prompts, question_input, request_check
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
@@ -60,7 +61,15 @@ class SubmitReport:
 async def load_settings(conn: AsyncConnection[Any]) -> CommentarySettings:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("read_settings"))
-    return parse_settings(await cur.fetchone())
+    settings = parse_settings(await cur.fetchone())
+    for key, problem in settings.dropped_models.items():
+        await record_error(
+            conn,
+            "settings",
+            f"ai_commentary_settings.models.{key} is left out until it is fixed: {problem}",
+            fingerprint=f"settings:dropped-model:{key}:{problem[:100]}",
+        )
+    return settings
 
 
 async def defer(
@@ -198,7 +207,9 @@ async def submit_batch_model(
                 rows = await _take(conn, model_key, provider.limits.max_requests)
                 if not rows:
                     return batches, sent
-                requests = await build_requests(conn, settings, model_key, rows)
+                requests = await request_check.build_checked(
+                    conn, settings, model_key, rows, build_requests
+                )
                 intents: list[tuple[uuid.UUID, list[ChatRequest]]] = []
                 for chunk in chunk_requests(requests, line_size, provider.limits):
                     job_id = uuid.uuid4()
@@ -388,14 +399,16 @@ async def _instant_round(
             rows = await _take(conn, model_key, INSTANT_PER_RUN)
             if not rows:
                 return 0
-            requests = await build_requests(conn, settings, model_key, rows)
+            requests = await request_check.build_checked(
+                conn, settings, model_key, rows, build_requests
+            )
             await conn.execute(
                 q("mark_submitted"),
                 {
                     "owner": owner,
                     "batch_job_id": None,
                     "model_key": model_key,
-                    "ids": [r["question_id"] for r in rows],
+                    "ids": [custom_ids.parse(r.custom_id)[0] for r in requests],
                 },
             )
     sem = asyncio.Semaphore(get_settings().instant_concurrency)
@@ -542,6 +555,22 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
                     fingerprint=f"config:{route.provider}",
                 )
             skipped.append(model_key)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the database connection, not this model: the run fails and is retried
+        except Exception as exc:
+            # Anything else (a bug, MemoryError): this model is skipped this run, recorded
+            # where a person looks; the other models' requests are still sent (issue #11).
+            async with pool.connection() as conn:
+                await record_error(
+                    conn,
+                    "submit_error",
+                    f"submit of model {model_key!r} ({route.provider}) failed: "
+                    f"{type(exc).__name__}: {str(exc)[:500]}",
+                    provider=route.provider,
+                    detail={"task": "submit", "model_key": model_key},
+                    fingerprint=f"submit_error:{model_key}:{type(exc).__name__}",
+                )
+            skipped.append(model_key)
 
     await asyncio.gather(*(one_model(k) for k in model_keys))
 
@@ -569,4 +598,11 @@ async def _defer_again(
         report.more = True
         await defer(conn, "submit", "submit")
     elif due is not None:
-        await defer(conn, "submit", "submit", scheduled_at=due)
+        # Its own queueing lock: under 'submit' it would swallow every earlier wake-up
+        # until it ran (issue #11: hours, for a long processing_delay_minutes).
+        await defer(conn, "submit", delayed_submit_lock(due), scheduled_at=due)
+    await conn.execute(q("cancel_later_delayed_submits"), {"due": due})
+
+
+def delayed_submit_lock(due: datetime) -> str:
+    return f"submit-delayed@{int(due.timestamp())}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -12,6 +13,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from worker.error_log import record_error
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ async def recorded_run(
         yield record
     except BaseException as exc:
         record.outcome = f"error: {type(exc).__name__}"
-        if isinstance(exc, Exception):
+        if not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            await _record_crash(pool, task_name, job_id, exc)
             await _alert_crash(pool, task_name, exc)
         raise
     finally:
@@ -51,7 +55,26 @@ async def recorded_run(
             pass
 
 
-async def _alert_crash(pool: AsyncConnectionPool, task_name: str, exc: Exception) -> None:
+async def _record_crash(
+    pool: AsyncConnectionPool, task_name: str, job_id: int | None, exc: BaseException
+) -> None:
+    """Any exception that ends a task - MemoryError included - becomes a ``worker_errors``
+    row naming the task (issue #11: a MemoryError on every submit run left nothing there).
+    One row per task and problem, counted; never raises."""
+    message = f"task {task_name} failed: {type(exc).__name__}: {str(exc)[:1000]}"
+    try:
+        async with pool.connection(timeout=10) as conn:
+            await record_error(
+                conn,
+                "task_error",
+                message,
+                detail={"task": task_name, "job_id": job_id, "exception": type(exc).__name__},
+            )
+    except Exception:
+        log.exception("could not record the failure of task %s", task_name)
+
+
+async def _alert_crash(pool: AsyncConnectionPool, task_name: str, exc: BaseException) -> None:
     """A task that ended in an exception alerts (one alert per task and exception class
     per dedup window, like the old system's crash alerts). Never raises."""
     from worker.alerts import alert

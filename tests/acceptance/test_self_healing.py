@@ -61,8 +61,9 @@ LIVE_WORKERS = (
     "SELECT count(*) AS n FROM procrastinate_workers"
     " WHERE last_heartbeat > now() - interval '4 seconds'"
 )
+# One listening connection per process serves every queue (worker/wakeups.py).
 LISTENERS = (
-    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ai-worker'"
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ai-worker-listen'"
     " AND datname = current_database() AND query ILIKE 'LISTEN%'"
 )
 
@@ -103,7 +104,7 @@ def test_terminated_connections_are_reopened_and_no_work_is_missed(
             10,
             "one heartbeating worker per queue",
         )
-        wait_for(lambda: query_one(db_url, LISTENERS)["n"] >= 4, 10, "LISTEN connections back")
+        wait_for(lambda: query_one(db_url, LISTENERS)["n"] == 1, 10, "the LISTEN connection back")
     finally:
         code = worker.terminate(30)
     assert code == 0, worker.log_tail()

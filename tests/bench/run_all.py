@@ -19,6 +19,7 @@ BENCHES = [
     ("realtime", ["tests.bench.bench_realtime"]),
     ("emulator", ["tests.bench.bench_emulator"]),
     ("metrics", ["tests.bench.bench_metrics"]),
+    ("footprint", ["tests.bench.bench_footprint"]),
 ]
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -72,6 +72,7 @@ def test_installs_onto_production_shaped_database(empty_db_url: str) -> None:
         completed = _count(
             conn, "SELECT count(*) FROM questions WHERE ai_commentary_status = 'completed'"
         )
+        summarised = _count(conn, "SELECT count(DISTINCT question_id) FROM ai_commentary_summaries")
 
     migrate(empty_db_url)
     assert migrate(empty_db_url) == []
@@ -87,10 +88,10 @@ def test_installs_onto_production_shaped_database(empty_db_url: str) -> None:
         # The old wide table is kept whole under a new name.
         assert _count(conn, "SELECT count(*) FROM ai_answer_comments_legacy") == wide_rows
         # Summaries: the newest per question stays, older duplicates moved aside, none lost.
-        assert _count(conn, "SELECT count(*) FROM ai_commentary_summaries") == completed
+        assert _count(conn, "SELECT count(*) FROM ai_commentary_summaries") == summarised
         assert (
             _count(conn, "SELECT count(*) FROM ai_commentary_summaries_legacy_duplicates")
-            == summaries - completed
+            == summaries - summarised
         )
         assert (
             _count(

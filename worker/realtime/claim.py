@@ -9,14 +9,20 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from worker.error_log import record_error
 from worker.queries import q
 from worker.realtime.model import KIND_CHAT, Job, RealtimeSettings, Template
 
 
 async def load_settings(conn: AsyncConnection[Any]) -> RealtimeSettings:
+    """The settings row; its problems (a missing row, a bad value) are recorded in
+    ``worker_errors`` and the built-in value is used instead (issue #11)."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("rt_read_settings"))
-    return RealtimeSettings.from_row(await cur.fetchone())
+    settings, problems = RealtimeSettings.parse(await cur.fetchone())
+    for problem in problems:
+        await record_error(conn, "settings", problem, fingerprint=f"rt-settings:{problem[:200]}")
+    return settings
 
 
 async def load_templates(conn: AsyncConnection[Any]) -> dict[str, Template]:

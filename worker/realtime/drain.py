@@ -42,10 +42,12 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from worker import wakeups
 from worker.config import get_settings
 from worker.database import resolve_database_url
 from worker.error_log import record_error
@@ -53,15 +55,16 @@ from worker.errors import ProviderError
 from worker.queries import q
 from worker.realtime.claim import claim, load_settings, load_templates
 from worker.realtime.embeddings import group_jobs, group_limit, group_token_estimate, run_group
-from worker.realtime.execute import run_chat
+from worker.realtime.execute import invalid_job_outcome, run_chat
 from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
+from worker.realtime.storable import storable, unstorable
 from worker.redact import redact_opt
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "worker_ai_jobs"
+NOTIFY_CHANNEL = wakeups.DRAIN_CHANNEL
 BLOCKED_CACHE_SECONDS = 1.0
 #: When due rows exist but none could be claimed (locked by another worker, or waiting for
 #: an earlier job of their session held elsewhere), look again after this long.
@@ -274,6 +277,14 @@ class Drain:
             for j in jobs:
                 if j.session_id:
                     self._in_session[j.id] = True
+            claimed = len(jobs)
+            # A row that can never run fails with its reason; the others go on (issue #11).
+            invalid = [o for j in jobs if (o := invalid_job_outcome(j)) is not None]
+            if invalid:
+                gone = {o.job_id for o in invalid}
+                jobs = [j for j in jobs if j.id not in gone]
+                self.results.extend(invalid)
+                self.results_ready.set()
             await self.limiter.refresh(conn)
             chats = [j for j in jobs if j.kind != KIND_EMBEDDING]
             groups = group_jobs(j for j in jobs if j.kind == KIND_EMBEDDING)
@@ -283,7 +294,7 @@ class Drain:
         for group in runnable_groups:
             first = group[0]
             self._start(first.lane, group, first.provider, self._run_group(group))
-        return len(jobs)
+        return claimed
 
     async def _admit(
         self, conn: AsyncConnection[Any], chats: list[Job], groups: list[list[Job]]
@@ -397,8 +408,8 @@ class Drain:
             if was_full or any(self._in_session.pop(o.job_id, False) for o in batch):
                 self.wake.set()
 
-    async def _flush(self, batch: list[Outcome]) -> None:
-        params = {
+    def _params(self, batch: list[Outcome]) -> dict[str, Any]:
+        return {
             "owner": self.owner,
             "ids": [o.job_id for o in batch],
             "status": [o.status for o in batch],
@@ -419,6 +430,15 @@ class Drain:
             "called_at": [o.called_at for o in batch],
             "user_message": [o.user_message for o in batch],
         }
+
+    async def _write(self, batch: list[Outcome]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(q("rt_finish"), self._params(batch))
+            await self._after_write(conn, batch)
+
+    async def _flush(self, batch: list[Outcome]) -> None:
+        # Texts Postgres cannot store (NUL, lone surrogates) are cleaned first (issue #11).
+        batch = [storable(o) for o in batch]
         for o in batch:
             self.report[o.status] += 1
             if o.token_estimate and o.status == "completed":
@@ -431,17 +451,35 @@ class Drain:
         delay = 0.1
         for attempt in range(8):
             try:
-                async with self.pool.connection() as conn:
-                    await conn.execute(q("rt_finish"), params)
-                    await self._after_write(conn, batch)
+                await self._write(batch)
                 return
-            except Exception as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if attempt == 7:
                     log.error("could not write %d realtime outcomes: %s", len(batch), exc)
                     raise
                 log.warning("writing realtime outcomes failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception as exc:
+                # Not the connection: something in one outcome. Write them one by one, so
+                # the others are stored and the bad one fails with the reason.
+                log.warning("writing %d realtime outcomes failed (%s); one by one", len(batch), exc)
+                await self._write_each(batch)
+                return
+
+    async def _write_each(self, batch: list[Outcome]) -> None:
+        for o in batch:
+            try:
+                await self._write([o])
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except Exception as exc:
+                try:
+                    await self._write([unstorable(o, exc)])
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except Exception:
+                    log.exception("could not store realtime job %s, nor its failure", o.job_id)
 
     async def _after_write(self, conn: AsyncConnection[Any], batch: list[Outcome]) -> None:
         """Bookkeeping after a flush: token settlement, provider health, error log. Never
@@ -488,7 +526,16 @@ class Drain:
     # ------------------------------------------------------------------ wake-ups
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; a notification wakes the claim loop."""
+        """A notification wakes the claim loop: from the process's one listening connection
+        when ``python -m worker run`` runs one (:mod:`worker.wakeups`), else on a dedicated
+        connection of the drain's own."""
+        hub = wakeups.current
+        if hub is not None:
+            unsubscribe = hub.subscribe(NOTIFY_CHANNEL, lambda _payload: self.wake.set())
+            try:
+                await asyncio.Event().wait()  # until cancelled with the drain
+            finally:
+                unsubscribe()
         while True:
             try:
                 info = self.pool.conninfo

@@ -25,6 +25,7 @@ import random
 import time
 from datetime import UTC, datetime
 
+from worker import validation
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.realtime.model import Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients, monotonic_ms
@@ -49,6 +50,25 @@ def backoff_seconds(
         settings.backoff_base_seconds * 2.0 ** min(60, max(0, failed_calls - 1)),
     )
     return cap * (0.5 + 0.5 * u)
+
+
+def invalid_job_outcome(job: Job) -> Outcome | None:
+    """A claimed job that can never run - a provider outside the supported set, no model
+    (possible only for rows the triggers of schema/0017 never saw) - fails at once with the
+    reason, instead of waiting for a provider that will never exist (issue #11)."""
+    problem = validation.provider_problem(job.provider) if job.provider else "no provider"
+    if problem is None and not (job.model or "").strip():
+        problem = "no model"
+    if problem is None:
+        return None
+    return Outcome(
+        job_id=job.id,
+        status="failed",
+        provider=job.provider or "",
+        model=job.model or "",
+        error=f"ai_jobs: {problem}; the job cannot run (fix provider/model and re-queue it)",
+        error_kind="invalid_job",
+    )
 
 
 def outcome_for_error(

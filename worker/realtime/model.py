@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from worker import validation
+
 KIND_CHAT = "chat"
 KIND_COMPLETION = "completion"
 KIND_EMBEDDING = "embedding"
@@ -35,13 +37,46 @@ class RealtimeSettings:
 
     @classmethod
     def from_row(cls, row: dict[str, Any] | None) -> RealtimeSettings:
+        return cls.parse(row)[0]
+
+    @classmethod
+    def parse(cls, row: dict[str, Any] | None) -> tuple[RealtimeSettings, list[str]]:
+        """The settings of ``row`` and the problems found in it. No row: the built-in
+        limits (issue #11: a deleted row switched every limit off). A value of the wrong
+        type or range (possible only in a row written before schema/0017, whose trigger
+        rejects it) is replaced by its built-in value and reported, never raised: a bad
+        setting must not crash every drain run."""
         if row is None:
-            return cls()
-        names = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in row.items() if k in names and v is not None}
-        conc = values.get("provider_concurrency") or {}
-        values["provider_concurrency"] = {str(k): int(v) for k, v in dict(conc).items()}
-        return cls(**values)
+            return cls(), ["ai_realtime_settings has no row; the built-in limits apply"]
+        defaults = cls()
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            if name == "provider_concurrency" or row.get(name) is None:
+                continue
+            raw = row[name]
+            want = int if f.type in ("int", int) else float
+            ok = isinstance(raw, int | float) and not isinstance(raw, bool)
+            if ok and want is int and raw != int(raw):
+                ok = False
+            if not ok or raw < 0:
+                problems.append(
+                    f"ai_realtime_settings.{name} = {raw!r} is invalid; using "
+                    f"{getattr(defaults, name)!r}"
+                )
+                continue
+            values[name] = want(raw)
+        conc = row.get("provider_concurrency")
+        if conc is not None:
+            bad = validation.concurrency_problems(conc)
+            problems.extend(f"ai_realtime_settings.{p}; ignored" for p in bad)
+            if isinstance(conc, dict):
+                values["provider_concurrency"] = {
+                    str(k): v
+                    for k, v in conc.items()
+                    if not validation.concurrency_problems({k: v})
+                }
+        return cls(**values), problems
 
     def concurrency(self, provider: str) -> int:
         return max(1, self.provider_concurrency.get(provider, self.default_concurrency))

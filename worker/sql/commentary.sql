@@ -5,18 +5,23 @@
 SELECT * FROM ai_commentary_settings ORDER BY updated_at DESC LIMIT 1;
 
 -- name: claim_pending
--- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks.
+-- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks. A row
+-- without queued_at (written before the install, or with triggers off) was queued long ago:
+-- it comes first and is due at once (schema/0015, index questions_ai_commentary_pending_due_idx).
+-- Each claim is one attempt of the question (ai_commentary_attempts; a re-queue resets it).
 WITH picked AS (
     SELECT id FROM questions
     WHERE ai_commentary_status = 'pending'
-      AND ai_commentary_queued_at <= now() - make_interval(mins => %(delay_minutes)s)
-    ORDER BY ai_commentary_queued_at, id
+      AND coalesce(ai_commentary_queued_at, '-infinity'::timestamptz)
+          <= now() - make_interval(mins => %(delay_minutes)s)
+    ORDER BY coalesce(ai_commentary_queued_at, '-infinity'::timestamptz), id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 UPDATE questions q
 SET ai_commentary_status = 'processing',
     ai_commentary_claimed_at = now(),
+    ai_commentary_attempts = q.ai_commentary_attempts + 1,
     ai_commentary_models = %(models)s::text[],
     ai_commentary_error = NULL
 FROM picked
@@ -38,6 +43,7 @@ WITH picked AS (
 UPDATE questions q
 SET ai_commentary_status = 'processing',
     ai_commentary_claimed_at = now(),
+    ai_commentary_attempts = q.ai_commentary_attempts + 1,
     ai_commentary_models = (SELECT array_agg(c.model_key ORDER BY c.model_key)
                             FROM ai_answer_comments c WHERE c.question_id = q.id)
 FROM picked
@@ -45,8 +51,11 @@ WHERE q.id = picked.id
 RETURNING q.id;
 
 -- name: next_pending_due
-SELECT min(ai_commentary_queued_at) + make_interval(mins => %(delay_minutes)s) AS due
-FROM questions WHERE ai_commentary_status = 'pending';
+-- A pending row without queued_at is due now (see claim_pending).
+SELECT CASE WHEN m = '-infinity' THEN now() ELSE m + make_interval(mins => %(delay_minutes)s) END
+       AS due
+FROM (SELECT min(coalesce(ai_commentary_queued_at, '-infinity'::timestamptz)) AS m
+      FROM questions WHERE ai_commentary_status = 'pending') p;
 
 -- name: reset_requests
 -- A (re)claimed question starts over: its old request rows go, new ones wait.
@@ -134,10 +143,13 @@ FROM ai_answer_comments
 WHERE question_id = ANY(%(ids)s::uuid[]);
 
 -- name: insert_batch_intent
--- The intent is recorded before the provider batch exists (failure mode 4).
+-- The intent is recorded before the provider batch exists (failure mode 4): no batch_id yet
+-- (schema/0015 relaxes the production NOT NULL). status keeps the old UI's vocabulary
+-- ('pending' until the provider answers, then its raw state); state is the worker's own.
+-- On a production table every NOT NULL column not named here has a default (schema/0015).
 INSERT INTO ai_commentary_batch_jobs
     (id, provider, status, state, stage, model_key, model_name, question_ids, request_count)
-VALUES (%(id)s, %(provider)s, 'submitting', 'submitting', %(stage)s, %(model_key)s,
+VALUES (%(id)s, %(provider)s, 'pending', 'submitting', %(stage)s, %(model_key)s,
         %(model_name)s, %(question_ids)s::uuid[], %(request_count)s);
 
 -- name: mark_submitted
@@ -157,7 +169,7 @@ WHERE id = %(id)s AND state = 'submitting';
 -- The provider never created the batch: its requests wait for the next one.
 WITH job AS (
     UPDATE ai_commentary_batch_jobs
-    SET state = 'abandoned', status = 'abandoned', error = %(error)s,
+    SET state = 'abandoned', status = 'failed', error = %(error)s,
         finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND state = 'submitting'
     RETURNING id
@@ -248,6 +260,7 @@ ON CONFLICT (question_id, model_key) DO UPDATE SET
     batch_priced = EXCLUDED.batch_priced, source = EXCLUDED.source, updated_at = now();
 
 -- name: upsert_summaries
+-- Keep schema/0015's list of the columns filled here in step with this statement.
 WITH price AS MATERIALIZED (
     SELECT * FROM worker_price(%(provider)s, %(model_name)s, %(batch_priced)s))
 INSERT INTO ai_commentary_summaries AS s (
@@ -430,3 +443,14 @@ UPDATE ai_commentary_requests
 SET status = 'waiting', claimed_by = NULL, claimed_at = NULL, last_error = %(error)s,
     updated_at = now()
 WHERE claimed_by = %(owner)s AND status = 'submitted' AND question_id = ANY(%(ids)s::uuid[]);
+
+-- name: cancel_later_delayed_submits
+-- Delayed submits (lock submit-delayed@<epoch>, scheduled at the end of
+-- processing_delay_minutes) that are later than the work now needs - the delay was
+-- shortened, or the questions were taken - are cancelled through Procrastinate's API, so a
+-- stale one does not wait in the queue for hours. %(due)s NULL: nothing waits for a delay.
+SELECT procrastinate_cancel_job_v1(j.id, false, true)
+FROM procrastinate_jobs j
+WHERE j.task_name = 'submit' AND j.status = 'todo'
+  AND j.queueing_lock LIKE 'submit-delayed@%%'
+  AND j.scheduled_at > coalesce(%(due)s::timestamptz, now()) + interval '1 second';
