@@ -26,6 +26,10 @@ Mistral, flat envelope ``{"object":"error", message, type, param, code}``:
                monthly usage limit and billing [chosen: no real body was ever captured]
   auth         401 ``{"message":"Unauthorized","request_id":...}``
   server       500 type=internal_server_error;  unavailable 503 type=service_unavailable
+
+Any of these with the rule flag ``echo_key`` (:func:`echo_key`): the message also repeats the
+API key the request carried, plainly, as ``Authorization: Bearer`` and inside a URL, as some
+gateways and proxies do; the worker must never store or print it.
 """
 
 from __future__ import annotations
