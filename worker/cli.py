@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import sys
 
+import psycopg
+import psycopg.errors
 from dotenv import load_dotenv
 
 from worker import logs
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:40} {state}")
             return 0
         if args.command == "run":
-            from worker import runner
+            from worker import rights, runner
+
+            rights.check()
 
             n = args.processes or settings.worker_processes
             if n > 1:
@@ -97,5 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             return int(status.main(as_json=args.json))
     except WorkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.errors.InsufficientPrivilege as exc:
+        from worker import rights
+        from worker.database import resolve_database_url
+
+        role = psycopg.conninfo.conninfo_to_dict(resolve_database_url()).get("user") or "?"
+        print(f"error: {rights.explain(exc, str(role))}", file=sys.stderr)
         return 2
     return 1

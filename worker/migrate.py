@@ -8,12 +8,18 @@ Every applied file is recorded with its SHA-256 in ``worker_schema_migrations``;
 again applies only new files, and a changed applied file stops everything with an error
 rather than silently diverging. Each file runs in its own transaction, under an advisory
 lock so two concurrent migrate commands cannot interleave.
+
+Every object a file creates is recorded in ``worker_schema_objects`` (the catalog compared
+before and after the file, in its transaction), and from ``0016_security.sql`` on,
+``worker_secure()`` runs before that transaction commits: a new object is never committed
+open to ``PUBLIC``, ``anon`` or ``authenticated`` (see the README, "Security and roles").
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,10 +27,14 @@ from typing import Any
 
 import procrastinate.schema
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from worker.database import connect
 from worker.errors import MigrationError
+from worker.queries import q
+
+log = logging.getLogger(__name__)
 
 SQL_DIR = Path(str(importlib.resources.files("worker").joinpath("schema")))
 PROCRASTINATE_ENTRY = "procrastinate/schema.sql"
@@ -37,6 +47,21 @@ CREATE TABLE IF NOT EXISTS worker_schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+# What each migration created: worker_secure() locks these down and keeps them hardened.
+# Objects the application had before the install are never listed.
+OBJECTS_TABLE = """
+CREATE TABLE IF NOT EXISTS worker_schema_objects (
+    kind text NOT NULL CHECK (kind IN ('table', 'view', 'sequence', 'function')),
+    name text NOT NULL,
+    created_by text NOT NULL,
+    secured_at timestamptz,
+    carry_acl aclitem[],
+    PRIMARY KEY (kind, name)
+)
+"""
+
+Snapshot = dict[tuple[str, int], tuple[str, str | None]]
 
 
 @dataclass(frozen=True)
@@ -74,19 +99,76 @@ def _procrastinate_installed(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row["present"])
 
 
+def _snapshot(conn: psycopg.Connection[Any]) -> Snapshot:
+    """(kind, oid) -> (name, acl) of every relation and function in the current schema."""
+    rows = conn.execute(q("schema_objects")).fetchall()
+    return {(r["kind"], r["oid"]): (r["name"], r["acl"]) for r in rows}
+
+
+def _record_created(conn: psycopg.Connection[Any], before: Snapshot, created_by: str) -> None:
+    """Register what appeared since ``before``, follow renames, forget what was dropped. A
+    registered object dropped and re-created under its name passes its grants on."""
+    after = _snapshot(conn)
+    known = {(r["kind"], r["name"]) for r in conn.execute(q("registered_objects")).fetchall()}
+    after_names = {(kind, name) for (kind, _), (name, _) in after.items()}
+    dropped: dict[tuple[str, str], str | None] = {}
+    for key, (name, acl) in before.items():
+        kind = key[0]
+        if key not in after:
+            dropped[(kind, name)] = acl
+            if (kind, name) in known and (kind, name) not in after_names:
+                conn.execute(q("forget_object"), {"kind": kind, "name": name})
+        elif after[key][0] != name and (kind, name) in known:
+            conn.execute(
+                q("rename_object"), {"kind": kind, "old_name": name, "new_name": after[key][0]}
+            )
+    for key, (name, _) in after.items():
+        if key in before:
+            continue
+        kind = key[0]
+        carried = dropped.get((kind, name)) if (kind, name) in known else None
+        conn.execute(
+            q("register_object"),
+            {"kind": kind, "name": name, "created_by": created_by, "acl": carried},
+        )
+
+
+def _server_notice(diag: psycopg.errors.Diagnostic) -> None:
+    """A migration's WARNING (e.g. a grant it could not carry over) and its own NOTICEs
+    reach the operator's terminal; the server's "already exists, skipping" notices do not."""
+    message = diag.message_primary or ""
+    if diag.severity_nonlocalized == "WARNING" or message.startswith("ai-worker:"):
+        log.warning("%s", message)
+
+
+def _secure(conn: psycopg.Connection[Any]) -> None:
+    """Lock down and harden (schema/0016's worker_secure) once it exists."""
+    row = conn.execute(q("secure_available")).fetchone()
+    if row and row["present"]:
+        conn.execute(q("secure_schema"))
+
+
 def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
     done: list[str] = []
     with connect(url, autocommit=True) as conn:
+        conn.add_notice_handler(_server_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(TRACKING_TABLE)
+            with conn.transaction():
+                before = _snapshot(conn)
+                conn.execute(TRACKING_TABLE)
+                conn.execute(OBJECTS_TABLE)
+                _record_created(conn, before, "worker/migrate.py")
             applied = _applied(conn)
             if PROCRASTINATE_ENTRY not in applied:
                 schema_text = procrastinate.schema.SchemaManager.get_schema()
                 with conn.transaction():
                     if not _procrastinate_installed(conn):
+                        before = _snapshot(conn)
                         conn.execute(sql.SQL(schema_text))
+                        _record_created(conn, before, PROCRASTINATE_ENTRY)
+                        _secure(conn)
                     conn.execute(
                         "INSERT INTO worker_schema_migrations (filename, checksum) VALUES (%s, %s)",
                         (PROCRASTINATE_ENTRY, Migration("", schema_text).checksum),
@@ -105,7 +187,10 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
                     continue
                 try:
                     with conn.transaction():
+                        before = _snapshot(conn)
                         conn.execute(sql.SQL(m.text))
+                        _record_created(conn, before, m.filename)
+                        _secure(conn)
                         conn.execute(
                             "INSERT INTO worker_schema_migrations (filename, checksum) "
                             "VALUES (%s, %s)",
@@ -114,6 +199,9 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
                 except psycopg.Error as exc:
                     raise MigrationError(f"schema/{m.filename} failed: {exc}") from exc
                 done.append(m.filename)
+            # Also when nothing was applied: re-hardens what a hand-run CREATE OR REPLACE reset.
+            with conn.transaction():
+                _secure(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return done

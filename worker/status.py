@@ -26,6 +26,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import psycopg.errors
 
 from worker.database import aconnect, resolve_database_url
 from worker.metrics import HEARTBEAT_FRESH_SECONDS
@@ -467,6 +468,12 @@ def main(as_json: bool = False) -> int:
         data = asyncio.run(snapshot(url))
     except (psycopg.OperationalError, OSError) as exc:
         print(redact(f"error: database not reachable: {exc}"), file=sys.stderr)
+        return 2
+    except psycopg.errors.InsufficientPrivilege as exc:
+        from worker import rights
+
+        role = psycopg.conninfo.conninfo_to_dict(url).get("user") or "?"
+        print(redact(f"error: {rights.explain(exc, str(role))}"), file=sys.stderr)
         return 2
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n" if as_json else render_text(data)
     return write_out(redact(text))
