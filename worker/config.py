@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     tick_seconds: int = Field(default=60, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     provider_timeout_seconds: float = Field(default=120.0, gt=0)
+    # How long a batch that reported success may keep its results unreadable (a Gemini
+    # batch SUCCEEDED without its responses file, an output file answering 404) before its
+    # lines count as missing; polled again with the usual backoff meanwhile.
+    results_grace_seconds: float = Field(default=600.0, ge=0)
     metrics_port: int | None = None
     # Connections: one LISTEN connection per process plus a pool of at most
     # min(DB_POOL_MAX, 1 + the jobs the process runs at once); pooled connections idle

@@ -154,6 +154,12 @@ MISTRAL_QUOTA_MESSAGE = re.compile(
     r"\b(billing|credits?|quota|payment required|spend(ing)? limit|usage limit)\b", re.I
 )
 
+#: Gemini Batch and Files API paths (a generic 429 there is a batch quota, not billing).
+GEMINI_BATCH_PATH = re.compile(
+    r":(?:batchGenerateContent|asyncBatchEmbedContent)(?:\?|$)|/batches(?:/|\?|$)"
+    r"|/(?:upload/)?v1(?:beta)?/files(?:/|\?|$)"
+)
+
 #: Proto3 JSON Duration: "37s", "1.680s".
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
@@ -290,8 +296,15 @@ def _openai_kind(status: int, p: _Parsed) -> ErrorKind | None:
     return None
 
 
-def _gemini_resource_exhausted(p: _Parsed) -> ErrorKind:
-    """RESOURCE_EXHAUSTED is both "slow down" and "out of quota": decide from quotaIds."""
+def _gemini_resource_exhausted(p: _Parsed, batch_endpoint: bool = False) -> ErrorKind:
+    """RESOURCE_EXHAUSTED is both "slow down" and "out of quota": decide from quotaIds.
+
+    On the batch endpoints (``batchGenerateContent``, ``batches``, files) the batch quotas
+    - concurrent batch jobs, tokens queued per model - answer with only the generic "check
+    your plan and billing details" text, no QuotaFailure and no RetryInfo (python-genai
+    #1901, js-genai #1264): that is rate limiting (back off, breaker), never an empty
+    account. Only an explicit billing signal (a billing/spend/daily quotaId, ErrorInfo
+    ``BILLING_DISABLED``) stops the provider there."""
     verdicts: list[ErrorKind] = []
     for failure in _detail_of(p, "google.rpc.QuotaFailure"):
         for v in failure.get("violations") or []:
@@ -305,12 +318,14 @@ def _gemini_resource_exhausted(p: _Parsed) -> ErrorKind:
     if verdicts:
         # A daily/billing exhaustion dominates: waiting a minute will not help.
         return K.QUOTA if K.QUOTA in verdicts else K.RETRYABLE
+    if batch_endpoint:
+        return K.RETRYABLE
     if GEMINI_BILLING_MESSAGE.search(p.message):
         return K.QUOTA
     return K.RETRYABLE
 
 
-def _gemini_kind(status: int, p: _Parsed) -> ErrorKind | None:
+def _gemini_kind(status: int, p: _Parsed, batch_endpoint: bool = False) -> ErrorKind | None:
     for info in _detail_of(p, "google.rpc.ErrorInfo"):
         reason = info.get("reason")
         if isinstance(reason, str) and reason in GEMINI_REASON_KINDS:
@@ -318,7 +333,7 @@ def _gemini_kind(status: int, p: _Parsed) -> ErrorKind | None:
                 break  # still decide rate vs quota from QuotaFailure below
             return GEMINI_REASON_KINDS[reason]
     if p.status == "RESOURCE_EXHAUSTED" or status == 429:
-        return _gemini_resource_exhausted(p)
+        return _gemini_resource_exhausted(p, batch_endpoint)
     if status == 400 and GEMINI_CONTEXT_MESSAGE.search(p.message):
         return K.CONTEXT_TOO_LONG
     if p.status is not None and p.status in GEMINI_STATUS_KINDS:
@@ -362,14 +377,21 @@ def classify_http(
     status: int,
     body: dict[str, Any] | str | bytes | None,
     headers: object = None,
+    *,
+    batch_endpoint: bool = False,
 ) -> ProviderError:
     """Classify a raw HTTP error answer (or a batch result line's status + error body).
 
     ``body`` may be a decoded JSON dict, raw text, or None; ``headers`` any mapping (case
-    does not matter). OpenAI-compatible providers use the OpenAI rules."""
+    does not matter). OpenAI-compatible providers use the OpenAI rules.
+    ``batch_endpoint``: the answer came from a Batch or Files API call (see
+    :func:`_gemini_resource_exhausted`)."""
     parsed = _parse_body(body)
-    refiner = _REFINERS.get(provider, _openai_kind)
-    kind = refiner(status, parsed) or _status_kind(status)
+    if provider == "gemini":
+        kind = _gemini_kind(status, parsed, batch_endpoint) or _status_kind(status)
+    else:
+        refiner = _REFINERS.get(provider, _openai_kind)
+        kind = refiner(status, parsed) or _status_kind(status)
     retry_after = retry_after_seconds(headers)
     if retry_after is None and provider == "gemini":
         retry_after = _gemini_retry_delay(parsed)
@@ -415,7 +437,9 @@ def _from_genai(exc: BaseException, provider: str) -> ProviderError:
     status = exc.code if isinstance(exc.code, int) else 0
     if status == 0:
         return _plain(provider, exc, K.UNKNOWN, "api_error")
-    return classify_http(provider, status, body, headers)
+    url = getattr(exc.response, "url", None)
+    batch_endpoint = url is not None and GEMINI_BATCH_PATH.search(str(url)) is not None
+    return classify_http(provider, status, body, headers, batch_endpoint=batch_endpoint)
 
 
 def _from_mistral(exc: BaseException, provider: str) -> ProviderError:
@@ -549,3 +573,126 @@ def kind_for_result_code(code: str | None) -> ErrorKind:
     if code is None:
         return K.UNKNOWN
     return RESULT_CODE_KINDS.get(code, K.UNKNOWN)
+
+
+# ---------------------------------------------------------------------------------------
+# Batch-level failures: who caused them, and do they cost the questions an attempt?
+# ---------------------------------------------------------------------------------------
+
+
+class BatchCause:
+    """Why a batch ended without all its results (``ai_commentary_batch_jobs.failure_cause``)."""
+
+    LIMIT = "limit"  # a provider queue/rate limit (OpenAI token_limit_exceeded, ...)
+    PROVIDER = "provider"  # the provider's own failure (internal error, unavailable)
+    EXPIRED = "expired"  # the completion window passed
+    CANCELLED = "cancelled"  # cancelled (by an operator or by us)
+    REQUEST = "request"  # our input was rejected (invalid file, invalid argument)
+    UNKNOWN = "unknown"  # no reason given or one we do not know
+
+
+#: Causes whose unfinished requests go back to waiting without spending an attempt: none of
+#: them says anything about the requests. REQUEST and UNKNOWN do count, so a batch that
+#: keeps failing for a reason we cannot tell still ends after max_attempts.
+FREE_CAUSES = frozenset(
+    {BatchCause.LIMIT, BatchCause.PROVIDER, BatchCause.EXPIRED, BatchCause.CANCELLED}
+)
+
+#: OpenAI batch ``errors.data[].code`` -> cause (validation codes per stdapi.ai #240 and
+#: openai-python #2084). Codes not listed are classified like an HTTP error code.
+OPENAI_BATCH_ERROR_CAUSES: Mapping[str, str] = {
+    "token_limit_exceeded": BatchCause.LIMIT,
+    "rate_limit_exceeded": BatchCause.LIMIT,
+    "server_error": BatchCause.PROVIDER,
+    "internal_error": BatchCause.PROVIDER,
+    "invalid_json_line": BatchCause.REQUEST,
+    "missing_custom_id": BatchCause.REQUEST,
+    "duplicate_custom_id": BatchCause.REQUEST,
+    "url_mismatch": BatchCause.REQUEST,
+    "model_mismatch": BatchCause.REQUEST,
+    "empty_file": BatchCause.REQUEST,
+    "too_many_tasks": BatchCause.REQUEST,
+    "file_too_large": BatchCause.REQUEST,
+    "invalid_request": BatchCause.REQUEST,
+}
+
+#: ErrorKind of a classified batch error -> cause.
+_KIND_CAUSES: Mapping[ErrorKind, str] = {
+    K.RETRYABLE: BatchCause.PROVIDER,
+    K.QUOTA: BatchCause.LIMIT,
+    K.AUTH: BatchCause.PROVIDER,
+    K.INVALID_REQUEST: BatchCause.REQUEST,
+    K.CONTEXT_TOO_LONG: BatchCause.REQUEST,
+    K.CONTENT_REFUSED: BatchCause.REQUEST,
+    K.UNKNOWN: BatchCause.UNKNOWN,
+}
+
+#: Per-line error codes that are batch-level causes surfaced on each line (expiry, cancel):
+#: free retries. Every other failed line (4xx, 5xx, status_code 0, refusals, schema
+#: violations, unreadable lines) counts an attempt: the line is the request's own outcome,
+#: and a request that keeps failing must end after max_attempts.
+FREE_LINE_CODES = frozenset({"batch_expired", "batch_cancelled", "timeout_exceeded"})
+
+
+@dataclass(frozen=True)
+class BatchFailure:
+    """A terminal batch's cause and the provider's reason (redacted, bounded)."""
+
+    cause: str | None  # None: the batch completed normally
+    reason: str | None  # the provider's words, e.g. "token_limit_exceeded: Enqueued ..."
+
+    @property
+    def charges_attempts(self) -> bool:
+        """Whether requests left without a result spend an attempt."""
+        return self.cause not in FREE_CAUSES
+
+
+def redact(text: str) -> str:
+    """Provider text through the one redaction step (:mod:`worker.redact`), bounded."""
+    from worker.redact import redact as redact_secrets
+
+    return redact_secrets(text)[:_MESSAGE_LIMIT]
+
+
+def classify_batch_failure(
+    provider: str,
+    state: str,
+    code: str | None,
+    message: str | None,
+) -> BatchFailure:
+    """The cause of a terminal batch in normalised ``state`` (``BatchState`` value) with the
+    provider's batch-level error ``code``/``message`` (OpenAI ``errors.data[0]``, Gemini the
+    operation's google.rpc status name, Mistral ``errors[].message``)."""
+    reason = None
+    if code or message:
+        reason = redact(f"{code}: {message}" if code and message else str(code or message))
+    if state == "expired":
+        return BatchFailure(BatchCause.EXPIRED, reason or "the completion window expired")
+    if state == "cancelled":
+        return BatchFailure(BatchCause.CANCELLED, reason or "the batch was cancelled")
+    if state != "failed":
+        return BatchFailure(None, reason)
+    if code is None and message is None:
+        return BatchFailure(BatchCause.UNKNOWN, None)
+    if provider != "gemini" and code is not None and code in OPENAI_BATCH_ERROR_CAUSES:
+        return BatchFailure(OPENAI_BATCH_ERROR_CAUSES[code], reason)
+    if provider == "gemini" and code == "RESOURCE_EXHAUSTED":
+        return BatchFailure(BatchCause.LIMIT, reason)
+    if provider == "gemini" and code:
+        # a google.rpc code name (INTERNAL, UNAVAILABLE, INVALID_ARGUMENT, ...)
+        http = next((h for name, h in GRPC_CODES.values() if name == code), 0)
+        if http:
+            err = classify_http(
+                provider,
+                http,
+                {"error": {"status": code, "message": message or ""}},
+                batch_endpoint=True,
+            )
+            return BatchFailure(_KIND_CAUSES[err.kind], reason)
+    if provider == "mistral" and message and re.search(r"internal|unavailable", message, re.I):
+        return BatchFailure(BatchCause.PROVIDER, reason)
+    if provider != "gemini" and code:
+        kind = OPENAI_CODE_KINDS.get(code)
+        if kind is not None:
+            return BatchFailure(_KIND_CAUSES[kind], reason)
+    return BatchFailure(BatchCause.UNKNOWN, reason)

@@ -20,6 +20,7 @@ from psycopg import AsyncConnection
 
 from worker import custom_ids
 from worker.error_log import record_error
+from worker.error_policy import FREE_LINE_CODES
 from worker.providers.base import ResultLine
 from worker.queries import q
 from worker.question_input import clean_text
@@ -30,6 +31,10 @@ from worker.settings_row import CommentarySettings
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 2000
+#: A request released this many times without spending an attempt (its batch failed for
+#: a cause that is not the request's: limits, provider errors, expiry, cancel) fails with
+#: the last reason, so a provider that never finishes anything cannot hold it forever.
+MAX_FREE_RETRIES = 25
 # From this many staged lines on, the merge statements run without nested-loop joins. The
 # requests a batch owns carry a brand-new ``claimed_by`` value, so the planner always
 # estimates one matching row and picks a nested loop over a materialised scan: quadratic
@@ -57,6 +62,7 @@ COLUMNS = (
     "input_tokens",
     "output_tokens",
     "model_version",
+    "charge",
 )
 COPY_SQL = f"COPY worker_ingest_lines ({', '.join(COLUMNS)}) FROM STDIN"
 
@@ -134,6 +140,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
                 line.input_tokens,
                 line.output_tokens,
                 line.model_version,
+                True,
             )
         except OutputError as exc:
             error = f"invalid_output: {exc}"
@@ -147,7 +154,15 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
         line.input_tokens,
         line.output_tokens,
         line.model_version,
+        line_charges_attempt(line),
     )
+
+
+def line_charges_attempt(line: ResultLine) -> bool:
+    """Whether a failed line spends an attempt: not when it only reports its batch's fate
+    (``batch_expired``, ``batch_cancelled``, Mistral ``timeout_exceeded``); every other
+    failure is the request's own outcome (worker.error_policy.FREE_LINE_CODES)."""
+    return line.ok or line.error_code not in FREE_LINE_CODES
 
 
 async def ingest_lines(
@@ -163,8 +178,12 @@ async def ingest_lines(
     lines: AsyncIterator[ResultLine],
     missing_reason: str,
     count_attempt: bool = True,
+    charge_missing: bool = True,
 ) -> IngestCounts:
-    """Stage, validate and merge ``lines`` for requests held by ``owner``; settle questions."""
+    """Stage, validate and merge ``lines`` for requests held by ``owner``; settle questions.
+
+    ``charge_missing``: requests without any line spend an attempt (False when the batch's
+    cause says nothing about them: they are a free retry, bounded by MAX_FREE_RETRIES)."""
     counts = IngestCounts()
     seen: set[uuid.UUID] = set()
     # A few examples (custom_id: reason) for the worker_errors rows a person reads.
@@ -181,6 +200,8 @@ async def ingest_lines(
         "batch_priced": batch_priced,
         "max_attempts": settings.max_attempts,
         "count_attempt": 1 if count_attempt else 0,
+        "charge_missing": charge_missing,
+        "max_free_retries": MAX_FREE_RETRIES,
     }
     async with conn.transaction():
         await conn.execute(q("create_ingest_table"))

@@ -15,7 +15,8 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 "Alive" means: a ``submit`` job in ``doing`` on a worker whose heartbeat is younger than
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
-  without any request to pending.
+  without any request to pending;
+- returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["polls_restored"] = await restore_polls(conn)
         detail["instant_released"] = await release_dead_instant_claims(conn)
         detail["settled"] = await settle_stragglers(conn)
+        detail["unblocked"] = await unblock_entitled(conn)
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
@@ -178,6 +180,14 @@ async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (owner,))
     return len(ids)
+
+
+async def unblock_entitled(conn: AsyncConnection[Any]) -> int:
+    """Blocked questions the policy (schema/0021) no longer blocks go back to pending: an
+    owner who became entitled gets their questions processed without a manual step, within
+    a tick, whatever the policy reads (a trigger on the app's tables could not know)."""
+    cur = await conn.execute(q("unblock_entitled"))
+    return len(await cur.fetchall())
 
 
 async def settle_stragglers(conn: AsyncConnection[Any]) -> int:

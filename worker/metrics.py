@@ -14,7 +14,8 @@ Two sources, two registries:
 Rules: no free-text labels (reasons go to ``status`` and the tables: a stop is labelled by
 provider and kind only); figures that only grow are counters (``*_total``, built from
 all-time sums, so ``rate()`` and ``increase()`` work; a counter read from rows can step back
-if maintenance deletes rows, which Prometheus treats as a reset); gauges are states.
+if maintenance deletes rows, which Prometheus treats as a reset); gauges are states. Batch failures are counted
+by cause (a closed set; the provider's reason is in ``failure_reason`` and ``status``).
 
 Served by :mod:`worker.health` (``/metrics``, ``/health``, ``/ready`` on one port).
 """
@@ -428,7 +429,17 @@ async def _batches(conn: Conn, scrape: Scrape) -> list[Metric]:
         pair: tuple[str, str] = (r["provider"], r["stage"])
         buckets = [*cumulative.get(pair, []), ("+Inf", _f(r["n"]))]
         hist.add_metric(list(pair), buckets, _f(r["total_seconds"]))
-    return [live, live_age, by_state, subs, reqs, results, tokens, hist]
+    failures = _counter(
+        "ai_worker_batch_failures_total",
+        "Batches that ended without all their results, by cause (limit, provider, expired, "
+        "cancelled, request, unknown; see ai_commentary_batch_jobs.failure_reason).",
+        "provider",
+        "stage",
+        "cause",
+    )
+    for r in await _rows(conn, "ops_batch_failures"):
+        failures.add_metric([r["provider"], r["stage"], r["cause"]], _f(r["batches"]))
+    return [live, live_age, by_state, subs, reqs, results, tokens, failures, hist]
 
 
 async def _errors(conn: Conn, scrape: Scrape) -> list[Metric]:

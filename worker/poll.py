@@ -5,6 +5,15 @@ two pollers never process the same batch (failure mode 1); a second one simply r
 Every raw provider state is mapped explicitly (worker.providers.states); an unknown state
 is never taken for finished (mode 7): polling goes on and the state is recorded.
 Waiting does not consume attempts; the delay grows from seconds to minutes.
+
+A terminal batch is ingested whatever its state: cancelled and expired batches keep the
+results they have. Requests left without a result spend an attempt only when the batch's
+cause is theirs (worker.error_policy.classify_batch_failure: limits, provider errors,
+expiry and cancellation are free retries); the provider's reason goes on the batch row
+(``failure_cause``, ``failure_reason``), into worker_errors, the alert and the requests'
+error. A batch that succeeded with results not readable yet (Gemini without a responses
+file, a results file answering 404) is polled again with backoff for
+RESULTS_GRACE_SECONDS before its lines count as missing.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker import metrics
 from worker.config import get_settings
 from worker.error_log import record_error
+from worker.error_policy import BatchCause, BatchFailure, classify_batch_failure
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.ingest import IngestCounts, ingest_lines
 from worker.providers.base import BatchState, BatchStatus, ResultLine
@@ -50,6 +60,11 @@ class ResultsUnavailable(Exception):
     def __init__(self, error: ProviderError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class ResultsNotReady(Exception):
+    """A batch reported success but its results cannot be read (yet): no results file
+    named, or the file answers 404. Polled again within RESULTS_GRACE_SECONDS."""
 
 
 def next_delay(poll_count: int) -> float:
@@ -126,8 +141,25 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                         fingerprint=f"unknown-state:{job['provider']}:{status.raw_state}",
                     )
                 return {"state": status.raw_state, "next_poll_in": delay}
+            late: str | None = None
+            if (
+                status.state is BatchState.COMPLETED
+                and job["provider"] == "gemini"
+                and (not status.output_file_id and not status.inline_results)
+            ):
+                waited = await results_pending(conn, job, status.raw_state)
+                if waited is None:
+                    return {"state": status.raw_state, "results": "not readable yet"}
+                late = f"the batch succeeded but named no results file for {waited:.0f}s"
             try:
-                counts = await finish(conn, settings, job, status)
+                try:
+                    counts = await finish(conn, settings, job, status, late=late)
+                except ResultsNotReady as exc:
+                    waited = await results_pending(conn, job, status.raw_state)
+                    if waited is None:
+                        return {"state": status.raw_state, "results": "not readable yet"}
+                    late = f"results not readable for {waited:.0f}s: {exc}"
+                    counts = await finish(conn, settings, job, status, late=late)
             except ResultsUnavailable as exc:
                 # A transient error while downloading results: nothing of this batch was
                 # written (ingest's savepoint rolled back) and the provider keeps the file,
@@ -154,15 +186,46 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
     return {"state": status.raw_state, **counts.as_dict()}
 
 
+async def results_pending(
+    conn: AsyncConnection[Any], job: dict[str, Any], raw_state: str
+) -> float | None:
+    """A finished batch whose results are not readable yet: poll it again with backoff and
+    return None, or - once RESULTS_GRACE_SECONDS have passed since this was first seen -
+    return how long it waited (the caller then ingests what there is)."""
+    from worker.submit import defer_poll
+
+    delay = next_delay(job["poll_count"])
+    cur = await conn.execute(
+        q("batch_results_pending"), {"id": job["id"], "raw_state": raw_state, "delay": delay}
+    )
+    row = await cur.fetchone()
+    waited = float(row[0]) if row and row[0] is not None else 0.0
+    if waited >= get_settings().results_grace_seconds:
+        return waited
+    await defer_poll(conn, job["id"], delay)
+    log.info(
+        "batch results not readable yet",
+        extra={"batch_job_id": str(job["id"]), "waited": waited, "next_poll_in": delay},
+    )
+    return None
+
+
 async def finish(
     conn: AsyncConnection[Any],
     settings: CommentarySettings,
     job: dict[str, Any],
     status: BatchStatus,
+    late: str | None = None,
 ) -> IngestCounts:
-    """Ingest a terminal batch: whatever results exist, then everything else as missing."""
+    """Ingest a terminal batch: whatever results exist (cancelled and expired batches
+    included), then everything else as missing - charged an attempt only when the batch's
+    cause is the requests' (worker.error_policy.classify_batch_failure).
+
+    ``late``: the results stayed unreadable past the grace period (why); the lines not read
+    are then missing without an attempt spent, and the batch row says why. Without it, an
+    output file that answers 404 raises :class:`ResultsNotReady` (the caller waits)."""
     provider = providers().batch(job["provider"])
-    error: str | None = None
+    error: str | None = late
 
     async def lines() -> AsyncIterator[ResultLine]:
         nonlocal error
@@ -172,10 +235,28 @@ async def finish(
         except ProviderError as exc:
             if exc.kind is ErrorKind.RETRYABLE:
                 raise ResultsUnavailable(exc) from exc  # retried by run_poll
+            if exc.status_code == 404:
+                if late is None:
+                    raise ResultsNotReady(str(exc)) from exc  # maybe not written yet
+                # Expired or deleted at the provider: paid for, gone. Not the requests'
+                # fault: they go back to waiting without an attempt, and it is recorded.
+                error = f"results file gone at the provider (expired or deleted): {exc}"
+                return
             # A permanent download failure is not lost work: the lines not read count as
             # missing (retried), and the error is recorded (failure mode 12).
             error = f"reading results failed: {exc}"
 
+    failure = classify_batch_failure(
+        job["provider"], status.state.value, status.failure_code, status.failure_message
+    )
+    missing_reason = MISSING_REASON[status.state]
+    if failure.reason:
+        missing_reason += f" ({failure.reason})"
+    charge_missing = failure.charges_attempts
+    if late is not None:
+        failure = BatchFailure(BatchCause.PROVIDER, redact(late))
+        missing_reason = f"{MISSING_REASON[status.state]} ({failure.reason})"
+        charge_missing = False
     counts = await ingest_lines(
         conn,
         settings,
@@ -186,7 +267,8 @@ async def finish(
         batch_job_id=job["id"],
         batch_priced=True,
         lines=lines(),
-        missing_reason=MISSING_REASON[status.state],
+        missing_reason=missing_reason[:2000],
+        charge_missing=charge_missing,
     )
     if (
         status.state is BatchState.COMPLETED
@@ -195,6 +277,7 @@ async def finish(
         and not status.inline_results
     ):
         error = error or "completed batch has no output file"
+    await record_failure(conn, job, status, failure, counts)
     await conn.execute(
         q("batch_finished"),
         {
@@ -213,9 +296,59 @@ async def finish(
     )
     from worker import resilience
 
-    await resilience.on_batch_finished(conn, job, status, counts, error)
+    await resilience.on_batch_finished(
+        conn,
+        job,
+        status,
+        counts,
+        error,
+        reason=failure.reason,
+        charged=failure.charges_attempts,
+    )
     log.info(
         "batch finished",
         extra={"batch_job_id": str(job["id"]), "state": status.raw_state, **counts.as_dict()},
     )
     return counts
+
+
+async def record_failure(
+    conn: AsyncConnection[Any],
+    job: dict[str, Any],
+    status: BatchStatus,
+    failure: BatchFailure,
+    counts: IngestCounts,
+) -> None:
+    """Store a batch-level failure's cause and reason on the batch row and in worker_errors;
+    a provider-side failure also counts toward the provider's breaker (back off)."""
+    if failure.cause is None:
+        return
+    await conn.execute(
+        q("batch_failure"),
+        {"id": job["id"], "cause": failure.cause, "reason": failure.reason},
+    )
+    charged = "spent an attempt" if failure.charges_attempts else "did not spend an attempt"
+    await record_error(
+        conn,
+        f"batch_{failure.cause}",
+        f"batch {status.batch_id} ended {status.raw_state} ({failure.cause}): "
+        f"{(failure.reason or 'no reason given').rstrip('.')}; {counts.missing} requests "
+        "without a result "
+        f"went back to waiting and {charged}",
+        provider=job["provider"],
+        batch_job_id=job["id"],
+        fingerprint=f"batch-{failure.cause}:{job['provider']}:{status.failure_code or ''}",
+    )
+    if failure.cause == BatchCause.PROVIDER:
+        from worker import resilience
+
+        await resilience.on_provider_error(
+            conn,
+            job["provider"],
+            ProviderError(
+                failure.reason or "batch failed at the provider",
+                kind=ErrorKind.RETRYABLE,
+                provider=job["provider"],
+                code=status.failure_code,
+            ),
+        )

@@ -262,8 +262,17 @@ def _state_of(status: Any) -> BatchState | None:
 
 
 async def on_batch_finished(
-    conn: AsyncConnection[Any], job: dict[str, Any], status: Any, counts: Any, error: str | None
+    conn: AsyncConnection[Any],
+    job: dict[str, Any],
+    status: Any,
+    counts: Any,
+    error: str | None,
+    *,
+    reason: str | None = None,
+    charged: bool = True,
 ) -> None:
+    """Alerts for a finished batch. ``reason``: the provider's failure reason (it goes into
+    the alert text); ``charged``: whether requests without a result spent an attempt."""
     try:
         provider = str(job.get("provider"))
         model = job.get("model_key") or job.get("stage") or "?"
@@ -276,14 +285,16 @@ async def on_batch_finished(
         summary = (
             f"batch {job.get('id')} ({provider} {getattr(status, 'batch_id', '')}, model "
             f"{model}): {total} requests, {succeeded} succeeded, {failed} failed, "
-            f"{missing} missing. Failed and missing requests are retried."
+            f"{missing} missing. Failed and missing requests are retried"
+            + ("." if charged else " without spending an attempt.")
         )
+        because = f": {reason.rstrip('.')}" if reason else ""
         if state in (BatchState.FAILED, BatchState.EXPIRED, BatchState.CANCELLED):
             await alert(
                 conn,
                 f"batch-{state.value}:{provider}",
                 f"AI commentary: {provider} batch {state.value}",
-                f"State {raw}. {summary}",
+                f"State {raw}{because}. {summary}",
             )
         elif total and (failed + missing) / total > FAILED_LINES_ALERT_SHARE:
             share = (failed + missing) / total

@@ -188,14 +188,19 @@ async def test_5_unsuccessful_batches_send_questions_back_and_they_complete(
     await one_round(opened_app.connector.pool, db)
     job = db.execute("SELECT state FROM ai_commentary_batch_jobs").fetchone()
     assert job == {"state": outcome}
+    # Not the requests' fault (a provider-side failure, expiry, an operator's cancel): they
+    # wait for a retry without spending an attempt (issue 12, build 4).
     waiting = db.execute(
         "SELECT count(*) AS n FROM ai_commentary_requests"
-        " WHERE model_key = 'mistral' AND status = 'waiting' AND attempts = 1"
+        " WHERE model_key = 'mistral' AND status = 'waiting' AND attempts = 0"
+        " AND free_retries = 1"
     ).fetchone()
     # expired/cancelled batches keep their finished lines; everything else waits for a retry
     assert waiting is not None and (
         waiting["n"] == 8 if outcome == "failed" else 0 < waiting["n"] <= 8
     )
+    cause = db.execute("SELECT failure_cause FROM ai_commentary_batch_jobs").fetchone()
+    assert cause == {"failure_cause": "provider" if outcome == "failed" else outcome}
     assert status_counts(db) == {"processing": 8}
     pipeline.configure(batch_outcome=None)
     assert await adrain(60) == 0
@@ -209,14 +214,19 @@ def test_5b_poison_questions_end_failed_with_reason_after_max_attempts(
     only(db, chatgpt=True)
     db.execute("UPDATE ai_commentary_settings SET max_attempts = 2")
     insert_questions(db, 5)
-    pipeline.configure(batch_outcome="failed")
+    # a request-level cause: our input was rejected (a provider-side failure would be retried
+    # without spending attempts)
+    pipeline.configure(batch_outcome="failed", batch_failure_code="invalid_json_line")
     assert drain(60) == 0
     assert status_counts(db) == {"failed": 5}
     reasons = {
         r["ai_commentary_error"]
         for r in db.execute("SELECT ai_commentary_error FROM questions").fetchall()
     }
-    assert reasons == {"chatgpt: the batch failed"}
+    assert reasons == {
+        "chatgpt: the batch failed (invalid_json_line: The batch failed validation "
+        "(invalid_json_line). (line 1))"
+    }
     assert pipeline.stats()["openai"]["batches_created"] == 2
 
 

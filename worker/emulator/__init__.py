@@ -12,6 +12,8 @@ Architecture (one module per concern):
 - :mod:`.content`     deterministic schema-valid JSON, filler text, tokens, embeddings
 - :mod:`.config`      :class:`EmulatorConfig` and :class:`FaultRule`
 - :mod:`.faults`      provider-shaped error bodies, fault injection
+- :mod:`.limits`      the real batch limits (enqueued tokens, creation rate, concurrent
+                      batches) and lost responses, checked when a batch is created
 - :mod:`.openai_api`, :mod:`.gemini_api`, :mod:`.mistral_api`, :mod:`.compat_api`
 
 Usage::
@@ -20,7 +22,8 @@ Usage::
     emu.start()
     client = OpenAI(api_key="sk-test", base_url=emu.openai_base_url)
     emu.configure(http_faults=[{"provider": "openai", "kind": "rate_limit", "count": 1}])
-    emu.stats()["openai"]["custom_ids"]
+    emu.configure(openai_enqueued_tokens_per_model=2_000_000, lost_response_rate=0.3)
+    emu.stats()["openai"]["custom_ids"], emu.stats()["openai"]["paid_twice"]
     emu.stop()
 """
 

@@ -68,7 +68,14 @@ class EmulatorConfig:
     line_failure_status: int = 500
     """HTTP-style status of failed lines: 500 (server_error) or 400 (invalid_request_error)."""
     batch_outcome: str | None = None
-    """Force the whole-batch outcome: None (normal), "failed", "expired" or "cancelled"."""
+    """Force the whole-batch outcome: None (normal), "failed", "expired" or "cancelled"
+    (an operator's cancel while the batch runs: OpenAI and Mistral pass through
+    cancelling; OpenAI keeps the lines done so far, see ``cancel_done_share``)."""
+    batch_failure_code: str | None = None
+    """Reason of a forced "failed" outcome: None = a provider-side internal error
+    (OpenAI ``errors.data[0].code = "server_error"``, Gemini operation error 13 INTERNAL,
+    Mistral "internal error"); any other string is used as the OpenAI error code, and a
+    code starting with "invalid" makes it Gemini INVALID_ARGUMENT (3) [chosen]."""
     http_faults: list[FaultRule] = field(default_factory=list)
     """HTTP fault rules, evaluated in order; the first one that fires wins."""
     latency_ms: float = 0.0
@@ -94,12 +101,62 @@ class EmulatorConfig:
     max_batch_bytes: int = 200 * 1024 * 1024
     """OpenAI batch input size limit."""
 
+    # ------------------------------------------------------------ real provider limits
+    # (provider-apis.md section 5). Every one is off by default so existing tests keep
+    # their meaning; turn them on per test or run.
+    openai_enqueued_tokens_per_model: int | None = None
+    """OpenAI enqueued-token limit per model: prompt tokens (estimated from the request
+    text, :func:`worker.emulator.limits.estimate_openai_line_tokens`) of the organisation's
+    unfinished batches. A batch that would go over is accepted, then fails validation with
+    ``token_limit_exceeded``. None = unlimited."""
+    openai_failed_tokens_hold_seconds: float = 0.0
+    """How long a batch failed for the token limit keeps counting against it ("a failed
+    batch's tokens count for a while": the real duration is unknown)."""
+    openai_batches_per_hour: int | None = None
+    """OpenAI batch creations allowed per ``openai_batch_window_seconds`` (2,000 per hour
+    for real); creates over it get a 429. None = unlimited."""
+    openai_batch_window_seconds: float = 3600.0
+    """The window of ``openai_batches_per_hour`` (shorten it to scale time in tests)."""
+    gemini_max_concurrent_batches: int | None = None
+    """Gemini unfinished batch jobs per project (100 for real); over it
+    ``batchGenerateContent`` and ``batches.list`` answer the generic 429."""
+    gemini_enqueued_tokens_per_model: int | None = None
+    """Gemini enqueued tokens per model (prompt tokens of unfinished batches); over it
+    ``batchGenerateContent`` answers the generic 429."""
+    lost_response_rate: float = 0.0
+    """Share of batch creates and file uploads whose side effect happens (the batch or
+    file exists and will be billed) but whose answer is lost: a 500 or a dropped
+    connection (half each, by seeded dice)."""
+    cancel_seconds: float | None = None
+    """Seconds a cancel stays in ``cancelling`` (OpenAI, Mistral); None = state_seconds."""
+    cancel_done_share: float = 0.5
+    """Share of lines already done when an OpenAI batch is cancelled while in progress:
+    they are billed and written to the output file (partial results)."""
+    gemini_output_delay_polls: int = 0
+    """A succeeded Gemini batch shows no ``output`` (results file not readable yet) for
+    this many more ``batches.get`` calls after it succeeded."""
+    file_ttl_seconds: float | None = None
+    """Lifetime of every file (uploaded and generated); None = the provider defaults
+    (OpenAI 30 days or ``expires_after``, Gemini 48 h, Mistral never). An expired file
+    is gone: 404 on get/download, batches referring to it are refused."""
+    strict_api_versions: bool = False
+    """Gemini batch and file routes only under ``v1beta`` (as published); ``v1`` answers
+    404 for them."""
+    openai_empty_error_file_id: bool = False
+    """A clean OpenAI batch reports ``error_file_id: ""`` instead of null (seen live)."""
+    status_code_zero_rate: float = 0.0
+    """Share of OpenAI result lines written with ``response.status_code: 0`` (reported on
+    the community forum) and an error body instead of the answer."""
+
     def validate(self) -> None:
         """Raise ValueError on out-of-range values."""
         for name in (
             "line_failure_rate",
             "malformed_line_rate",
             "schema_violation_rate",
+            "lost_response_rate",
+            "cancel_done_share",
+            "status_code_zero_rate",
         ):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
@@ -110,6 +167,25 @@ class EmulatorConfig:
             raise ValueError(f"batch_outcome must be one of {BATCH_OUTCOMES}")
         if self.line_failure_status not in (400, 500):
             raise ValueError("line_failure_status must be 400 or 500")
+        for name in (
+            "openai_enqueued_tokens_per_model",
+            "openai_batches_per_hour",
+            "gemini_max_concurrent_batches",
+            "gemini_enqueued_tokens_per_model",
+        ):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{name} must be a non-negative integer or null")
+        for name in ("cancel_seconds", "file_ttl_seconds"):
+            v = getattr(self, name)
+            if v is not None and float(v) < 0:
+                raise ValueError(f"{name} must be >= 0 or null")
+        if self.openai_batch_window_seconds <= 0:
+            raise ValueError("openai_batch_window_seconds must be > 0")
+        if self.openai_failed_tokens_hold_seconds < 0:
+            raise ValueError("openai_failed_tokens_hold_seconds must be >= 0")
+        if self.gemini_output_delay_polls < 0:
+            raise ValueError("gemini_output_delay_polls must be >= 0")
 
     def updated(self, **changes: Any) -> EmulatorConfig:
         """A validated copy with ``changes`` applied (unknown names raise ValueError)."""

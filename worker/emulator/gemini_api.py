@@ -10,12 +10,19 @@ Batches are long-running Operations: ``name`` at top level, ``metadata`` with ``
 once terminal. Cancel is immediate (``CANCELLED``); ``EXPIRED`` has no results. Failed lines
 carry a google.rpc.Status with an rpc code (13 INTERNAL for ``line_failure_status=500``,
 3 INVALID_ARGUMENT for 400); inline ``error.details`` is omitted (the SDK wants strings).
+
+Real limits (off by default, :mod:`.limits`): over ``gemini_max_concurrent_batches`` or
+``gemini_enqueued_tokens_per_model`` the create (and, at the cap, the listing) answers the
+generic 429 ``RESOURCE_EXHAUSTED``; ``gemini_output_delay_polls`` keeps a succeeded batch's
+``output`` away for N more reads; ``strict_api_versions`` serves batch and file routes only
+under ``v1beta``; a failed batch's operation ``error`` follows ``batch_failure_code``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
@@ -173,22 +180,36 @@ class GeminiApi:
     def __init__(self, store: Store) -> None:
         self.store = store
         r = Router()
-        r.add("POST", r"/upload" + _V + "/files", self.upload)
-        r.add("GET", _V + "/files", self.list_files)
-        r.add("GET", _V + r"/files/(?P<id>[^/:]+):download", self.download)
-        r.add("GET", r"/download" + _V + r"/files/(?P<id>[^/:]+):download", self.download)
-        r.add("GET", _V + r"/files/(?P<id>[^/:]+)", self.get_file)
-        r.add("DELETE", _V + r"/files/(?P<id>[^/:]+)", self.delete_file)
-        r.add("POST", _V + r"/models/(?P<m>[^/:]+):batchGenerateContent", self.create_batch)
-        r.add("GET", _V + "/batches", self.list_batches)
-        r.add("GET", _V + r"/batches/(?P<id>[^/:]+)", self.get_batch)
-        r.add("POST", _V + r"/batches/(?P<id>[^/:]+):cancel", self.cancel_batch)
-        r.add("DELETE", _V + r"/batches/(?P<id>[^/:]+)", self.delete_batch)
-        r.add("POST", _V + r"/batches/(?P<id>[^/:]+):delete", self.delete_batch)
+        v = self._v1beta_only  # batch and file routes: v1beta only with strict_api_versions
+        r.add("POST", r"/upload" + _V + "/files", v(self.upload))
+        r.add("GET", _V + "/files", v(self.list_files))
+        r.add("GET", _V + r"/files/(?P<id>[^/:]+):download", v(self.download))
+        r.add("GET", r"/download" + _V + r"/files/(?P<id>[^/:]+):download", v(self.download))
+        r.add("GET", _V + r"/files/(?P<id>[^/:]+)", v(self.get_file))
+        r.add("DELETE", _V + r"/files/(?P<id>[^/:]+)", v(self.delete_file))
+        r.add("POST", _V + r"/models/(?P<m>[^/:]+):batchGenerateContent", v(self.create_batch))
+        r.add("GET", _V + "/batches", v(self.list_batches))
+        r.add("GET", _V + r"/batches/(?P<id>[^/:]+)", v(self.get_batch))
+        r.add("POST", _V + r"/batches/(?P<id>[^/:]+):cancel", v(self.cancel_batch))
+        r.add("DELETE", _V + r"/batches/(?P<id>[^/:]+)", v(self.delete_batch))
+        r.add("POST", _V + r"/batches/(?P<id>[^/:]+):delete", v(self.delete_batch))
         r.add("POST", _V + r"/models/(?P<m>[^/:]+):generateContent", self.generate)
         r.add("POST", _V + r"/models/(?P<m>[^/:]+):embedContent", self.embed_one)
         r.add("POST", _V + r"/models/(?P<m>[^/:]+):batchEmbedContents", self.embed_many)
         self.router = r
+
+    def _v1beta_only(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """``handler``, refusing ``v1`` with 404 while ``strict_api_versions`` is on: the
+        published references serve batch creation and the Files API under ``v1beta``."""
+
+        def wrapped(req: Request) -> Response:
+            if self.store.config.strict_api_versions and req.params.get("v") != "v1beta":
+                return Response.error(
+                    not_found_reply("gemini", f"Method {req.method} {req.path} on v1")
+                )
+            return handler(req)
+
+        return wrapped
 
     # ---------------------------------------------------------------- files
 
@@ -203,7 +224,7 @@ class GeminiApi:
             "sizeBytes": str(f.bytes),
             "createTime": rfc3339(f.created_at),
             "updateTime": rfc3339(f.created_at),
-            "expirationTime": rfc3339(f.created_at + 48 * 3600),
+            "expirationTime": rfc3339(self.store.file_expires_at(f) or f.created_at + 48 * 3600),
             "uri": f"{base}/{v}/files/{short}",
             "state": "ACTIVE",
             "source": f.meta.get("source", "UPLOADED"),
@@ -319,7 +340,9 @@ class GeminiApi:
             "display_name": _get(batch_body, "displayName", "display_name") or "",
         }
         custom_ids: list[str] = []
-        settings = BatchSettings.from_config(self.store.config)
+        cfg = self.store.config
+        settings = BatchSettings.from_config(cfg)
+        tokens = 0
         if file_name:
             f = self.store.get_file("gemini", str(file_name))
             if f is None:
@@ -339,6 +362,7 @@ class GeminiApi:
                     prepared.add_unreadable()
                     continue
                 prepare_request(prepared, model, line.get("request") or {}, seed)
+            tokens = sum(prepared.tokens_in)
         else:
             reqs = ic.get("requests")
             if isinstance(reqs, dict):
@@ -351,6 +375,23 @@ class GeminiApi:
             for i, item in enumerate(reqs):
                 md = item.get("metadata") or {}
                 custom_ids.append(str(md.get("key", f"#{i}")))
+                request = item.get("request")
+                if isinstance(request, dict):
+                    tokens += content.count_tokens(contents_text(request))
+        data["enqueued_tokens"] = tokens
+        data["output_delay_polls"] = cfg.gemini_output_delay_polls
+        limits = self.store.limits
+        with limits.lock:
+            over = limits.gemini_over(model, tokens)
+            if over is not None:
+                return Response.error(over)
+            batch = self._new_batch(custom_ids, data, settings)
+            self.store.add_batch(batch)
+        return Response.json(self.operation(batch))
+
+    def _new_batch(
+        self, custom_ids: list[str], data: dict[str, Any], settings: BatchSettings
+    ) -> BatchRecord:
         created = now()
         batch = BatchRecord(
             id="batches/" + new_id(nbytes=8),
@@ -363,10 +404,9 @@ class GeminiApi:
             data=data,
         )
         batch.entered["queued"] = created
-        self.store.add_batch(batch)
-        return Response.json(self.operation(batch))
+        return batch
 
-    def operation(self, b: BatchRecord) -> dict[str, Any]:
+    def operation(self, b: BatchRecord, show_output: bool = True) -> dict[str, Any]:
         total = len(b.custom_ids)
         done_lines = b.counts["ok"] + b.counts["failed"]
         md: dict[str, Any] = {
@@ -396,11 +436,15 @@ class GeminiApi:
                 output = {"responsesFile": b.output_file_id}
             elif b.inline_results is not None:
                 output = {"inlinedResponses": {"inlinedResponses": b.inline_results}}
-            if output is not None:
+            if output is not None and show_output:
                 md["output"] = output
                 op["response"] = {"@type": _TYPE_PREFIX + "GenerateContentBatchOutput", **output}
             if b.phase == "failed":
-                op["error"] = {"code": 13, "message": "The batch job failed: internal error."}
+                code = b.settings.failure_code
+                if code and code.startswith("invalid"):
+                    op["error"] = {"code": 3, "message": f"The batch job failed: {code}."}
+                else:
+                    op["error"] = {"code": 13, "message": "The batch job failed: internal error."}
         return op
 
     def _batch(self, req: Request) -> BatchRecord | None:
@@ -413,14 +457,34 @@ class GeminiApi:
         b = self._batch(req)
         if b is None:
             return Response.error(not_found_reply("gemini", f"Batch batches/{req.params['id']}"))
-        return Response.json(self.operation(b))
+        return Response.json(self.operation(b, show_output=not self._output_delayed(b, True)))
+
+    @staticmethod
+    def _output_delayed(b: BatchRecord, count: bool) -> bool:
+        """Succeeded, but the results are not readable yet (``gemini_output_delay_polls``):
+        the first N reads after success show no output; ``count``: this read is one."""
+        if b.phase != "completed" or b.data.get("output_delay_polls", 0) <= 0:
+            return False
+        if count:
+            with b.lock:
+                b.data["output_delay_polls"] -= 1
+        return True
 
     def list_batches(self, req: Request) -> Response:
+        limits = self.store.limits
+        with limits.lock:
+            over = limits.gemini_over()
+        if over is not None:
+            return Response.error(over)
         batches = self.store.list_batches("gemini")[::-1]
         items, token = _page(batches, req.q("pageSize"), req.q("pageToken"))
         for b in items:
             advance(self.store, b)
-        out: dict[str, Any] = {"operations": [self.operation(b) for b in items]}
+        out: dict[str, Any] = {
+            "operations": [
+                self.operation(b, show_output=not self._output_delayed(b, False)) for b in items
+            ]
+        }
         if token:
             out["nextPageToken"] = token
         return Response.json(out)

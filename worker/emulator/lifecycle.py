@@ -36,11 +36,12 @@ def _next_phase(batch: BatchRecord) -> str:
     if batch.phase == "queued":
         if batch.validation_errors or outcome == "failed":
             return "failed"
-        if outcome == "cancelled":
-            # Only providers with a cancelling phase (OpenAI, Mistral) pass through it.
-            return "cancelled" if batch.provider == "gemini" else "cancelling"
     if batch.phase == "running" and outcome == "expired":
         return "expired"
+    if batch.phase == "running" and outcome == "cancelled":
+        # An operator's cancel while the batch runs. Only providers with a cancelling
+        # phase (OpenAI, Mistral) pass through it.
+        return "cancelled" if batch.provider == "gemini" else "cancelling"
     phases = batch.forward_phases
     if batch.phase in phases:
         i = phases.index(batch.phase)
@@ -64,10 +65,15 @@ def enter_phase(store: Store, batch: BatchRecord, phase: str, at: float) -> None
 
 def advance(store: Store, batch: BatchRecord) -> None:
     """Advance ``batch`` as far as the elapsed time allows."""
-    s = store.config.state_seconds
+    cfg = store.config
     t = now()
     with batch.lock:
-        while not batch.terminal and t - batch.phase_since >= s:
+        while not batch.terminal:
+            s = cfg.state_seconds
+            if batch.phase == "cancelling" and cfg.cancel_seconds is not None:
+                s = cfg.cancel_seconds
+            if t - batch.phase_since < s:
+                break
             # Timestamps accrue from the previous phase so slow polling sees a realistic
             # history; with s=0 every phase is entered "now".
             enter_phase(store, batch, _next_phase(batch), batch.phase_since + s if s else t)
@@ -96,7 +102,10 @@ def line_outcome(
     if terminal == "failed":
         return "failed"
     if terminal == "cancelled":
-        return "cancelled"
+        # Lines finished before the cancel keep their results (OpenAI: "partial results
+        # (if any) available in the output file"); the share is cancel_done_share.
+        if unit_fraction(settings.seed, "cancel-done", custom_id) >= settings.cancel_done_share:
+            return "cancelled"
     if terminal == "expired" and (not partial_on_expiry or index % 2 == 1):
         # Expiry leaves half of the work done (every other line) where the provider keeps
         # partial results; Gemini documents no results at all for EXPIRED.

@@ -3,9 +3,15 @@
 Batch lifecycle: ``validating → in_progress → finalizing → completed``; ``validating →
 failed`` when the input file is invalid (``errors.data`` codes ``invalid_json_line``,
 ``missing_custom_id``, ``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``,
-``empty_file``, ``too_many_tasks``, ``file_too_large``), or when ``batch_outcome="failed"``
-(``token_limit_exceeded``); ``in_progress → expired`` (every other line done, the rest in the
-error file as ``batch_expired``); ``cancelling → cancelled`` (no results). Output lines come
+``empty_file``, ``too_many_tasks``, ``file_too_large``), when the model's enqueued-token
+limit is reached (``token_limit_exceeded``, see :mod:`.limits`), or when
+``batch_outcome="failed"`` (``batch_failure_code``, default ``server_error``); creates over
+``openai_batches_per_hour`` get a 429. ``in_progress → expired`` (every other line done, the
+rest in the error file as ``batch_expired``); ``cancelling`` (``cancel_seconds``) →
+``cancelled``: cancelled while in progress, the lines done so far (``cancel_done_share``)
+are billed and in the output file, the others have no line at all [chosen]; cancelled while
+validating, no files. Options: ``error_file_id: ""`` on clean batches, lines with
+``status_code: 0``. Output lines come
 in a different order than the input (shuffled in blocks). When every line failed the output
 file id is null. The chat/embedding builders here are shared with the Mistral and
 OpenAI-compatible modules, whose response shapes are the same.
@@ -21,6 +27,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from worker.emulator import content
+from worker.emulator.content import unit_fraction
 from worker.emulator.faults import bad_request_reply, not_found_reply
 from worker.emulator.lifecycle import (
     LineTemplate,
@@ -37,6 +44,7 @@ from worker.emulator.lifecycle import (
     slot,
     violates,
 )
+from worker.emulator.limits import estimate_embedding_tokens, estimate_openai_line_tokens
 from worker.emulator.store import (
     BatchRecord,
     BatchSettings,
@@ -408,16 +416,44 @@ class OpenAIApi:
                 )
             )
         cfg = self.store.config
+        limits = self.store.limits
+        with limits.lock:
+            limited = limits.openai_rate_limited()
+        if limited is not None:
+            return Response.error(limited)
         prepared = PreparedLines() if endpoint == "/v1/chat/completions" else None
-        custom_ids, errors, model = scan_input(
+        custom_ids, errors, model, tokens = scan_input(
             f, endpoint, cfg.max_batch_lines, cfg.max_batch_bytes, prepared, cfg.seed
         )
+        settings = BatchSettings.from_config(cfg)
+        with limits.lock:
+            over = None if errors else limits.openai_admit(model, tokens)
+            if over is not None:
+                errors = [over]
+            batch = self._new_batch(body, f, endpoint, custom_ids, errors, model, settings)
+            batch.data["prepared"] = None if errors else prepared
+            batch.data["enqueued_tokens"] = tokens
+            batch.data["enqueued"] = not errors
+            batch.data["limit_failed"] = over is not None
+            self.store.add_batch(batch)
+        return Response.json(self.batch_json(batch))
+
+    def _new_batch(
+        self,
+        body: dict[str, Any],
+        f: FileRecord,
+        endpoint: str,
+        custom_ids: list[str],
+        errors: list[dict[str, Any]],
+        model: str | None,
+        settings: BatchSettings,
+    ) -> BatchRecord:
         created = now()
         batch = BatchRecord(
             id=new_id("batch_"),
             provider="openai",
             created_at=created,
-            settings=BatchSettings.from_config(cfg),
+            settings=settings,
             finisher=self._finish,
             forward_phases=("queued", "running", "finalizing"),
             phase_since=created,
@@ -429,12 +465,10 @@ class OpenAIApi:
                 "input_path": f.path,
                 "metadata": body.get("metadata"),
                 "model": model,
-                "prepared": None if errors else prepared,
             },
         )
         batch.entered["queued"] = created
-        self.store.add_batch(batch)
-        return Response.json(self.batch_json(batch))
+        return batch
 
     def batch_json(self, b: BatchRecord) -> dict[str, Any]:
         status = _PHASE_TO_STATUS[b.phase]
@@ -533,21 +567,24 @@ class OpenAIApi:
         b.counts["total"] = n
         if terminal == "failed":
             if not b.validation_errors:
+                # A forced failure (batch_outcome="failed"): its reason is batch_failure_code.
+                code = s.failure_code or "server_error"
                 b.validation_errors = [
                     {
-                        "code": "token_limit_exceeded",
-                        "message": "Enqueued token limit reached for "
-                        f"{b.data.get('model') or 'the model'} in organization org-emulator. "
-                        "Please try again once some in_progress batches have been completed.",
+                        "code": code,
+                        "message": "The batch failed: an internal error occurred while "
+                        "processing it."
+                        if code == "server_error"
+                        else f"The batch failed validation ({code}).",
                         "param": None,
-                        "line": None,
+                        "line": None if code == "server_error" else 1,
                     }
                 ]
             b.data["errors"] = b.validation_errors
             b.counts["total"] = 0
             return
-        if terminal == "cancelled":
-            return
+        if terminal == "cancelled" and "running" not in b.entered:
+            return  # cancelled while validating: nothing ran, no files
         endpoint = b.data["endpoint"]
         out = new_result_file(self.store, "openai", "file-", f"{b.id}_output.jsonl", "batch_output")
         err = new_result_file(self.store, "openai", "file-", f"{b.id}_error.jsonl", "batch_output")
@@ -570,6 +607,38 @@ class OpenAIApi:
                 outcome = "failed"
             outcomes[idx] = outcome
             req_id = f"batch_req_{content.seed_from(b.id, cid):016x}"
+            if outcome == "cancelled":
+                # Not run before the cancel: no line at all [chosen; the spec only promises
+                # the finished lines in the output file].
+                b.counts["failed"] += 1
+                continue
+            if outcome == "succeeded" and (
+                s.status_code_zero_rate
+                and unit_fraction(s.seed, "status-0", cid) < s.status_code_zero_rate
+            ):
+                # Reported live: a line with status_code 0 and no answer [chosen body].
+                outcome = outcomes[idx] = "failed"
+                err.write_obj(
+                    {
+                        "id": req_id,
+                        "custom_id": cid,
+                        "response": {
+                            "status_code": 0,
+                            "request_id": req_id,
+                            "body": {
+                                "error": {
+                                    "message": "The request did not complete.",
+                                    "type": "server_error",
+                                    "param": None,
+                                    "code": None,
+                                }
+                            },
+                        },
+                        "error": None,
+                    }
+                )
+                b.counts["failed"] += 1
+                continue
             if outcome == "expired":
                 err.write_obj(
                     {
@@ -632,6 +701,8 @@ class OpenAIApi:
             b.counts["ok"] += 1
         b.output_file_id = out.close(keep=not s.no_output_file)
         b.error_file_id = err.close()
+        if b.error_file_id is None and s.empty_error_file_id:
+            b.error_file_id = ""
         b.usage["input"] = tin_total
         b.usage["output"] = tout_total
         record_outcomes(self.store, b, outcomes)
@@ -699,9 +770,11 @@ def scan_input(
     max_bytes: int,
     prepared: PreparedLines | None = None,
     config_seed: int = 0,
-) -> tuple[list[str], list[dict[str, Any]], str | None]:
-    """Validate an OpenAI batch input file: (custom_ids, errors, model). With ``prepared``,
-    also record each accepted line's generation inputs there (chat batches)."""
+) -> tuple[list[str], list[dict[str, Any]], str | None, int]:
+    """Validate an OpenAI batch input file: (custom_ids, errors, model, enqueued tokens).
+    With ``prepared``, also record each accepted line's generation inputs there (chat
+    batches). Enqueued tokens are estimated from the request text
+    (:mod:`worker.emulator.limits`)."""
     errors: list[dict[str, Any]] = []
 
     def err(code: str, message: str, line: int | None, param: str | None = None) -> None:
@@ -712,8 +785,12 @@ def scan_input(
         err(
             "file_too_large", f"The input file exceeds the maximum size of {max_bytes} bytes.", None
         )
-        return [], errors, None
+        return [], errors, None, 0
     ids: list[str] = []
+    tokens = 0
+    estimate = (
+        estimate_embedding_tokens if endpoint == "/v1/embeddings" else estimate_openai_line_tokens
+    )
     seen: set[str] = set()
     model: str | None = None
     lineno = 0
@@ -742,6 +819,7 @@ def scan_input(
             seen.add(cid)
             ids.append(cid)
             body = obj.get("body")
+            tokens += estimate(body)
             if prepared is not None:
                 prepare_chat_line(prepared, body, config_seed)
             if obj.get("url") != endpoint:
@@ -775,4 +853,4 @@ def scan_input(
                 "line": None,
             },
         )
-    return ids, errors, model
+    return ids, errors, model, tokens

@@ -14,7 +14,9 @@ emulated providers are "down":
   GET  /_emulator/health   ``{"ok": true}``
 
 Provider request pipeline: ``down`` → ``hang_seconds`` → API-key check → HTTP fault rules →
-``latency_ms`` (realtime calls only) → provider handler.
+``latency_ms`` (realtime calls only) → provider handler → ``lost_response_rate`` (batch
+creates and file uploads only: the side effect stays, the answer becomes a 500 or a dropped
+connection).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from worker.emulator.faults import (
     missing_key_reply,
 )
 from worker.emulator.gemini_api import GeminiApi
+from worker.emulator.limits import response_lost
 from worker.emulator.mistral_api import MistralApi
 from worker.emulator.openai_api import OpenAIApi
 from worker.emulator.store import Store
@@ -154,10 +157,32 @@ class App:
         handler, params = found
         req.params = params
         try:
-            return handler(req)
+            resp = handler(req)
         except (ValueError, KeyError, TypeError) as exc:
             # Malformed client input: the provider's 400 envelope, never a crash.
             return Response.error(bad_request_reply(req.provider, f"Invalid request: {exc}"))
+        if cfg.lost_response_rate > 0 and resp.status == 200 and _creates(req, resp):
+            # The batch or file now exists (and will be billed); its answer is lost.
+            how = response_lost(store, f"{req.provider} {req.method} {req.path}")
+            if how is not None:
+                store.count(req.provider, "responses_lost")
+                if how == "drop":
+                    return None
+                return Response.error(fault_reply(req.provider, "server"))
+        return resp
+
+
+_CREATES = re.compile(r"/v1/files|/v1/batches|/v1/batch/jobs|/models/[^/:]+:batchGenerateContent")
+
+
+def _creates(req: Request, resp: Response) -> bool:
+    """Whether ``req`` created a batch or a file (the calls ``lost_response_rate`` hits)."""
+    if req.method != "POST":
+        return False
+    if req.provider == "gemini" and req.path.startswith("/upload/"):
+        # the resumable upload's last chunk is what creates the file
+        return (resp.headers.get("X-Goog-Upload-Status") or "") == "final"
+    return _CREATES.fullmatch(req.path) is not None
 
 
 def _api_key(req: Request) -> str:

@@ -52,6 +52,10 @@ class BatchSettings:
     no_output_file: bool
     schema_violation_rate: float
     seed: int
+    cancel_done_share: float = 0.5
+    empty_error_file_id: bool = False
+    status_code_zero_rate: float = 0.0
+    failure_code: str | None = None
 
     @classmethod
     def from_config(cls, c: EmulatorConfig) -> BatchSettings:
@@ -63,6 +67,10 @@ class BatchSettings:
             no_output_file=c.no_output_file,
             schema_violation_rate=c.schema_violation_rate,
             seed=c.seed,
+            cancel_done_share=c.cancel_done_share,
+            empty_error_file_id=c.openai_empty_error_file_id,
+            status_code_zero_rate=c.status_code_zero_rate,
+            failure_code=c.batch_failure_code,
         )
 
 
@@ -115,6 +123,7 @@ def _empty_provider_stats() -> dict[str, Any]:
         "files_uploaded": 0,
         "chat_calls": 0,
         "embedding_calls": 0,
+        "responses_lost": 0,
         "usage": {},
         "custom_ids": {},
     }
@@ -136,6 +145,10 @@ class Store:
         self.batches: dict[str, BatchRecord] = {}
         self.stats: dict[str, dict[str, Any]] = {p: _empty_provider_stats() for p in PROVIDERS}
         self.uploads: dict[str, dict[str, Any]] = {}  # Gemini resumable upload sessions
+        self.lost_dice = 0  # lost_response_rate draws so far
+        from worker.emulator.limits import Limits
+
+        self.limits = Limits(self)
 
     # ---------------------------------------------------------------- config
 
@@ -152,6 +165,8 @@ class Store:
             self.files.clear()
             self.batches.clear()
             self.uploads.clear()
+            self.lost_dice = 0
+            self.limits.reset()
             self.stats = {p: _empty_provider_stats() for p in PROVIDERS}
             self.config = self.default_config.updated()
             self.faults.reseed(self.config.seed)
@@ -181,10 +196,30 @@ class Store:
                 self.stats[rec.provider]["files_uploaded"] += 1
         return rec
 
+    def file_expires_at(self, rec: FileRecord) -> float | None:
+        """When ``rec`` expires: ``file_ttl_seconds`` after creation if set, else the
+        provider's default (OpenAI ``expires_at``, Gemini 48 h, Mistral never)."""
+        ttl = self.config.file_ttl_seconds
+        if ttl is not None:
+            return rec.created_at + ttl
+        if rec.meta.get("expires_at"):
+            return float(rec.meta["expires_at"])
+        if rec.provider == "gemini":
+            return rec.created_at + 48 * 3600
+        return None
+
+    def _gone(self, rec: FileRecord) -> bool:
+        at = self.file_expires_at(rec)
+        return at is not None and now() >= at
+
     def get_file(self, provider: str, file_id: str) -> FileRecord | None:
+        """A stored file, or None (unknown, another provider's, or expired: then deleted)."""
         with self.lock:
             rec = self.files.get(file_id)
         if rec is None or rec.provider != provider:
+            return None
+        if self._gone(rec):
+            self.delete_file(provider, file_id)
             return None
         return rec
 
@@ -202,7 +237,7 @@ class Store:
 
     def list_files(self, provider: str) -> list[FileRecord]:
         with self.lock:
-            return [f for f in self.files.values() if f.provider == provider]
+            return [f for f in self.files.values() if f.provider == provider and not self._gone(f)]
 
     # ---------------------------------------------------------------- batches
 
@@ -265,12 +300,20 @@ class Store:
                     "files_stored": files_stored,
                     "chat_calls": st["chat_calls"],
                     "embedding_calls": st["embedding_calls"],
+                    "responses_lost": st["responses_lost"],
                     "usage": {
                         m: {k: dict(v) for k, v in u.items()} for m, u in st["usage"].items()
                     },
                     "custom_ids": {
                         cid: [dict(e) for e in entries] for cid, entries in st["custom_ids"].items()
                     },
+                    # custom_ids whose results were billed more than once (succeeded in two
+                    # or more batches, partial results of cancelled/expired ones included)
+                    "paid_twice": sorted(
+                        cid
+                        for cid, entries in st["custom_ids"].items()
+                        if sum(e["outcome"] == "succeeded" for e in entries) > 1
+                    ),
                 }
             return out
 

@@ -79,6 +79,11 @@ class BatchStatus:
     failed: int | None = None
     # Gemini/Mistral inline results travel with the status; kept opaque here.
     inline_results: list[dict[str, Any]] | None = field(default=None, repr=False)
+    # The provider's batch-level failure reason (OpenAI ``errors.data[0]``, Mistral
+    # ``errors[]``, Gemini the operation's ``error``): classified by
+    # worker.error_policy.classify_batch_failure.
+    failure_code: str | None = None
+    failure_message: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ a failed batch costs at most that many retries.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -25,9 +26,11 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from worker.error_policy import translate_errors
+from worker.error_policy import GRPC_CODES, translate_errors
+from worker.errors import ProviderError
 from worker.providers.base import (
     BatchLimits,
+    BatchState,
     BatchStatus,
     ChatRequest,
     ResultLine,
@@ -55,18 +58,29 @@ GEMINI_LIMITS = BatchLimits(max_requests=50_000, max_bytes=1_500 * 1000 * 1000)
 JSONL_MIME = "jsonl"
 
 
+#: The API version every Gemini call is pinned to. The published references serve batch
+#: creation and the Files API only under ``v1beta`` (the ``v1`` surface maps batches
+#: get/list/cancel/delete and lacks ``system_instruction`` and ``response_mime_type``);
+#: google-genai 3.x sends to ``v1`` when ``api_version`` is unset, 1.x-2.34 to ``v1beta``.
+#: ``generateContent`` and ``batchEmbedContents`` are served under ``v1beta`` too, so one
+#: client serves both.
+GEMINI_API_VERSION = "v1beta"
+
+
 def make_genai_client(
     api_key: SecretStr | str,
     base_url: str | None,
     timeout: float,
     api_version: str | None = None,
 ) -> genai.Client:
-    """A Developer-API client (never Vertex). ``base_url`` must not include a version:
-    the SDK appends ``/{api_version}/`` (``v1`` by default in google-genai 3.x)."""
+    """A Developer-API client (never Vertex) pinned to ``api_version`` (default
+    :data:`GEMINI_API_VERSION`). ``base_url`` must not include a version: the SDK appends
+    ``/{api_version}/``. The SDK's upload URL follows the same version
+    (``/upload/v1beta/files``)."""
     options = types.HttpOptions(
         base_url=base_url,
         timeout=int(timeout * 1000),  # HttpOptions.timeout is in milliseconds
-        api_version=api_version,
+        api_version=api_version or GEMINI_API_VERSION,
     )
     return genai.Client(api_key=secret_value(api_key), vertexai=False, http_options=options)
 
@@ -175,9 +189,13 @@ class GeminiBatch:
             failed = stats.failed_count
             if completed is not None and failed is not None:
                 total = completed + failed + (stats.incomplete_count or 0)
+        state = map_state(self.name, raw)
+        code = message = None
+        if state is BatchState.FAILED:
+            code, message = await self._operation_error(batch_id)
         return BatchStatus(
             batch_id=job.name or batch_id,
-            state=map_state(self.name, raw),
+            state=state,
             raw_state=raw,
             output_file_id=dest.file_name if dest is not None else None,
             error_file_id=None,  # Gemini puts error lines in the same file
@@ -185,6 +203,33 @@ class GeminiBatch:
             completed=completed,
             failed=failed,
             inline_results=inline,
+            failure_code=code,
+            failure_message=message,
+        )
+
+    async def _operation_error(self, batch_id: str) -> tuple[str | None, str | None]:
+        """The failed operation's ``error`` (google.rpc.Status): google-genai's
+        ``_BatchJob_from_mldev`` drops it in Developer-API mode, so the raw operation is
+        read once more through the SDK's own API client (same URL, key and version).
+        Returns (rpc code name, message); (None, None) if there is none or it is
+        unreadable (the failure is then of unknown cause)."""
+        try:
+            with translate_errors(self.name):
+                resp = await self._client.aio._api_client.async_request("get", batch_id, {}, None)
+            op = json.loads(resp.body or "{}")
+        except (ProviderError, ValueError) as exc:
+            log.warning("could not read the failed batch's error: %s", exc)
+            return None, None
+        err = op.get("error") if isinstance(op, dict) else None
+        if not isinstance(err, dict):
+            return None, None
+        raw_code = err.get("code")
+        name = err.get("status")
+        if not isinstance(name, str) and isinstance(raw_code, int):
+            name = GRPC_CODES.get(raw_code, (str(raw_code), 0))[0]
+        message = err.get("message")
+        return (name if isinstance(name, str) else None), (
+            str(message) if message is not None else None
         )
 
     async def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:

@@ -551,6 +551,16 @@ def _envelope_line(provider: str, obj: Mapping[str, Any]) -> ResultLine | None:
         if status and status != 200:
             err = classify_http(provider, status, body if isinstance(body, dict | str) else None)
             return _failed(custom_id, err.code or f"http_{status}", err.message, err.kind)
+        if "status_code" in response and status == 0 and not isinstance(error, Mapping):
+            # Reported live: a line whose request never got an HTTP status. The provider's
+            # fault, retried; it still counts an attempt like any failed line.
+            err = classify_http(provider, 500, body if isinstance(body, dict | str) else None)
+            return _failed(
+                custom_id,
+                "status_code_0",
+                f"line with status_code 0: {err.message}",
+                ErrorKind.RETRYABLE,
+            )
     if isinstance(error, Mapping):
         code = str(error.get("code") or "error")
         message = error.get("message")

@@ -162,6 +162,7 @@ class MistralBatch:
             completed=job.succeeded_requests,
             failed=job.failed_requests,
             inline_results=outputs,
+            failure_message=_errors_text(job),
         )
 
     async def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:
@@ -202,3 +203,14 @@ class MistralBatch:
         if cfg.async_client is not None and not cfg.async_client_supplied:
             await cfg.async_client.aclose()
         cfg.async_client = None
+
+
+def _errors_text(job: BatchJob) -> str | None:
+    """The job's ``errors: [{message, count}]`` as one line, or None when empty."""
+    parts = []
+    for e in job.errors or []:
+        count = getattr(e, "count", None)
+        message = getattr(e, "message", None) or ""
+        parts.append(f"{message} (x{count})" if count and count > 1 else message)
+    text = "; ".join(p for p in parts if p)
+    return text or None

@@ -47,6 +47,21 @@ OPENAI_LIMITS = BatchLimits(max_requests=50_000, max_bytes=190 * 1000 * 1000)
 INTENT_KEY = "intent_id"
 
 
+def _failure(batch: Batch) -> tuple[str | None, str | None]:
+    """The batch-level reason: the first ``errors.data[]`` entry (with its line and how many
+    more there are); (None, None) when there is none."""
+    data = batch.errors.data if batch.errors is not None else None
+    if not data:
+        return None, None
+    first = data[0]
+    message = first.message or ""
+    if first.line is not None:
+        message += f" (line {first.line})"
+    if len(data) > 1:
+        message += f" (+{len(data) - 1} more errors)"
+    return first.code, message or None
+
+
 class OpenAIBatch:
     """:class:`~worker.providers.base.BatchProvider` for the OpenAI Batch API."""
 
@@ -132,15 +147,19 @@ class OpenAIBatch:
         with translate_errors(self.name):
             batch = await self._client.batches.retrieve(batch_id)
         counts = batch.request_counts
+        code, message = _failure(batch)
         return BatchStatus(
             batch_id=batch.id,
             state=map_state(self.name, batch.status),
             raw_state=str(batch.status),
-            output_file_id=batch.output_file_id,
-            error_file_id=batch.error_file_id,
+            # a clean batch may report error_file_id "" (seen live): no file
+            output_file_id=batch.output_file_id or None,
+            error_file_id=batch.error_file_id or None,
             total=counts.total if counts else None,
             completed=counts.completed if counts else None,
             failed=counts.failed if counts else None,
+            failure_code=code,
+            failure_message=message,
         )
 
     async def results(self, status: BatchStatus) -> AsyncIterator[ResultLine]:

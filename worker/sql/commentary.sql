@@ -5,27 +5,105 @@
 SELECT * FROM ai_commentary_settings ORDER BY updated_at DESC LIMIT 1;
 
 -- name: claim_pending
--- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks. A row
--- without queued_at (written before the install, or with triggers off) was queued long ago:
--- it comes first and is due at once (schema/0015, index questions_ai_commentary_pending_due_idx).
+-- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks. Order:
+-- the policy's priority (schema/0021 ai_commentary_eligibility, higher first), then queue
+-- time. A row without queued_at (written before the install, or with triggers off) was
+-- queued long ago: it comes first within its priority and is due at once (schema/0015).
 -- Each claim is one attempt of the question (ai_commentary_attempts; a re-queue resets it).
-WITH picked AS (
-    SELECT id FROM questions
-    WHERE ai_commentary_status = 'pending'
-      AND coalesce(ai_commentary_queued_at, '-infinity'::timestamptz)
+-- The policy is evaluated once per claim, over the pending questions: due ones it blocks
+-- leave the queue with its reason (the tick's unblock_entitled brings them back).
+-- Depth: a full-depth question with a payer takes one unit of the payer's allowance or
+-- credits (worker_charge_full, in this transaction; by payer, so concurrent claims lock
+-- accounts in one order, then in claim order, so a payer's oldest questions get the full
+-- units); with none left it gets the partial set. A partial question when no partial model
+-- is enabled is blocked with the reason.
+WITH e AS MATERIALIZED (
+    SELECT * FROM ai_commentary_eligibility(NULL)
+), to_block AS (
+    SELECT q.id, e.reason FROM questions q JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'pending' AND e.depth NOT IN ('full', 'partial')
+      AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
           <= now() - make_interval(mins => %(delay_minutes)s)
-    ORDER BY coalesce(ai_commentary_queued_at, '-infinity'::timestamptz), id
+    FOR UPDATE OF q SKIP LOCKED
+), blocked AS (
+    UPDATE questions q
+    SET ai_commentary_status = 'blocked',
+        ai_commentary_blocked_reason = coalesce(b.reason, 'blocked by ai_commentary_eligibility')
+    FROM to_block b
+    WHERE q.id = b.id
+), candidates AS MATERIALIZED (
+    -- The first questions in claim order, sorted without locks (a bounded top-N sort); a
+    -- margin beyond the limit for rows a concurrent claim holds (SKIP LOCKED below).
+    SELECT q.id, e.depth, e.payer, e.priority,
+           coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz) AS queued_at
+    FROM questions q
+    JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'pending' AND e.depth IN ('full', 'partial')
+      AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
+          <= now() - make_interval(mins => %(delay_minutes)s)
+    ORDER BY e.priority DESC, 5, q.id
+    LIMIT 4 * %(limit)s + 100
+), picked AS MATERIALIZED (
+    SELECT c.* FROM candidates c
+    JOIN questions q ON q.id = c.id
+    WHERE q.ai_commentary_status = 'pending'
+    ORDER BY c.priority DESC, c.queued_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF q SKIP LOCKED
+), charged AS MATERIALIZED (
+    SELECT s.id,
+           CASE WHEN s.depth = 'full' AND worker_charge_full(s.payer, s.id,
+                    ai_commentary_content_hash(s.question, s.option_a, s.option_b, s.option_c,
+                        s.option_d, s.option_e, s.correct_answer, s.subject))
+                THEN 'full' ELSE 'partial' END AS depth
+    FROM (SELECT p.id, p.depth, p.payer, x.question, x.option_a, x.option_b, x.option_c,
+                 x.option_d, x.option_e, x.correct_answer, x.subject
+          FROM picked p JOIN questions x ON x.id = p.id
+          ORDER BY p.payer NULLS FIRST, p.priority DESC, p.queued_at, p.id
+          OFFSET 0) s
 )
 UPDATE questions q
-SET ai_commentary_status = 'processing',
+SET ai_commentary_status = CASE WHEN c.depth = 'partial'
+                                     AND cardinality(%(partial_models)s::text[]) = 0
+                                THEN 'blocked' ELSE 'processing' END,
+    ai_commentary_blocked_reason = CASE WHEN c.depth = 'partial'
+                                             AND cardinality(%(partial_models)s::text[]) = 0
+                                        THEN 'partial depth, but no model of ai_commentary_settings.partial_models is enabled' END,
     ai_commentary_claimed_at = now(),
     ai_commentary_attempts = q.ai_commentary_attempts + 1,
-    ai_commentary_models = %(models)s::text[],
+    ai_commentary_depth = c.depth,
+    ai_commentary_models = CASE WHEN c.depth = 'full' THEN %(models)s::text[]
+                                ELSE %(partial_models)s::text[] END,
     ai_commentary_error = NULL
-FROM picked
-WHERE q.id = picked.id
+FROM charged c
+WHERE q.id = c.id
+RETURNING q.id, q.ai_commentary_status AS status, c.depth;
+
+-- name: create_claimed_requests
+-- One request per model of the set each question was claimed with, plus its summary.
+INSERT INTO ai_commentary_requests (question_id, model_key, stage, status)
+SELECT q.id, m, CASE WHEN m = 'summary' THEN 'summary' ELSE 'comment' END, 'waiting'
+FROM questions q
+CROSS JOIN LATERAL unnest(q.ai_commentary_models || '{summary}'::text[]) AS m
+WHERE q.id = ANY(%(ids)s::uuid[])
+ON CONFLICT (question_id, model_key) DO NOTHING;
+
+-- name: unblock_entitled
+-- Blocked questions the policy no longer blocks (the owner became entitled, the policy
+-- changed) go back to pending; the questions trigger wakes submit. Run by the tick.
+WITH e AS MATERIALIZED (
+    SELECT question_id FROM ai_commentary_eligibility(
+        ARRAY(SELECT id FROM questions WHERE ai_commentary_status = 'blocked'))
+    WHERE depth <> 'blocked'
+), locked AS (
+    SELECT q.id FROM questions q JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'blocked'
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE questions q
+SET ai_commentary_status = 'pending', ai_commentary_blocked_reason = NULL
+FROM locked
+WHERE q.id = locked.id
 RETURNING q.id;
 
 -- name: claim_summary_missing
@@ -213,7 +291,9 @@ CREATE TEMP TABLE IF NOT EXISTS worker_ingest_lines (
     model_agreement_analysis text,
     input_tokens integer NOT NULL DEFAULT 0,
     output_tokens integer NOT NULL DEFAULT 0,
-    model_version text
+    model_version text,
+    -- false: the line failed for a batch-level cause (expiry, cancel): no attempt spent
+    charge boolean NOT NULL DEFAULT true
 ) ON COMMIT DELETE ROWS;
 
 -- name: upsert_comments
@@ -314,22 +394,36 @@ WHERE l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
 -- name: mark_line_failed
 -- A failed line counts an attempt; after max_attempts the request (and so the question)
 -- fails with the reason. Raw error text stays here, never in comment columns (mode 10).
+-- A line failed for a batch-level cause (l.charge false: expiry, cancel) is a free retry,
+-- bounded by max_free_retries (schema/0018).
 UPDATE ai_commentary_requests r
-SET attempts = r.attempts + %(count_attempt)s::int,
-    status = CASE WHEN r.attempts + %(count_attempt)s::int >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+SET attempts = r.attempts + c.n,
+    free_retries = r.free_retries + c.free,
+    status = CASE WHEN r.attempts + c.n >= %(max_attempts)s
+                    OR r.free_retries + c.free >= %(max_free_retries)s
+                  THEN 'failed' ELSE 'waiting' END,
     last_error = l.error, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
     updated_at = now()
-FROM worker_ingest_lines l
+FROM worker_ingest_lines l,
+     LATERAL (SELECT CASE WHEN l.charge THEN %(count_attempt)s::int ELSE 0 END AS n,
+                     CASE WHEN l.charge THEN 0 ELSE 1 END AS free) c
 WHERE NOT l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
   AND r.status = 'submitted' AND r.claimed_by = %(owner)s;
 
 -- name: mark_missing
--- Whatever this owner still holds had no line at all: treated as failed (mode 6).
+-- Whatever this owner still holds had no line at all: treated as failed (mode 6), with an
+-- attempt, or - when the batch's cause says nothing about the requests (charge_missing
+-- false: limits, provider errors, expiry, cancel) only a free retry (schema/0018).
 UPDATE ai_commentary_requests r
-SET attempts = r.attempts + %(count_attempt)s::int,
-    status = CASE WHEN r.attempts + %(count_attempt)s::int >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+SET attempts = r.attempts + c.n,
+    free_retries = r.free_retries + c.free,
+    status = CASE WHEN r.attempts + c.n >= %(max_attempts)s
+                    OR r.free_retries + c.free >= %(max_free_retries)s
+                  THEN 'failed' ELSE 'waiting' END,
     last_error = %(error)s, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
     updated_at = now()
+FROM (SELECT CASE WHEN %(charge_missing)s THEN %(count_attempt)s::int ELSE 0 END AS n,
+             CASE WHEN %(charge_missing)s THEN 0 ELSE 1 END AS free) c
 WHERE r.claimed_by = %(owner)s AND r.status = 'submitted'
 RETURNING r.question_id;
 
