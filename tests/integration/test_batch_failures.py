@@ -4,6 +4,7 @@ the real pipeline, through the official SDKs, against the emulator's real limits
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -188,8 +189,9 @@ async def test_the_failure_reason_reaches_the_batch_row_errors_and_alert(
     assert {(r["status"], r["attempts"]) for r in requests(db, "chatgpt")} == {("waiting", 0)}
     assert all(expected in r["last_error"] for r in requests(db, "chatgpt"))
     async with opened_app.connector.pool.connection() as conn:
-        families = {f.name: f for f in await metrics._batches(conn)}
-    (sample,) = families["ai_worker_batch_failures_total"].samples
+        scrape = metrics.Scrape(now=datetime.now(UTC), db=(None, 0))
+        families = {f.name: f for f in await metrics._batches(conn, scrape)}
+    (sample,) = families["ai_worker_batch_failures"].samples  # exported with _total
     assert sample.labels == {"provider": "openai", "stage": "comment", "cause": "limit"}
     assert sample.value == 1
 
