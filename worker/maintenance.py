@@ -16,6 +16,7 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
   without any request to pending;
+- deletes one batch of old finished rows of each kind (:mod:`worker.retention`);
 - returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
 """
 
@@ -36,6 +37,7 @@ from worker import custom_ids
 from worker.config import env
 from worker.error_log import record_error
 from worker.queries import q
+from worker.retention import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,7 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         digest = await flush_held(conn)
         if digest is not None:
             detail["alert_digest"] = digest.value
-        await conn.execute(
-            "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
-        )
+        detail["retention"] = await apply_retention(conn)
     return {k: v for k, v in detail.items() if v}
 
 
@@ -106,7 +106,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
         try:
             provider = providers().batch(job["provider"])
             try:
-                found = await provider.find_by_intent(str(job_id))
+                found = await provider.find_by_intent(str(job_id), job["created_at"])
             except Exception as exc:
                 await record_error(
                     conn,

@@ -57,15 +57,35 @@ def budget_timezone() -> str:
 
 
 async def blocked_providers(
-    conn: AsyncConnection[Any], *, providers: Collection[str] | None = None
+    conn: AsyncConnection[Any],
+    *,
+    providers: Collection[str] | None = None,
+    include_stops: bool = True,
 ) -> set[str]:
     """Providers to leave alone now. ``providers``: the ones the caller is about to call;
     only their half-open probes are claimed (None: every due probe - a caller that then
-    does not call a provider wastes its probe until BREAKER_PROBE_TIMEOUT_SECONDS)."""
+    does not call a provider wastes its probe until BREAKER_PROBE_TIMEOUT_SECONDS).
+    ``include_stops=False`` (poll): a provider stopped for credit or a bad key stops new
+    submissions only; batches already paid for keep being polled and ingested."""
+    blocked, _ = await provider_gates(conn, providers=providers, include_stops=include_stops)
+    return blocked
+
+
+async def provider_gates(
+    conn: AsyncConnection[Any],
+    *,
+    providers: Collection[str] | None = None,
+    include_stops: bool = True,
+) -> tuple[set[str], set[str]]:
+    """(providers to leave alone, providers whose one half-open probe this caller just
+    took). A caller holding a probe must send exactly one call to that provider until
+    its outcome is recorded (or give it back with :func:`breaker.return_probe`)."""
     try:
         async with conn.transaction():
-            cur = await conn.execute(q("active_stops"))
-            stopped = {r[0] for r in await cur.fetchall()}
+            stopped: set[str] = set()
+            if include_stops:
+                cur = await conn.execute(q("active_stops"))
+                stopped = {r[0] for r in await cur.fetchall()}
             cfg = breaker.BreakerConfig.from_env()
             blocked, probing = await breaker.blocked(conn, cfg, providers)
             for provider in probing:
@@ -77,7 +97,7 @@ async def blocked_providers(
                         "delay": float(cfg.probe_timeout_seconds) + 0.1,
                     },
                 )
-            return stopped | blocked
+            return stopped | blocked, probing - stopped
     except Exception as exc:
         # Failing open: a broken health table must not stop all work.
         log.exception("could not read provider health")
@@ -87,7 +107,7 @@ async def blocked_providers(
             f"could not read provider health: {exc}",
             fingerprint="resilience:blocked",
         )
-        return set()
+        return set(), set()
 
 
 async def budget_exhausted(conn: AsyncConnection[Any], settings: CommentarySettings) -> bool:
@@ -100,14 +120,18 @@ async def budget_exhausted(conn: AsyncConnection[Any], settings: CommentarySetti
             await cur.execute(q("spent_today_usd"), {"tz": budget_timezone()})
             row = await cur.fetchone()
         spent = Decimal(row["spent"] if row else 0)
-        if spent < budget:
+        # Money follows the token reservations (worker.budget): batches in flight count at
+        # their estimated cost until ingested, so the budget is overshot by one batch at most.
+        reserved = Decimal(row["reserved"] if row else 0)
+        if spent + reserved < budget:
             return False
         day = row["day"] if row else None
         message = (
-            f"Spent {spent:.4f} USD today ({day}, {budget_timezone()}), daily budget "
-            f"{budget} USD: new submissions pause until tomorrow. Batches already running "
-            "are still collected. Raise ai_commentary_settings.daily_budget_usd (or set it "
-            "to NULL) to resume now."
+            f"Spent {spent:.4f} USD today ({day}, {budget_timezone()}) and {reserved:.4f} "
+            f"USD reserved by batches in flight, daily budget {budget} USD: new submissions "
+            "pause (until tomorrow, or until batches in flight cost less than estimated). "
+            "Batches already running are still collected. Raise "
+            "ai_commentary_settings.daily_budget_usd (or set it to NULL) to resume now."
         )
         await record_error(conn, "budget", message, fingerprint=f"budget:{day}")
         await alert(
@@ -136,7 +160,11 @@ def _as_provider_error(provider: str, exc: BaseException) -> ProviderError | Non
     return classify(exc, provider) if isinstance(exc, Exception) else None
 
 
-async def on_provider_error(conn: AsyncConnection[Any], provider: str, exc: BaseException) -> None:
+async def on_provider_error(
+    conn: AsyncConnection[Any], provider: str, exc: BaseException, count: int = 1
+) -> None:
+    """``count``: how many failed calls ``exc`` stands for (the realtime drain reports the
+    calls of one flush together); each one counts toward the breaker."""
     try:
         err = _as_provider_error(provider, exc)
         if err is None:
@@ -144,7 +172,7 @@ async def on_provider_error(conn: AsyncConnection[Any], provider: str, exc: Base
         if err.kind in STOP_KINDS:
             await _stop_provider(conn, provider, err)
         elif breaker.counts_toward_breaker(err.kind):
-            await _count_failure(conn, provider, err)
+            await _count_failure(conn, provider, err, count)
         else:
             await alert(
                 conn,
@@ -211,10 +239,14 @@ async def _stop_provider(conn: AsyncConnection[Any], provider: str, err: Provide
     )
 
 
-async def _count_failure(conn: AsyncConnection[Any], provider: str, err: ProviderError) -> None:
+async def _count_failure(
+    conn: AsyncConnection[Any], provider: str, err: ProviderError, count: int = 1
+) -> None:
     cfg = breaker.BreakerConfig.from_env()
     async with conn.transaction():
-        health, opened = await breaker.record_failure(conn, provider, err.kind, str(err), cfg)
+        health, opened = await breaker.record_failure(
+            conn, provider, err.kind, str(err), cfg, count
+        )
     if not opened:
         return
     # Nothing else wakes submit when the cooldown ends (a blocked submit does not re-defer).

@@ -172,7 +172,9 @@ class App:
         return resp
 
 
-_CREATES = re.compile(r"/v1/files|/v1/batches|/v1/batch/jobs|/models/[^/:]+:batchGenerateContent")
+_CREATES = re.compile(
+    r"/v1/files|/v1/batches|/v1/batch/jobs|(?:/v1(?:beta)?)?/models/[^/:]+:batchGenerateContent"
+)
 
 
 def _creates(req: Request, resp: Response) -> bool:
@@ -660,7 +662,9 @@ class _Server:
             sock.setblocking(False)
         except Exception as exc:
             self._close(conn, registered=False)
-            if not isinstance(exc, (ConnectionError, TimeoutError)):
+            # The client went away (a worker cancelled its call, the socket was closed by
+            # reset/stop while a latency sleep ran): nothing to answer, not a crash.
+            if not isinstance(exc, OSError):
                 raise
             return
         self._returned.append(conn)

@@ -42,6 +42,12 @@ FROM due
 WHERE h.provider = due.provider
 RETURNING h.provider;
 
+-- name: breaker_return_probe
+-- A probe taken but not used: due again for the next caller (probe_started_at NULL).
+UPDATE provider_health
+SET probe_started_at = NULL, updated_at = clock_timestamp()
+WHERE provider = %(provider)s AND state = 'half_open';
+
 -- name: breaker_ensure
 INSERT INTO provider_health (provider) VALUES (%(provider)s) ON CONFLICT (provider) DO NOTHING;
 
@@ -70,8 +76,10 @@ WHERE provider = %(provider)s AND (state <> 'closed' OR consecutive_failures > 0
 RETURNING provider;
 
 -- name: spent_today_usd
--- Today's spend and today's date, "today" in the budget's time zone.
+-- Today's spend, the estimated cost of batches not yet ingested (schema/0019) and today's
+-- date, "today" in the budget's time zone.
 SELECT worker_spent_usd_since(date_trunc('day', clock_timestamp(), %(tz)s)) AS spent,
+       worker_reserved_usd() AS reserved,
        (clock_timestamp() AT TIME ZONE %(tz)s)::date AS day;
 
 -- name: alert_claim_key
