@@ -8,10 +8,11 @@ Secrets are ``SecretStr``: their repr is ``'**********'`` and they are never log
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepseek", "ollama")
@@ -20,7 +21,10 @@ PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepsee
 class Settings(BaseSettings):
     """Everything the worker process reads from its environment."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+    # env_ignore_empty: `KEY=` (as in a copied .env.example) means unset, never "".
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", env_file_encoding="utf-8", env_ignore_empty=True
+    )
 
     # Database. Unset: the local server on 127.0.0.1:5432 when it answers, else an
     # embedded Postgres under .data/ (see worker.database).
@@ -70,6 +74,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, v: str) -> str:
+        level = v.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
     def api_key(self, provider: str) -> SecretStr | None:
         """The key for ``provider`` (Ollama needs none and gets a placeholder)."""
         if provider == "ollama":
@@ -80,6 +92,14 @@ class Settings(BaseSettings):
     def base_url(self, provider: str) -> str | None:
         url: str | None = getattr(self, f"{provider}_base_url", None)
         return url
+
+
+def env(name: str, default: str) -> str:
+    """An environment variable read outside :class:`Settings`; empty or blank means unset
+    (so ``NAME=`` in ``.env`` gives the default). Every such variable is listed with its
+    default in ``.env.example`` (checked by tests/unit/test_env_example.py)."""
+    raw = os.environ.get(name)
+    return raw.strip() if raw is not None and raw.strip() else default
 
 
 @lru_cache(maxsize=1)

@@ -49,7 +49,9 @@ LEVEL_RANK = {"ok": 0, "warning": 1, "critical": 2}
 class CreditSettings(BaseSettings):
     """Thresholds of the credit monitor (environment or ``.env``)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", env_file_encoding="utf-8", env_ignore_empty=True
+    )
 
     openrouter_credit_warn_usd: float = Field(default=5.0, ge=0)
     openrouter_credit_critical_usd: float = Field(default=1.0, ge=0)

@@ -15,12 +15,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from worker.config import get_settings
+from worker.config import env, get_settings
 
 log = logging.getLogger(__name__)
 
 # Overridable so the embedded fallback can be exercised on a machine that has a server.
-LOCAL_URL = os.environ.get("AI_WORKER_LOCAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCAL_URL = env("AI_WORKER_LOCAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 APPLICATION_NAME = "ai-worker"
 _embedded: Any = None  # keeps the embedded server handle alive for this process
 
@@ -34,7 +34,7 @@ def _answers(url: str) -> bool:
 
 
 def embedded_data_dir() -> Path:
-    return Path(os.environ.get("AI_WORKER_DATA_DIR", ".data")).resolve() / "pg"
+    return Path(env("AI_WORKER_DATA_DIR", ".data")).resolve() / "pg"
 
 
 def start_embedded() -> str:

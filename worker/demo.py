@@ -1,22 +1,27 @@
 """``make demo`` / ``python -m worker demo``: the whole pipeline on ~50 sample questions.
 
 Finds or starts a database (DATABASE_URL, else 127.0.0.1:5432, else an embedded Postgres
-under .data/), uses a database of its own (``ai_worker_demo``), migrates it, starts the
-built-in provider emulator when no provider key is set, inserts the sample questions
-(German exam-style questions written for this project), runs a real worker process until
-idle and prints, per question, each model's chosen answer against the correct one and the
-summary. With real keys (OPENAI_API_KEY, GEMINI_API_KEY, MISTRAL_API_KEY, ...) the same
-command uses the real providers — Batch APIs can take hours then.
+under .data/), uses a database of its own (``ai_worker_demo``, or ``DEMO_DATABASE_URL``),
+migrates it, starts the built-in provider emulator when no provider key is set, inserts the
+sample questions (German exam-style questions written for this project), runs a real worker
+process until idle and shows the product: first one question in full (each model's answer,
+general comment and comments A–E, and the summary), then a compact table of the rest in the
+sample file's order, what this run sent and what it cost (on the emulator: what it would
+cost), and the command that opens the results with psql. With real keys (OPENAI_API_KEY,
+GEMINI_API_KEY, MISTRAL_API_KEY, ...) the same command uses the real providers — Batch APIs
+can take hours then.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -31,6 +36,7 @@ DEMO_DB = "ai_worker_demo"
 FILENAME = "demo-sample.json"
 BATCH_MODELS = {"chatgpt": "openai", "gemini": "gemini", "mistral": "mistral"}
 INSTANT_MODELS = {"perplexity": "perplexity", "deepseek": "deepseek"}
+WIDTH = 100
 
 
 def load_questions() -> list[dict[str, Any]]:
@@ -52,19 +58,23 @@ def _start_emulator() -> Any:
 
     emu = Emulator(host="127.0.0.1", port=0, config=EmulatorConfig(state_seconds=0.5))
     emu.start()
-    env = {
-        "OPENAI_BASE_URL": emu.openai_base_url,
-        "GEMINI_BASE_URL": emu.gemini_base_url,
-        "MISTRAL_BASE_URL": emu.mistral_base_url,
-        "PERPLEXITY_BASE_URL": emu.compat_base_url("perplexity"),
-        "DEEPSEEK_BASE_URL": emu.compat_base_url("deepseek"),
-        "OPENROUTER_BASE_URL": emu.compat_base_url("openrouter"),
-    }
-    for p in ("OPENAI", "GEMINI", "MISTRAL", "PERPLEXITY", "DEEPSEEK", "OPENROUTER"):
-        env[f"{p}_API_KEY"] = "emulator"
-    os.environ.update(env)
+    os.environ.update(emu.env())
     get_settings.cache_clear()
     return emu
+
+
+def _server_kind(url: str) -> str:
+    host = str(psycopg.conninfo.conninfo_to_dict(url).get("host") or "")
+    return "the embedded Postgres (.data/pg)" if host.startswith("/") else f"the server {host}"
+
+
+def _wrap(text: str | None, indent: str) -> str:
+    return textwrap.fill(
+        " ".join((text or "—").split()),
+        WIDTH,
+        initial_indent=indent,
+        subsequent_indent=indent,
+    )
 
 
 def main(n: int | None = None) -> int:
@@ -72,22 +82,39 @@ def main(n: int | None = None) -> int:
     keys = {
         p: settings.api_key(p) for p in ("openai", "gemini", "mistral", "perplexity", "deepseek")
     }
-    have_keys = any(k is not None and k.get_secret_value() for p, k in keys.items())
-    server = resolve_database_url()
-    url = os.environ.get("DEMO_DATABASE_URL") or _ensure_database(server)
+    have_keys = any(k is not None and k.get_secret_value() for k in keys.values())
+    demo_url = os.environ.get("DEMO_DATABASE_URL")
+    url = demo_url or _ensure_database(resolve_database_url())
     os.environ["DATABASE_URL"] = url
-    print(
-        f"database: {psycopg.conninfo.conninfo_to_dict(url).get('dbname')} "
-        f"on {'embedded postgres' if 'host=/' in url or '?host=/' in url else 'local server'}"
-    )
+    dbname = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
+    emu = None if have_keys else _start_emulator()
+    print("=" * WIDTH)
+    if emu is not None:
+        print("pg-ai-worker demo — providers: the BUILT-IN EMULATOR (no API keys are set)")
+        print(
+            _wrap(
+                "The emulator speaks the OpenAI, Gemini and Mistral APIs so the real pipeline "
+                "runs end to end without cost, but its answers are deterministic filler, not "
+                "medicine: the chosen letters are right by chance (~20%) and the comments are "
+                "placeholder German. What the demo shows is the product — every question "
+                "reviewed by every model, comments per option, a summary, costs, all in "
+                "Postgres. Set OPENAI_API_KEY (and the others) for real answers.",
+                "  ",
+            )
+        )
+    else:
+        print("pg-ai-worker demo — providers: the REAL APIs (keys found in the environment)")
+        print(
+            _wrap(
+                "Answers are the models' own; this costs money (Batch APIs at half price) and "
+                "batches can take minutes to hours.",
+                "  ",
+            )
+        )
+    print(f"  database: {dbname} on {_server_kind(url)}")
+    print("=" * WIDTH)
     for name in migrate(url):
         print(f"  applied {name}")
-    emu = None
-    if not have_keys:
-        emu = _start_emulator()
-        print(f"providers: built-in emulator at {emu.base_url} (no API keys set)")
-    else:
-        print("providers: real APIs (keys found in the environment)")
     settings = get_settings()
     enabled = {
         m: settings.api_key(p) is not None for m, p in {**BATCH_MODELS, **INSTANT_MODELS}.items()
@@ -102,22 +129,31 @@ def main(n: int | None = None) -> int:
             (json.dumps(enabled),),
         )
         conn.execute("DELETE FROM questions WHERE filename = %s", (FILENAME,))
+        row = conn.execute("SELECT now() AS t").fetchone()
+        run_started: datetime = row["t"] if row else datetime.now()
+        ids: list[Any] = []
         with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO questions (question, option_a, option_b, option_c, option_d, option_e,"
-                " correct_answer, comment, subject, filename, ai_commentary_status)"
-                " VALUES (%(question)s, %(option_a)s, %(option_b)s, %(option_c)s, %(option_d)s,"
-                " %(option_e)s, %(correct_answer)s, %(comment)s, %(subject)s, %(filename)s, 'pending')",
-                [{**q, "filename": FILENAME} for q in questions],
-            )
+            for q in questions:  # one by one: the ids keep the sample file's order
+                cur.execute(
+                    "INSERT INTO questions (question, option_a, option_b, option_c, option_d,"
+                    " option_e, correct_answer, comment, subject, filename, ai_commentary_status)"
+                    " VALUES (%(question)s, %(option_a)s, %(option_b)s, %(option_c)s,"
+                    " %(option_d)s, %(option_e)s, %(correct_answer)s, %(comment)s, %(subject)s,"
+                    " %(filename)s, 'pending') RETURNING id",
+                    {**q, "filename": FILENAME},
+                )
+                got = cur.fetchone()
+                ids.append(got["id"] if got else None)
+    models_on = [m for m, on in enabled.items() if on]
     print(
-        f"inserted {len(questions)} questions; models: "
-        + ", ".join(m for m, on in enabled.items() if on)
+        f"inserted {len(questions)} questions; models: {', '.join(models_on)} "
+        "(+ a summary per question); running a worker until everything is done…"
     )
     started = time.monotonic()
     env = dict(os.environ)
     env.setdefault("POLL_MIN_SECONDS", "0.5" if emu else "30")
     env.setdefault("POLL_MAX_SECONDS", "2" if emu else "600")
+    env.setdefault("LOG_LEVEL", "WARNING")
     proc = subprocess.run([sys.executable, "-m", "worker", "run", "--until-idle"], env=env)
     elapsed = time.monotonic() - started
     if emu is not None:
@@ -125,63 +161,172 @@ def main(n: int | None = None) -> int:
     if proc.returncode != 0:
         print("worker did not finish cleanly", file=sys.stderr)
         return proc.returncode
-    report(url, elapsed)
+    report(url, ids, elapsed, run_started, emulated=emu is not None, server=_server_kind(url))
     return 0
 
 
-def report(url: str, elapsed: float) -> None:
+def _open_command(url: str) -> list[str]:
+    """How to open the demo database with psql, from a new shell."""
+    d = psycopg.conninfo.conninfo_to_dict(url)
+    host = str(d.get("host") or "")
+    lines = []
+    if not host.startswith("/") and shutil.which("psql"):
+        user = f"{d['user']}@" if d.get("user") else ""
+        lines.append(
+            f"  psql 'postgresql://{user}{host}:{d.get('port') or 5432}/{d.get('dbname')}'"
+        )
+    # works for every server, the embedded one included (it starts it again, with the
+    # psql binary shipped in the pgserver wheel when none is installed)
+    lines.append(f"  .venv/bin/python -m worker db psql {d.get('dbname')}")
+    return lines
+
+
+def report(
+    url: str,
+    ids: list[Any],
+    elapsed: float,
+    run_started: datetime,
+    *,
+    emulated: bool,
+    server: str = "",
+) -> None:
+    order = {qid: i for i, qid in enumerate(ids)}
     with connect(url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT q.id, q.subject, q.question, q.correct_answer, q.ai_commentary_status AS status,"
-            " q.ai_commentary_error AS error, s.summary_general_comment AS summary,"
-            " coalesce(jsonb_object_agg(c.model_key, c.chosen_answer)"
-            "   FILTER (WHERE c.model_key IS NOT NULL), '{}') AS chosen"
-            " FROM questions q"
-            " LEFT JOIN ai_answer_comments c ON c.question_id = q.id"
-            " LEFT JOIN ai_commentary_summaries s ON s.question_id = q.id"
-            " WHERE q.filename = %s GROUP BY q.id, s.summary_general_comment"
-            " ORDER BY q.created_at, q.id",
-            (FILENAME,),
+            "SELECT q.id, q.subject, q.question, q.option_a, q.option_b, q.option_c, q.option_d,"
+            " q.option_e, q.correct_answer, q.ai_commentary_status AS status,"
+            " q.ai_commentary_error AS error FROM questions q WHERE q.id = ANY(%s)",
+            (ids,),
         ).fetchall()
-        models = sorted({m for r in rows for m in r["chosen"]})
+        comments = conn.execute(
+            "SELECT c.question_id, c.model_key, c.provider, c.model_name, c.batch_priced,"
+            " c.chosen_answer, c.general_comment, c.comment_a, c.comment_b, c.comment_c,"
+            " c.comment_d, c.comment_e FROM ai_answer_comments c"
+            " WHERE c.question_id = ANY(%s) ORDER BY c.model_key",
+            (ids,),
+        ).fetchall()
+        summaries = {
+            s["question_id"]: s
+            for s in conn.execute(
+                "SELECT * FROM ai_commentary_summaries WHERE question_id = ANY(%s)", (ids,)
+            ).fetchall()
+        }
         spend = conn.execute(
-            "SELECT coalesce(sum(cost_usd), 0) AS usd, coalesce(sum(input_tokens + output_tokens), 0) AS tok"
-            " FROM ai_answer_comments c JOIN questions q ON q.id = c.question_id WHERE q.filename = %s",
-            (FILENAME,),
+            "SELECT count(*) AS requests, coalesce(sum(l.input_tokens + l.output_tokens), 0)"
+            " AS tokens, coalesce(sum(l.cost_usd), 0) AS cost,"
+            " coalesce(sum(worker_cost_usd(l.provider, l.model_name, l.input_tokens,"
+            "   l.output_tokens, false)), 0) AS list_cost"
+            " FROM ai_cost_ledger l WHERE l.question_id = ANY(%s)",
+            (ids,),
         ).fetchone()
         batches = conn.execute(
-            "SELECT provider, count(*) AS n FROM ai_commentary_batch_jobs GROUP BY 1 ORDER BY 1"
+            "SELECT provider, count(*) AS n FROM ai_commentary_batch_jobs"
+            " WHERE created_at >= %s GROUP BY 1 ORDER BY 1",
+            (run_started,),
         ).fetchall()
-    head = f"{'#':>3} {'Fach':<18} {'Frage':<44} {'Lsg':^3} " + " ".join(
-        f"{m[:8]:^8}" for m in models
+    rows.sort(key=lambda r: order.get(r["id"], 0))
+    by_q: dict[Any, dict[str, dict[str, Any]]] = {}
+    for c in comments:
+        by_q.setdefault(c["question_id"], {})[c["model_key"]] = c
+    models = sorted({c["model_key"] for c in comments})
+    if rows:
+        print()
+        _show_one(rows[0], by_q.get(rows[0]["id"], {}), summaries.get(rows[0]["id"]))
+    _table(rows, by_q, summaries, models)
+    done = sum(1 for r in rows if r["status"] == "completed")
+    print(f"  {done}/{len(rows)} questions completed in {elapsed:.1f}s.")
+    if batches:
+        sent = ", ".join(
+            f"{b['n']} {b['provider']} batch{'es' if b['n'] != 1 else ''}" for b in batches
+        )
+        print(
+            _wrap(
+                f"This run sent {sent} (comments, then summaries); instant models were "
+                "called directly.",
+                "  ",
+            )
+        )
+    if spend:
+        tokens, cost, list_cost = int(spend["tokens"]), spend["cost"], spend["list_cost"]
+        if emulated:
+            text = (
+                f"{spend['requests']} answers, {tokens:,} tokens: nothing was spent (emulator);"
+                f" with the real APIs this would cost ${float(cost):.4f} at the batch prices"
+                f" used (${float(list_cost):.4f} at list price)."
+            )
+        else:
+            text = (
+                f"{spend['requests']} answers, {tokens:,} tokens: cost ${float(cost):.4f}"
+                f" (${float(list_cost):.4f} at list price; the Batch APIs halve it)."
+            )
+        print(_wrap(text, "  "))
+    print()
+    print(f"Open the results (questions, ai_answer_comments, ai_commentary_summaries, {server}):")
+    for line in _open_command(url):
+        print(line)
+    print("  then e.g.: SELECT * FROM ai_answer_comments_wide LIMIT 3;")
+
+
+def _show_one(row: dict[str, Any], comments: dict[str, dict[str, Any]], summary: Any) -> None:
+    letters = "ABCDE" if (row["option_e"] or "").strip() else "ABCD"
+    print("-" * WIDTH)
+    print(
+        f"Question 1 in full ({row['subject'] or 'no subject'}; official answer "
+        f"{row['correct_answer'] or '?'}; status {row['status']})"
+    )
+    print(_wrap(row["question"], "  "))
+    for letter in letters:
+        print(_wrap(f"{letter}) {row['option_' + letter.lower()]}", "    "))
+    for key, c in comments.items():
+        mark = "✓" if c["chosen_answer"] == row["correct_answer"] else "✗"
+        how = "batch" if c["batch_priced"] else "instant"
+        print()
+        print(
+            f"  {key} ({c['provider']} {c['model_name']}, {how}): chose {c['chosen_answer']} {mark}"
+        )
+        print(_wrap(c["general_comment"], "      "))
+        for letter in letters:
+            print(_wrap(f"{letter}: {c['comment_' + letter.lower()]}", "      "))
+    if summary is not None:
+        print()
+        print("  Summary (Zusammenfassung):")
+        print(_wrap(summary["summary_general_comment"], "      "))
+        for letter in letters:
+            print(_wrap(f"{letter}: {summary['summary_comment_' + letter.lower()]}", "      "))
+        print(_wrap(f"Models: {summary['model_agreement_analysis']}", "      "))
+    print("-" * WIDTH)
+
+
+def _table(
+    rows: list[dict[str, Any]],
+    by_q: dict[Any, dict[str, dict[str, Any]]],
+    summaries: dict[Any, Any],
+    models: list[str],
+) -> None:
+    widths = [max(len(m), 5) for m in models]
+    head = f"{'#':>3} {'Fach':<16} {'Frage':<40} {'Lsg':^3} " + " ".join(
+        f"{m:^{w}}" for m, w in zip(models, widths, strict=True)
     )
     print()
+    print("All questions in the sample file's order: each model's chosen answer (✓ = official)")
     print(head)
     print("-" * len(head))
     right = dict.fromkeys(models, 0)
     for i, r in enumerate(rows, 1):
         cells = []
-        for m in models:
-            a = r["chosen"].get(m)
-            ok = a == r["correct_answer"]
+        for m, w in zip(models, widths, strict=True):
+            a = by_q.get(r["id"], {}).get(m, {}).get("chosen_answer")
+            ok = a is not None and a == r["correct_answer"]
             right[m] += ok
-            cells.append(f"{(a or '-') + (' ✓' if ok else ' ✗' if a else ''):^8}")
-        question = textwrap.shorten(r["question"], 44, placeholder="…")
+            cells.append(f"{(a or '-') + (' ✓' if ok else ' ✗' if a else ''):^{w}}")
+        question = textwrap.shorten(r["question"], 40, placeholder="…")
         print(
-            f"{i:>3} {(r['subject'] or '')[:18]:<18} {question:<44} {r['correct_answer'] or '?':^3} "
-            + " ".join(cells)
+            f"{i:>3} {(r['subject'] or '')[:16]:<16} {question:<40} "
+            f"{r['correct_answer'] or '?':^3} " + " ".join(cells)
         )
-        if r["summary"]:
-            print(f"    Zusammenfassung: {textwrap.shorten(r['summary'], 100, placeholder='…')}")
-        elif r["status"] != "completed":
-            print(f"    status: {r['status']} {r['error'] or ''}")
+        if r["status"] != "completed":
+            print(f"      status: {r['status']} {r['error'] or ''}")
+        elif r["id"] not in summaries:
+            print("      (no summary)")
     print("-" * len(head))
-    print("    correct answers: " + ", ".join(f"{m} {right[m]}/{len(rows)}" for m in models))
-    done = sum(1 for r in rows if r["status"] == "completed")
-    print(
-        f"    {done}/{len(rows)} questions completed in {elapsed:.1f}s; "
-        f"batches: "
-        + ", ".join(f"{b['provider']} {b['n']}" for b in batches)
-        + f"; tokens {spend['tok'] if spend else 0}, cost ${float(spend['usd'] if spend else 0):.4f}"
-    )
-    print("    (emulator answers are deterministic filler, not medicine: expect ~20% correct)")
+    print("  correct answers: " + ", ".join(f"{m} {right[m]}/{len(rows)}" for m in models))

@@ -3,6 +3,8 @@
     WorkerError
      ├── ConfigError          invalid process configuration or settings row
      ├── MigrationError       a migration file changed after it was applied, or failed
+     ├── SetupError           a set-up mistake (database unreachable, not migrated, ...):
+                              one line that names the fix (worker.preflight)
      └── ProviderError        any failure talking to an AI provider, already classified
                               (see worker.error_policy for how SDK exceptions map here)
 
@@ -37,6 +39,10 @@ class ConfigError(WorkerError):
 
 class MigrationError(WorkerError):
     """Applying worker/schema/ migrations failed or an applied file changed."""
+
+
+class SetupError(WorkerError):
+    """A set-up problem a person fixes; the message is one line naming the fix."""
 
 
 class ProviderError(WorkerError):

@@ -21,7 +21,6 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +32,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import custom_ids
+from worker.config import env
 from worker.error_log import record_error
 from worker.queries import q
 
@@ -47,7 +47,7 @@ worker running the same call are not bad luck any more."""
 
 def stalled_seconds() -> float:
     """Seconds without a heartbeat after which a worker counts as dead."""
-    return max(1.0, float(os.environ.get("WORKER_STALLED_SECONDS", "30")))
+    return max(1.0, float(env("WORKER_STALLED_SECONDS", "30")))
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:

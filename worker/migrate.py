@@ -228,3 +228,28 @@ def status(url: str | None = None, directory: Path = SQL_DIR) -> list[tuple[str,
         else:
             out.append((m.filename, f"applied {a.applied_at:%Y-%m-%d %H:%M:%S}"))
     return out
+
+
+def missing_objects(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
+    """Objects the applied migration files created that are no longer in the database
+    (``kind name``): schema drift the ledger alone cannot see."""
+    from worker.preflight import SchemaObject, expected_objects
+    from worker.preflight import missing_objects as missing
+
+    with connect(url, autocommit=True) as conn:
+        applied = _applied(conn) if _ledger_present(conn) else {}
+        texts = [m.text for m in project_migrations(directory) if m.filename in applied]
+        objects = expected_objects(texts)
+        if PROCRASTINATE_ENTRY in applied:
+            objects[:0] = [
+                SchemaObject("table", "procrastinate_jobs"),
+                SchemaObject("function", "procrastinate_defer_jobs_v1"),
+            ]
+        return missing(conn, objects)
+
+
+def _ledger_present(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass('worker_schema_migrations') IS NOT NULL AS present"
+    ).fetchone()
+    return bool(row and row["present"])

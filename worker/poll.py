@@ -18,9 +18,10 @@ RESULTS_GRACE_SECONDS before its lines count as missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -38,6 +39,7 @@ from worker.routing import providers
 from worker.settings_row import CommentarySettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FINAL_STATE = {
     BatchState.COMPLETED: "ingested",
@@ -209,6 +211,17 @@ async def results_pending(
     return None
 
 
+@contextlib.asynccontextmanager
+async def closing(it: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator on exit (``contextlib.aclosing`` for any async iterator)."""
+    try:
+        yield it
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def finish(
     conn: AsyncConnection[Any],
     settings: CommentarySettings,
@@ -229,8 +242,12 @@ async def finish(
     async def lines() -> AsyncIterator[ResultLine]:
         nonlocal error
         try:
-            async for line in provider.results(status):
-                yield line
+            # aclosing: when ingest stops early (an error, a cancelled job) the provider's
+            # generator is closed now, so its downloaded temp file is deleted now rather
+            # than whenever (if ever) the garbage collector finalises it.
+            async with closing(provider.results(status)) as results:
+                async for line in results:
+                    yield line
         except ProviderError as exc:
             if exc.kind is ErrorKind.RETRYABLE:
                 raise ResultsUnavailable(exc) from exc  # retried by run_poll
@@ -256,19 +273,20 @@ async def finish(
         failure = BatchFailure(BatchCause.PROVIDER, redact(late))
         missing_reason = f"{MISSING_REASON[status.state]} ({failure.reason})"
         charge_missing = False
-    counts = await ingest_lines(
-        conn,
-        settings,
-        owner=str(job["id"]),
-        model_key=job["model_key"],
-        provider=job["provider"],
-        model_name=job["model_name"],
-        batch_job_id=job["id"],
-        batch_priced=True,
-        lines=lines(),
-        missing_reason=missing_reason[:2000],
-        charge_missing=charge_missing,
-    )
+    async with closing(lines()) as result_lines:
+        counts = await ingest_lines(
+            conn,
+            settings,
+            owner=str(job["id"]),
+            model_key=job["model_key"],
+            provider=job["provider"],
+            model_name=job["model_name"],
+            batch_job_id=job["id"],
+            batch_priced=True,
+            lines=result_lines,
+            missing_reason=missing_reason[:2000],
+            charge_missing=charge_missing,
+        )
     if (
         status.state is BatchState.COMPLETED
         and not status.output_file_id

@@ -30,6 +30,19 @@ USER_DE_V1 = (
     "comment_e an."
 )
 
+# A question with four options (option_e empty) is sent as four options: no empty "E)" line,
+# and the prompt, the system prompt and the answer schema (worker.schemas) all say A to D.
+USER_DE_V1_FOUR = (
+    "Frage:\n{question}\n\n"
+    "A) {option_a}\n"
+    "B) {option_b}\n"
+    "C) {option_c}\n"
+    "D) {option_d}\n\n"
+    "Die Frage hat vier Antwortoptionen (A bis D). Welche Antwort ist richtig? Gib "
+    "chosen_answer (A bis D), general_comment und comment_a bis comment_d an; comment_e "
+    "bleibt leer."
+)
+
 SUMMARY_SYSTEM_DE_V1 = (
     "Du fasst die Kommentare mehrerer KI-Modelle zu einer medizinischen Prüfungsfrage für "
     "Studierende zusammen. Die offizielle Lösung ist angegeben. Schreibe auf Deutsch einen "
@@ -51,6 +64,19 @@ class QuestionText:
     subject: str | None = None
     correct_answer: str | None = None
 
+    @property
+    def letters(self) -> str:
+        """The options the question has: ``ABCDE``, or ``ABCD`` when option E is empty."""
+        return "ABCDE" if (self.option_e or "").strip() else "ABCD"
+
+
+def system_prompt(q: QuestionText, custom: str | None = None) -> str:
+    """The system prompt for ``q``: a settings row's own text as it is, else de-v1 with
+    the range of answers the question actually has."""
+    if custom:
+        return custom
+    return SYSTEM_DE_V1 if q.letters == "ABCDE" else SYSTEM_DE_V1.replace("(A bis E)", "(A bis D)")
+
 
 def user_prompt(q: QuestionText, template: str | None = None) -> str:
     values = {
@@ -62,9 +88,11 @@ def user_prompt(q: QuestionText, template: str | None = None) -> str:
         "option_e": q.option_e or "(keine Option E)",
         "subject": q.subject or "",
     }
+    if template is None:
+        template = USER_DE_V1 if q.letters == "ABCDE" else USER_DE_V1_FOUR
     # Plain substitution, never str.format on a user template (issue #11: a format spec
     # such as {question:>100000000000000} ran out of memory on every submit run).
-    return render_template(template or USER_DE_V1, values)
+    return render_template(template, values)
 
 
 def summary_prompt(q: QuestionText, comments: dict[str, dict[str, str | None]]) -> str:
@@ -72,7 +100,12 @@ def summary_prompt(q: QuestionText, comments: dict[str, dict[str, str | None]]) 
         f"Fach: {q.subject or 'unbekannt'}",
         f"Frage:\n{q.question}",
         "",
-        *(f"{letter}) {getattr(q, 'option_' + letter.lower()) or '-'}" for letter in "ABCDE"),
+        *(f"{letter}) {getattr(q, 'option_' + letter.lower()) or '-'}" for letter in q.letters),
+        *(
+            []
+            if q.letters == "ABCDE"
+            else ["(Die Frage hat vier Antwortoptionen, A bis D: comment_e bleibt leer.)"]
+        ),
         "",
         f"Offizielle Lösung: {q.correct_answer or 'unbekannt'}",
         "",
@@ -81,7 +114,7 @@ def summary_prompt(q: QuestionText, comments: dict[str, dict[str, str | None]]) 
         c = comments[model_key]
         lines.append(f"## Modell {model_key}: gewählt {c.get('chosen_answer') or '?'}")
         lines.append(str(c.get("general_comment") or ""))
-        for letter in "abcde":
+        for letter in q.letters.lower():
             text = c.get(f"comment_{letter}")
             if text:
                 lines.append(f"{letter.upper()}: {text}")

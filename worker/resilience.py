@@ -26,7 +26,6 @@ Re-enable a stopped provider with one statement (see schema/0011_resilience.sql)
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from decimal import Decimal
 from typing import Any
@@ -36,6 +35,7 @@ from psycopg.rows import dict_row
 
 from worker import breaker
 from worker.alerts import Priority, alert
+from worker.config import env
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.base import BatchState
@@ -52,7 +52,7 @@ RESUME_SQL = "SELECT worker_resume_provider('{provider}');"
 
 
 def budget_timezone() -> str:
-    return os.environ.get("BUDGET_TIMEZONE", "").strip() or "UTC"
+    return env("BUDGET_TIMEZONE", "UTC")
 
 
 async def blocked_providers(

@@ -32,7 +32,7 @@ from typing import Any
 from procrastinate.worker import Worker
 
 from worker import wakeups
-from worker.config import get_settings
+from worker.config import env, get_settings
 from worker.database import aconnect, resolve_database_url
 from worker.queue_app import (
     ALL_QUEUES,
@@ -67,7 +67,7 @@ SELECT
 
 
 def shutdown_graceful_seconds() -> float:
-    return float(os.environ.get("SHUTDOWN_GRACEFUL_SECONDS", "60"))
+    return float(env("SHUTDOWN_GRACEFUL_SECONDS", "60"))
 
 
 # Workers of one process start this far apart, so their heartbeats and polls do not hit
@@ -252,6 +252,48 @@ def cap_pool_reconnect_backoff(max_delay: float = MAX_POOL_RECONNECT_DELAY) -> N
 
     cls.update_delay = update_delay
     cls._ai_worker_capped = True
+
+
+DB_RETRY_SECONDS = 2.0
+DB_MESSAGE_SECONDS = 10.0
+
+
+def wait_for_database(
+    url: str, *, retry: float = DB_RETRY_SECONDS, message_every: float = DB_MESSAGE_SECONDS
+) -> bool:
+    """Block until ``url`` accepts a connection; True then. A server that is not there
+    (refused, unresolvable, starting up) is waited for with a message every
+    ``message_every`` seconds; any other connection error (bad password, no such
+    database) raises :class:`SetupError` at once. Ctrl-C (KeyboardInterrupt) stops the
+    wait immediately: every blocking step is bounded by ``retry`` seconds and Python
+    delivers the signal between them and inside ``time.sleep``."""
+    import psycopg
+
+    from worker import preflight
+    from worker.errors import SetupError
+
+    last_message = -message_every
+    started = time.monotonic()
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=max(1, int(retry))):
+                pass
+            if time.monotonic() - started > 0.5 and last_message >= 0:
+                log.info("database at %s is reachable; starting", preflight.where(url))
+            return True
+        except psycopg.OperationalError as exc:
+            if not preflight.unreachable(exc):
+                raise SetupError(preflight.explain(exc, url) or str(exc)) from exc
+            now = time.monotonic()
+            if now - last_message >= message_every:
+                last_message = now
+                log.warning(
+                    "waiting for the database at %s (%s); retrying every %.0fs, Ctrl-C to stop",
+                    preflight.where(url),
+                    preflight.first_line(exc),
+                    retry,
+                )
+        time.sleep(retry)
 
 
 async def _open_app_with_retry() -> None:

@@ -78,6 +78,9 @@ def _strict_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 COMMENTARY_SCHEMA = _strict_schema(Commentary)
+# For a question with four options: the same, but the answer can only be A to D.
+COMMENTARY_SCHEMA_FOUR: dict[str, Any] = json.loads(json.dumps(COMMENTARY_SCHEMA))
+COMMENTARY_SCHEMA_FOUR["properties"]["chosen_answer"]["enum"] = ["A", "B", "C", "D"]
 SUMMARY_SCHEMA = _strict_schema(Summary)
 
 

@@ -34,7 +34,7 @@ from worker.providers.base import ChatRequest, ResultLine
 from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.queries import q
 from worker.routing import providers
-from worker.schemas import COMMENTARY_SCHEMA, SUMMARY_SCHEMA
+from worker.schemas import COMMENTARY_SCHEMA, COMMENTARY_SCHEMA_FOUR, SUMMARY_SCHEMA
 from worker.settings_row import CommentarySettings, parse_settings
 
 log = logging.getLogger(__name__)
@@ -164,17 +164,21 @@ async def build_requests(
             )
             for r in rows
         ]
-    system = settings.system_prompt or prompts.SYSTEM_DE_V1
-    return [
-        ChatRequest(
-            custom_id=custom_ids.make(r["question_id"], model_key),
-            system_prompt=system,
-            user_prompt=prompts.user_prompt(_question(r), settings.user_prompt_template),
-            schema_name="commentary",
-            json_schema=COMMENTARY_SCHEMA,
+    out = []
+    for r in rows:
+        question = _question(r)
+        out.append(
+            ChatRequest(
+                custom_id=custom_ids.make(r["question_id"], model_key),
+                system_prompt=prompts.system_prompt(question, settings.system_prompt),
+                user_prompt=prompts.user_prompt(question, settings.user_prompt_template),
+                schema_name="commentary",
+                json_schema=COMMENTARY_SCHEMA
+                if question.letters == "ABCDE"
+                else COMMENTARY_SCHEMA_FOUR,
+            )
         )
-        for r in rows
-    ]
+    return out
 
 
 async def _take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[dict[str, Any]]:

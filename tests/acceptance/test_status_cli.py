@@ -110,4 +110,6 @@ def test_status_on_an_idle_database(db_url: str) -> None:
 def test_status_when_the_database_is_down() -> None:
     r = _status("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1")
     assert r.returncode == 2
-    assert "database not reachable" in r.stderr
+    # a set-up error: one line naming the fix (worker/preflight.py), no traceback
+    assert r.stderr.startswith("error: cannot connect to the database at postgres@127.0.0.1:1")
+    assert len(r.stderr.strip().splitlines()) == 1 and "start PostgreSQL" in r.stderr

@@ -216,12 +216,12 @@ async def test_failing_pushover_never_breaks_the_caller(
 ) -> None:
     pushover.status, pushover.body, pushover.delay = status, body, delay
     policy = AlertPolicy(http_timeout=0.5)
-    started = time.monotonic()
     async with aconn.transaction():  # the caller's own transaction survives
         await aconn.execute("CREATE TEMP TABLE caller_work (x int)")
+        # A hanging Pushover (answers "ok" after 3 s) fails with "Timeout": the short
+        # timeout gave up before the answer, with no wall-clock limit asserted here.
         assert await alert(aconn, "k", "T", "m", policy=policy) is Outcome.FAILED
         await aconn.execute("INSERT INTO caller_work VALUES (1)")
-    assert time.monotonic() - started < 2.5  # the short timeout bounds a hanging Pushover
     [row] = alerts(db)
     assert row["status"] == "failed" and error_part in row["delivery_error"]
     cur = await aconn.execute("SELECT count(*) FROM caller_work")

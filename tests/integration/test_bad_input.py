@@ -31,6 +31,7 @@ from tests.fixtures.pipeline import (
 )
 from worker import custom_ids, submit
 from worker.emulator import Emulator
+from worker.emulator.content import unit_fraction
 from worker.providers.base import BatchStatus, ChatRequest, ResultLine
 from worker.providers.jsonl import recover_id
 from worker.providers.openai_batch import OpenAIBatch
@@ -69,6 +70,19 @@ def insert_question(
     ).fetchone()
     assert row is not None
     return uuid.UUID(str(row["id"]))
+
+
+def mixed_seed(kind: str, ids: list[uuid.UUID], model_key: str, rate: float) -> int:
+    """An emulator seed for which some but not all of these questions' lines get the
+    ``kind`` fault at ``rate`` (the emulator's own per-line dice). Question ids are random
+    UUIDs, so a fixed seed would make every line fail (or none) once in a few thousand
+    runs (the flaky ``12 < 12``)."""
+    cids = [custom_ids.make(qid, model_key) for qid in ids]
+    for seed in range(1000):
+        hits = sum(unit_fraction(seed, kind, cid) < rate for cid in cids)
+        if 0 < hits < len(cids):
+            return seed
+    raise AssertionError("no seed gives a mixed outcome")
 
 
 def insert_good(db: psycopg.Connection[Any], n: int) -> list[uuid.UUID]:
@@ -348,7 +362,8 @@ async def test_schema_violating_answers_are_recorded_and_retried(
 ) -> None:
     only(db, mistral=True)
     ids = insert_good(db, 12)
-    pipeline.configure(schema_violation_rate=0.5)
+    seed = mixed_seed("violation", ids, "mistral", 0.5)
+    pipeline.configure(schema_violation_rate=0.5, seed=seed)
     await one_round(opened_app.connector.pool, db)
 
     job = db.execute(
@@ -385,7 +400,8 @@ async def test_broken_result_lines_are_recorded_and_retried(
     """The provider's output file itself has lines that are not JSON (cut in half)."""
     only(db, chatgpt=True)
     ids = insert_good(db, 12)
-    pipeline.configure(malformed_line_rate=0.4)
+    seed = mixed_seed("malformed", ids, "chatgpt", 0.4)
+    pipeline.configure(malformed_line_rate=0.4, seed=seed)
     await one_round(opened_app.connector.pool, db)
 
     job = db.execute(

@@ -161,13 +161,14 @@ async def test_4b_intent_never_created_at_provider_is_abandoned_and_resent(
     async def crash_before_create(*args: Any, **kwargs: Any) -> bool:
         raise SimulatedCrash("worker killed before the provider call")
 
+    real_create = submit.create_provider_batch
     monkeypatch.setattr(submit, "create_provider_batch", crash_before_create)
     with pytest.raises(SimulatedCrash):
         await submit.run_submit(pool)
-    monkeypatch.undo()
-    from tests.fixtures.pipeline import point_env_at_emulator
-
-    point_env_at_emulator(monkeypatch, pipeline)
+    # Put back only what this test patched: monkeypatch.undo() would also undo the
+    # fixtures' DATABASE_URL and emulator settings (restoring the shell's DATABASE_URL,
+    # so the worker would poll another database when the user has one exported).
+    monkeypatch.setattr(submit, "create_provider_batch", real_create)
     db.execute("UPDATE ai_commentary_batch_jobs SET created_at = now() - interval '5 minutes'")
     report = await maintenance.run_tick(pool)
     assert report["intents"] == {"adopted": 0, "abandoned": 1}

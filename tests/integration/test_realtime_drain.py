@@ -110,4 +110,6 @@ def test_session_questions_follow_each_other_without_a_polling_delay(
         if a["session_id"] == b["session_id"]
     ]
     assert len(gaps) == 16 and min(gaps) >= 0  # in order
-    assert statistics.median(gaps) < 0.05, gaps
+    # Woken by the answer's write, not by a 1 s timeout per turn. The bound is half that
+    # timeout, not a speed target (bench_realtime measures the gap: ~ms).
+    assert statistics.median(gaps) < 0.5, gaps

@@ -45,6 +45,21 @@ __all__ = ["Emulator", "EmulatorConfig", "FaultRule", "main"]
 COMPAT_NAMES = ("openrouter", "perplexity", "deepseek", "ollama")
 
 
+def emulator_env(base_url: str) -> dict[str, str]:
+    """Everything the worker needs to use an emulator at ``base_url``: every provider's
+    base URL and a placeholder key (a provider without a key is not called at all)."""
+    out = {
+        "OPENAI_BASE_URL": base_url + "/openai/v1",
+        "GEMINI_BASE_URL": base_url + "/gemini",
+        "MISTRAL_BASE_URL": base_url + "/mistral",
+    }
+    for name in COMPAT_NAMES:
+        out[f"{name.upper()}_BASE_URL"] = f"{base_url}/{name}/v1"
+    for name in ("OPENAI", "GEMINI", "MISTRAL", "OPENROUTER", "PERPLEXITY", "DEEPSEEK"):
+        out[f"{name}_API_KEY"] = "emulator-key"
+    return out
+
+
 class Emulator:
     """An in-process emulator server. ``port=0`` picks a free port."""
 
@@ -120,16 +135,7 @@ class Emulator:
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the worker at this emulator."""
-        out = {
-            "OPENAI_BASE_URL": self.openai_base_url,
-            "GEMINI_BASE_URL": self.gemini_base_url,
-            "MISTRAL_BASE_URL": self.mistral_base_url,
-        }
-        for name in COMPAT_NAMES:
-            out[f"{name.upper()}_BASE_URL"] = self.compat_base_url(name)
-        for name in ("OPENAI", "GEMINI", "MISTRAL", "OPENROUTER", "PERPLEXITY", "DEEPSEEK"):
-            out[f"{name}_API_KEY"] = "emulator-key"
-        return out
+        return emulator_env(self.base_url)
 
     def __enter__(self) -> Emulator:
         self.start()
@@ -141,20 +147,54 @@ class Emulator:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: serve the emulator until Ctrl-C / SIGTERM."""
-    p = argparse.ArgumentParser(prog="worker emulator", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p = argparse.ArgumentParser(
+        prog="python -m worker emulator",
+        description="Serve the local provider emulator: OpenAI, Gemini, Mistral and the\n"
+        "OpenAI-compatible APIs (OpenRouter, Perplexity, DeepSeek, Ollama), close enough on\n"
+        "the wire that the official SDKs work unchanged. No keys, no cost; answers are\n"
+        "deterministic filler, not medicine.",
+        epilog="In another shell, point the worker at it with:\n"
+        '  eval "$(python -m worker emulator --print-env)"\n'
+        "(or paste the export lines it prints at start-up into that shell).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
     p.add_argument(
         "--state-seconds",
         type=float,
         default=1.0,
-        help="seconds a batch stays in each non-terminal state (0 = instant)",
+        help="seconds a batch stays in each non-terminal state, 0 = instant (default: %(default)s)",
     )
-    p.add_argument("--line-failure-rate", type=float, default=0.0)
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="where files live (default: temp dir)")
+    p.add_argument(
+        "--line-failure-rate",
+        type=float,
+        default=0.0,
+        help="share of batch lines that fail, 0..1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="added latency per request in milliseconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the deterministic answers (default: 0)"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="where files live (default: a temporary directory)"
+    )
+    p.add_argument(
+        "--print-env",
+        action="store_true",
+        help="print `export NAME=value` lines (base URLs and placeholder keys) for an "
+        "emulator at --host/--port and exit, without serving",
+    )
     args = p.parse_args(argv)
+    if args.print_env:
+        for k, v in emulator_env(f"http://{args.host}:{args.port}").items():
+            print(f"export {k}={v}")
+        return 0
     config = EmulatorConfig(
         state_seconds=args.state_seconds,
         line_failure_rate=args.line_failure_rate,

@@ -42,7 +42,7 @@ from google.genai import types
 from mistralai.client import Mistral
 from openai import AsyncOpenAI, omit
 
-from worker.config import Settings, get_settings
+from worker.config import Settings, env, get_settings
 from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.gemini_batch import make_genai_client
@@ -78,7 +78,7 @@ _PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_pr
 
 def lean_chat_enabled() -> bool:
     """Whether OpenAI-compatible chat goes through the lean client (see the module doc)."""
-    if os.environ.get("REALTIME_HTTP_CLIENT", "lean").strip().lower() == "sdk":
+    if env("REALTIME_HTTP_CLIENT", "lean").lower() == "sdk":
         return False
     return not any(os.environ.get(v) for v in _PROXY_VARS)
 
@@ -86,8 +86,8 @@ def lean_chat_enabled() -> bool:
 def openrouter_headers() -> dict[str, str]:
     """OpenRouter's optional attribution headers (``OPENROUTER_REFERER``/``OPENROUTER_TITLE``)."""
     return {
-        "HTTP-Referer": os.environ.get("OPENROUTER_REFERER", "https://github.com/pg-ai-worker"),
-        "X-Title": os.environ.get("OPENROUTER_TITLE", "pg-ai-worker"),
+        "HTTP-Referer": env("OPENROUTER_REFERER", "https://github.com/pg-ai-worker"),
+        "X-Title": env("OPENROUTER_TITLE", "pg-ai-worker"),
     }
 
 
