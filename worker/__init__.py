@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.redact import install_log_redaction
+
 __version__ = "0.1.0"
+
+# Every log line of every module passes the one redaction step (worker.redact).
+install_log_redaction()
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,7 @@ from psycopg.rows import dict_row
 
 from worker.errors import ErrorKind
 from worker.queries import q
+from worker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ async def record_failure(
             "opened_at": after.opened_at,
             "probe_started_at": after.probe_started_at,
             "opened": 1 if opened else 0,
-            "error": error[:2000],
+            "error": redact(error)[:2000],
             "kind": kind.value,
         },
     )

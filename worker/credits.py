@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
+from worker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ async def check_credits(
             cfg.openrouter_credit_timeout_seconds,
         )
     except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"[:1000]
+        row["error"] = redact(f"{type(exc).__name__}: {exc}")[:1000]
         await record_error(
             conn,
             "credit_check",

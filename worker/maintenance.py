@@ -60,6 +60,11 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
+        from worker.alerts import flush_held
+
+        digest = await flush_held(conn)
+        if digest is not None:
+            detail["alert_digest"] = digest.value
         await conn.execute(
             "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
         )

@@ -40,6 +40,7 @@ from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.base import BatchState
 from worker.queries import q
+from worker.redact import redact
 from worker.settings_row import CommentarySettings
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ async def on_provider_error(conn: AsyncConnection[Any], provider: str, exc: Base
 
 async def _stop_provider(conn: AsyncConnection[Any], provider: str, err: ProviderError) -> None:
     kind = STOP_KINDS[err.kind]
-    reason = str(err)[:2000]
+    reason = redact(str(err))[:2000]
     disabled = False
     async with conn.transaction():
         cur = await conn.execute(

@@ -18,6 +18,7 @@ BENCHES = [
     ("pipeline", ["tests.bench.bench_pipeline"]),
     ("realtime", ["tests.bench.bench_realtime"]),
     ("emulator", ["tests.bench.bench_emulator"]),
+    ("metrics", ["tests.bench.bench_metrics"]),
     ("footprint", ["tests.bench.bench_footprint"]),
 ]
 ROOT = Path(__file__).resolve().parents[2]

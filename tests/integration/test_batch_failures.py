@@ -187,9 +187,8 @@ async def test_the_failure_reason_reaches_the_batch_row_errors_and_alert(
     # a limit is not the requests' fault
     assert {(r["status"], r["attempts"]) for r in requests(db, "chatgpt")} == {("waiting", 0)}
     assert all(expected in r["last_error"] for r in requests(db, "chatgpt"))
-    async with opened_app.connector.pool.connection() as conn:
-        families = {f.name: f for f in await metrics._batches(conn)}
-    (sample,) = families["ai_worker_batch_failures_total"].samples
+    families = {f.name: f for f in await metrics.read_database()}
+    (sample,) = families["ai_worker_batch_failures"].samples  # exposed with the _total suffix
     assert sample.labels == {"provider": "openai", "stage": "comment", "cause": "limit"}
     assert sample.value == 1
 

@@ -38,7 +38,12 @@ from urllib.parse import urlsplit
 
 from worker.emulator.compat_api import CompatApi
 from worker.emulator.config import EmulatorConfig
-from worker.emulator.faults import bad_request_reply, fault_reply, missing_key_reply
+from worker.emulator.faults import (
+    bad_request_reply,
+    echo_key,
+    fault_reply,
+    missing_key_reply,
+)
 from worker.emulator.gemini_api import GeminiApi
 from worker.emulator.limits import response_lost
 from worker.emulator.mistral_api import MistralApi
@@ -137,7 +142,10 @@ class App:
         rule = store.faults.check(cfg, req.provider, req.path)
         if rule is not None:
             store.count(req.provider, "faults_injected")
-            return Response.error(fault_reply(req.provider, rule.kind, rule.retry_after))
+            reply = fault_reply(req.provider, rule.kind, rule.retry_after)
+            if rule.echo_key:
+                reply = echo_key(reply, _api_key(req))
+            return Response.error(reply)
         if cfg.latency_ms > 0 and _REALTIME.search(req.path):
             time.sleep(cfg.latency_ms / 1000.0)
         router = self.routers[req.provider]

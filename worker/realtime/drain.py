@@ -60,6 +60,7 @@ from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings
 from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
 from worker.realtime.storable import storable, unstorable
+from worker.redact import redact_opt
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +418,7 @@ class Drain:
             "embedding": [
                 None if o.embedding is None else _vector_literal(o.embedding) for o in batch
             ],
-            "error": [o.error for o in batch],
+            "error": [redact_opt(o.error) for o in batch],
             "error_kind": [o.error_kind for o in batch],
             "failed_call": [o.failed_call for o in batch],
             "throttle": [o.throttle for o in batch],
