@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import custom_ids
-from worker.config import env
+from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
 
@@ -47,7 +47,7 @@ worker running the same call are not bad luck any more."""
 
 def stalled_seconds() -> float:
     """Seconds without a heartbeat after which a worker counts as dead."""
-    return max(1.0, float(env("WORKER_STALLED_SECONDS", "30")))
+    return get_settings().worker_stalled_seconds
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Providers:
                 provider,
                 self._key(provider),
                 self.settings.base_url(provider),
+                self.settings.provider_headers(provider),
                 timeout=self.settings.provider_timeout_seconds,
             )
         return self._chat[provider]

@@ -17,11 +17,12 @@ The one exception is the hot path, chat on OpenAI and the OpenAI-compatible endp
 goes through :class:`~worker.realtime.lean_http.LeanClient` (plain JSON over pooled
 HTTP/1.1 keep-alive), because the SDK's per-call CPU (~1.5 ms) capped a worker process at
 about 600 calls/s (see that module). The request body is the same dict the SDK would send,
-errors go through the same :func:`worker.error_policy.classify_http`, and the headers the
-SDK would add from the environment that matter to the provider (``OPENAI_ORG_ID``,
-``OPENAI_PROJECT_ID``, OpenRouter's attribution headers) are sent too. The SDK is used
-instead when a proxy is configured (``HTTP(S)_PROXY``/``ALL_PROXY``: the lean client does
-not do proxies) or when ``REALTIME_HTTP_CLIENT=sdk``. Embeddings keep the SDK: one request
+errors go through the same :func:`worker.error_policy.classify_http`, and both send the
+same extra headers (:meth:`worker.config.Settings.provider_headers`: ``OPENAI_ORG_ID``,
+``OPENAI_PROJECT_ID``, OpenRouter's attribution headers). The SDK is used instead when
+httpx would use a proxy (``HTTP(S)_PROXY``/``ALL_PROXY``, read by the same
+``urllib.request.getproxies``: the lean client does not do proxies) or when
+``REALTIME_HTTP_CLIENT=sdk``. Embeddings keep the SDK: one request
 carries up to 2048 texts, so its overhead does not matter there, and it decodes base64.
 
 ``mock`` answers locally and deterministically (same input, same output), for development
@@ -31,8 +32,8 @@ without cost.
 from __future__ import annotations
 
 import json
-import os
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,7 +43,7 @@ from google.genai import types
 from mistralai.client import Mistral
 from openai import AsyncOpenAI, omit
 
-from worker.config import Settings, env, get_settings
+from worker.config import Settings, get_settings
 from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.gemini_batch import make_genai_client
@@ -73,22 +74,16 @@ MOCK_EMBEDDING_DIMS = 256
 CLIENT_SHARDS = 8
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
-_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+#: The proxy schemes httpx takes from ``urllib.request.getproxies()`` (its own source).
+_PROXY_SCHEMES = ("http", "https", "all")
 
 
-def lean_chat_enabled() -> bool:
+def lean_chat_enabled(settings: Settings | None = None) -> bool:
     """Whether OpenAI-compatible chat goes through the lean client (see the module doc)."""
-    if env("REALTIME_HTTP_CLIENT", "lean").lower() == "sdk":
+    if (settings or get_settings()).realtime_http_client == "sdk":
         return False
-    return not any(os.environ.get(v) for v in _PROXY_VARS)
-
-
-def openrouter_headers() -> dict[str, str]:
-    """OpenRouter's optional attribution headers (``OPENROUTER_REFERER``/``OPENROUTER_TITLE``)."""
-    return {
-        "HTTP-Referer": env("OPENROUTER_REFERER", "https://github.com/pg-ai-worker"),
-        "X-Title": env("OPENROUTER_TITLE", "pg-ai-worker"),
-    }
+    proxies = urllib.request.getproxies()  # what httpx (trust_env) would use
+    return not any(proxies.get(scheme) for scheme in _PROXY_SCHEMES)
 
 
 def estimate_tokens(text: str) -> int:
@@ -122,7 +117,7 @@ class RealtimeClients:
         self.settings = settings or get_settings()
         self._openai: dict[str, list[AsyncOpenAI]] = {}
         self._lean: dict[str, LeanClient] = {}
-        self.lean_chat = lean_chat_enabled()
+        self.lean_chat = lean_chat_enabled(self.settings)
         self._turn = 0
         self._gemini: genai.Client | None = None
         self._mistral: Mistral | None = None
@@ -151,7 +146,7 @@ class RealtimeClients:
                     base_url=self.settings.base_url(provider) or default_url,
                     timeout=self.settings.provider_timeout_seconds,
                     max_retries=0,
-                    default_headers=openrouter_headers() if provider == "openrouter" else None,
+                    default_headers=self.settings.provider_headers(provider) or None,
                 )
                 for _ in range(CLIENT_SHARDS)
             ]
@@ -166,16 +161,10 @@ class RealtimeClients:
             if provider not in OPENAI_COMPATIBLE:
                 raise ConfigError(f"no OpenAI-compatible API for provider {provider!r}")
             default_url, _mode = OPENAI_COMPATIBLE[provider]
-            headers = {"Authorization": f"Bearer {self._key(provider)}"}
-            if provider == "openrouter":
-                headers.update(openrouter_headers())
-            if provider == "openai":  # what AsyncOpenAI takes from the environment
-                for var, header in (
-                    ("OPENAI_ORG_ID", "OpenAI-Organization"),
-                    ("OPENAI_PROJECT_ID", "OpenAI-Project"),
-                ):
-                    if os.environ.get(var):
-                        headers[header] = os.environ[var]
+            headers = {
+                "Authorization": f"Bearer {self._key(provider)}",
+                **self.settings.provider_headers(provider),
+            }
             url = self.settings.base_url(provider) or default_url or OPENAI_DEFAULT_URL
             try:
                 client = LeanClient(url, headers)
