@@ -35,6 +35,7 @@ from worker import custom_ids
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
+from worker.queue_app import app
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,6 @@ async def requeue_stalled_jobs() -> int:
     """Jobs left ``doing`` by a worker without a heartbeat go back to ``todo``; if a job
     with the same queueing lock already waits, the stalled one is marked failed instead
     (the waiting one does the same, idempotent work)."""
-    from worker.queue_app import app
-
     n = 0
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_seconds()):
         try:

@@ -46,6 +46,7 @@ from openai import AsyncOpenAI, omit
 from worker.config import Settings, get_settings
 from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
+from worker.providers import mock
 from worker.providers.gemini_batch import make_genai_client
 from worker.providers.mistral_batch import make_mistral_client
 from worker.providers.registry import OPENAI_COMPATIBLE
@@ -68,7 +69,7 @@ EMBEDDING_GROUP_LIMITS: dict[str, int] = {
 #: Token budget of one embeddings request (OpenAI allows 300k; stay well below).
 EMBEDDING_GROUP_TOKENS = 100_000
 
-MOCK_EMBEDDING_DIMS = 256
+MOCK_EMBEDDING_DIMS = mock.EMBEDDING_DIMS
 
 #: SDK clients per OpenAI-compatible provider (see RealtimeClients.openai_compat).
 CLIENT_SHARDS = 8
@@ -466,27 +467,15 @@ def _lean_reply(provider: str, resp: Response, messages: list[dict[str, str]]) -
 
 def mock_chat(model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
     """Deterministic answer seeded by model and messages (schema-valid JSON for JSON jobs)."""
-    from worker.emulator.content import generate_json, plain_answer, seed_from
-
-    joined = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-    seed = seed_from("mock", model, joined)
-    if prompt.json_output:
-        schema = prompt.json_schema or {
-            "type": "object",
-            "properties": {"answer": {"type": "string"}},
-            "required": ["answer"],
-        }
-        text = json.dumps(generate_json(schema, seed), ensure_ascii=False)
-    else:
-        text = plain_answer(seed)
-    return Reply(text, estimate_tokens(joined), estimate_tokens(text))
+    text = mock.chat_answer(
+        model, messages, json_output=prompt.json_output, json_schema=prompt.json_schema
+    )
+    return Reply(text, estimate_tokens(mock.conversation_text(messages)), estimate_tokens(text))
 
 
 def mock_embed(model: str, texts: Sequence[str]) -> Embedded:
-    from worker.emulator.content import embed
-
     return Embedded(
-        [embed(model, t, MOCK_EMBEDDING_DIMS) for t in texts],
+        mock.embeddings(model, texts, MOCK_EMBEDDING_DIMS),
         sum(estimate_tokens(t) for t in texts),
     )
 
