@@ -181,18 +181,32 @@ async def blocked(
     return out, mine
 
 
+def after_failures(h: Health, now: datetime, cfg: BreakerConfig, count: int) -> Health:
+    """The state after ``count`` counted failures (each one a failed call)."""
+    for _ in range(max(1, count)):
+        h = after_failure(h, now, cfg)
+    return h
+
+
 async def record_failure(
-    conn: AsyncConnection[Any], provider: str, kind: ErrorKind, error: str, cfg: BreakerConfig
+    conn: AsyncConnection[Any],
+    provider: str,
+    kind: ErrorKind,
+    error: str,
+    cfg: BreakerConfig,
+    count: int = 1,
 ) -> tuple[Health, bool]:
-    """Count one failure; return the new state and whether this call opened the breaker
-    (closed/half-open -> open). Runs under the row lock of the provider's breaker."""
+    """Count ``count`` failed calls; return the new state and whether this opened the
+    breaker (closed/half-open -> open). Runs under the row lock of the provider's breaker.
+    A caller that saw several calls fail together (a flush of the realtime drain) passes
+    them all: the threshold counts calls, not reports."""
     await conn.execute(q("breaker_ensure"), {"provider": provider})
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("breaker_lock"), {"provider": provider})
     row = await cur.fetchone()
     assert row is not None  # ensured above
     before = Health.from_row(row)
-    after = after_failure(before, row["now"], cfg)
+    after = after_failures(before, row["now"], cfg, count)
     opened = after.state is State.OPEN and before.state is not State.OPEN
     await conn.execute(
         q("breaker_save_failure"),
@@ -208,6 +222,13 @@ async def record_failure(
         },
     )
     return after, opened
+
+
+async def return_probe(conn: AsyncConnection[Any], provider: str) -> None:
+    """Give back a half-open probe this caller took but will not use (it had no work for
+    the provider): the next caller may take it at once instead of after the probe
+    timeout."""
+    await conn.execute(q("breaker_return_probe"), {"provider": provider})
 
 
 async def record_success(conn: AsyncConnection[Any], provider: str) -> bool:

@@ -14,6 +14,8 @@ import textwrap
 import traceback
 from typing import Any
 
+import psycopg
+import psycopg.errors
 from dotenv import dotenv_values
 
 EXIT_SETUP = 2
@@ -233,15 +235,13 @@ def _explain(exc: BaseException) -> str | None:
             f"invalid setting {name}={e.get('input')!r}: {e['msg']}; "
             "fix or empty it in .env or the environment (.env.example lists the defaults)"
         )
-    import psycopg.errors
-
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        # the rights check's own line names the grant that fixes it (worker.rights)
+    denied = exc if isinstance(exc, psycopg.errors.InsufficientPrivilege) else exc.__cause__
+    if isinstance(denied, psycopg.errors.InsufficientPrivilege) and _command != ["db", "migrate"]:
+        # a runtime role without its grants: the owner's one statement (worker.rights)
         from worker import rights
-        from worker.database import resolve_database_url
 
-        role = psycopg.conninfo.conninfo_to_dict(url or resolve_database_url()).get("user")
-        return str(rights.explain(exc, str(role or "?")))
+        role = psycopg.conninfo.conninfo_to_dict(url).get("user") if url else None
+        return str(rights.explain(denied, str(role or "?")))
     cause = exc.__cause__
     if isinstance(exc, WorkerError) and cause is not None:
         line = explain(cause, url)
@@ -264,7 +264,11 @@ def _configured_url() -> str | None:
         return None
 
 
+_command: list[str] = []  # the command being run, for _explain
+
+
 def _main(argv: list[str]) -> int:
+    _command[:] = [a for a in argv if not a.startswith("-")][:2]
     load_env_file()
     from worker import logs
     from worker.config import get_settings
@@ -377,8 +381,8 @@ def _run(args: Any, default_processes: int) -> int:
     runner.wait_for_database(url)  # Ctrl-C while waiting: KeyboardInterrupt, exit 130
     from worker import preflight, rights
 
+    rights.check(url)  # a runtime role lacking its grants: one line, the grant to run
     preflight.check_schema(url)
-    rights.check(url)
     n = args.processes or default_processes
     if n > 1:
         return runner.run_processes(n, until_idle=args.until_idle, timeout=args.timeout)

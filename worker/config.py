@@ -2,8 +2,9 @@
 
 Every variable the worker reads is a field of :class:`Settings` (breaker, alert, credit
 monitor, heartbeat, tick, shutdown and realtime client tunables included); no other module
-reads ``os.environ`` but for the exceptions below (tests/unit/test_config.py checks). An empty variable (``KEY=`` as in a copied ``.env.example``) means
-unset, i.e. the default; an invalid value is a set-up error naming the variable
+reads ``os.environ`` but for the exceptions below (tests/unit/test_config.py checks). An
+empty variable (``KEY=`` as in a copied ``.env.example``) means unset, i.e. the default; an
+invalid value is a set-up error naming the variable
 (``python -m worker`` prints one line and exits 2) rather than a silent fallback.
 ``.env.example`` lists every field with its default and meaning (checked by
 tests/unit/test_env_example.py).

@@ -320,10 +320,11 @@ def _table(
             right[m] += ok
             cells.append(f"{(a or '-') + (' ✓' if ok else ' ✗' if a else ''):^{w}}")
         question = textwrap.shorten(r["question"], 40, placeholder="…")
-        print(
+        line = (
             f"{i:>3} {(r['subject'] or '')[:16]:<16} {question:<40} "
             f"{r['correct_answer'] or '?':^3} " + " ".join(cells)
         )
+        print(line.rstrip())
         if r["status"] != "completed":
             print(f"      status: {r['status']} {r['error'] or ''}")
         elif r["id"] not in summaries:

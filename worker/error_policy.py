@@ -180,6 +180,9 @@ class _Parsed:
     type: str | None
     status: str | None  # google.rpc status name (Gemini)
     details: tuple[dict[str, Any], ...]  # google.rpc details (Gemini)
+    #: OpenRouter's moderation metadata (``error.metadata.reasons`` / ``flagged_input``):
+    #: its 403 then means "your input was flagged", not "bad key".
+    moderation: bool = False
 
 
 def _as_body(body: object) -> object:
@@ -217,12 +220,14 @@ def _parse_body(body: object) -> _Parsed:
     details_raw = inner.get("details")
     details = tuple(d for d in details_raw if isinstance(d, dict)) if details_raw else ()
     status = inner.get("status")
+    meta = inner.get("metadata")
     return _Parsed(
         message=str(message)[:_MESSAGE_LIMIT],
         code=_str_or_none(inner.get("code")),
         type=_str_or_none(inner.get("type")),
         status=status if isinstance(status, str) else None,
         details=details,
+        moderation=isinstance(meta, dict) and ("reasons" in meta or "flagged_input" in meta),
     )
 
 
@@ -288,6 +293,10 @@ def _gemini_retry_delay(parsed: _Parsed) -> float | None:
 
 
 def _openai_kind(status: int, p: _Parsed) -> ErrorKind | None:
+    if p.moderation:
+        # OpenRouter: "403: Your chosen model requires moderation and your input was
+        # flagged" - that request's content, never the key: fail the job, not the provider.
+        return K.CONTENT_REFUSED
     if p.code is not None and p.code in OPENAI_CODE_KINDS:
         return OPENAI_CODE_KINDS[p.code]
     if p.type is not None and p.type in OPENAI_TYPE_KINDS:

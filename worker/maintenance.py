@@ -15,7 +15,9 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 "Alive" means: a ``submit`` job in ``doing`` on a worker whose heartbeat is younger than
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
-  without any request to pending.
+  without any request to pending;
+- deletes one batch of old finished rows of each kind (:mod:`worker.retention`);
+- returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import custom_ids
+from worker.alerts import flush_held
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
 from worker.queue_app import app
+from worker.retention import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +62,14 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["polls_restored"] = await restore_polls(conn)
         detail["instant_released"] = await release_dead_instant_claims(conn)
         detail["settled"] = await settle_stragglers(conn)
+        detail["unblocked"] = await unblock_entitled(conn)
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
-        from worker.alerts import flush_held
-
         digest = await flush_held(conn)
         if digest is not None:
             detail["alert_digest"] = digest.value
-        await conn.execute(
-            "DELETE FROM worker_task_runs WHERE started_at < now() - interval '7 days'"
-        )
+        detail["retention"] = await apply_retention(conn)
     return {k: v for k, v in detail.items() if v}
 
 
@@ -179,6 +180,14 @@ async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (owner,))
     return len(ids)
+
+
+async def unblock_entitled(conn: AsyncConnection[Any]) -> int:
+    """Blocked questions the policy (schema/0021) no longer blocks go back to pending: an
+    owner who became entitled gets their questions processed without a manual step, within
+    a tick, whatever the policy reads (a trigger on the app's tables could not know)."""
+    cur = await conn.execute(q("unblock_entitled"))
+    return len(await cur.fetchall())
 
 
 async def settle_stragglers(conn: AsyncConnection[Any]) -> int:

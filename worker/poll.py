@@ -188,6 +188,17 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
     return {"state": status.raw_state, **counts.as_dict()}
 
 
+@contextlib.asynccontextmanager
+async def closing(it: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator on exit (``contextlib.aclosing`` for any async iterator)."""
+    try:
+        yield it
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def results_pending(
     conn: AsyncConnection[Any], job: dict[str, Any], raw_state: str
 ) -> float | None:
@@ -210,17 +221,6 @@ async def results_pending(
         extra={"batch_job_id": str(job["id"]), "waited": waited, "next_poll_in": delay},
     )
     return None
-
-
-@contextlib.asynccontextmanager
-async def closing(it: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """Close an async generator on exit (``contextlib.aclosing`` for any async iterator)."""
-    try:
-        yield it
-    finally:
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 async def finish(

@@ -35,8 +35,8 @@ where its requests are taken for a batch or an instant call (``worker.submit._ta
   the summary prompt names it. There it is sent as ``unbekannt`` (the same as a missing
   answer) instead of a wrong letter, so the summary never tells students a bogus official
   answer, and a ``worker_errors`` row (kind ``bad_correct_answer``) tells a person to fix
-  the question. Failing the question would throw away useful comments, and since editing
-  ``correct_answer`` does not re-queue a question, it would also need manual re-queuing.
+  the question. Failing the question would throw away useful comments; fixing
+  ``correct_answer`` re-queues the question (it is part of the content hash, schema/0021).
   Lower case and surrounding blanks (``' b'``) are normalised silently.
 
 * **Cleaned, then sent** (:func:`clean_text`, applied to every text that goes into a

@@ -62,6 +62,16 @@ async def blocked_providers(
     """Providers to leave alone now. ``providers``: the ones the caller is about to call;
     only their half-open probes are claimed (None: every due probe - a caller that then
     does not call a provider wastes its probe until BREAKER_PROBE_TIMEOUT_SECONDS)."""
+    blocked, _ = await provider_gates(conn, providers=providers)
+    return blocked
+
+
+async def provider_gates(
+    conn: AsyncConnection[Any], *, providers: Collection[str] | None = None
+) -> tuple[set[str], set[str]]:
+    """(providers to leave alone, providers whose one half-open probe this caller just
+    took). A caller holding a probe must send exactly one call to that provider until
+    its outcome is recorded (or give it back with :func:`breaker.return_probe`)."""
     try:
         async with conn.transaction():
             cur = await conn.execute(q("active_stops"))
@@ -77,7 +87,7 @@ async def blocked_providers(
                         "delay": float(cfg.probe_timeout_seconds) + 0.1,
                     },
                 )
-            return stopped | blocked
+            return stopped | blocked, probing - stopped
     except Exception as exc:
         # Failing open: a broken health table must not stop all work.
         log.exception("could not read provider health")
@@ -87,7 +97,7 @@ async def blocked_providers(
             f"could not read provider health: {exc}",
             fingerprint="resilience:blocked",
         )
-        return set()
+        return set(), set()
 
 
 async def budget_exhausted(conn: AsyncConnection[Any], settings: CommentarySettings) -> bool:
@@ -136,7 +146,11 @@ def _as_provider_error(provider: str, exc: BaseException) -> ProviderError | Non
     return classify(exc, provider) if isinstance(exc, Exception) else None
 
 
-async def on_provider_error(conn: AsyncConnection[Any], provider: str, exc: BaseException) -> None:
+async def on_provider_error(
+    conn: AsyncConnection[Any], provider: str, exc: BaseException, count: int = 1
+) -> None:
+    """``count``: how many failed calls ``exc`` stands for (the realtime drain reports the
+    calls of one flush together); each one counts toward the breaker."""
     try:
         err = _as_provider_error(provider, exc)
         if err is None:
@@ -144,7 +158,7 @@ async def on_provider_error(conn: AsyncConnection[Any], provider: str, exc: Base
         if err.kind in STOP_KINDS:
             await _stop_provider(conn, provider, err)
         elif breaker.counts_toward_breaker(err.kind):
-            await _count_failure(conn, provider, err)
+            await _count_failure(conn, provider, err, count)
         else:
             await alert(
                 conn,
@@ -211,10 +225,14 @@ async def _stop_provider(conn: AsyncConnection[Any], provider: str, err: Provide
     )
 
 
-async def _count_failure(conn: AsyncConnection[Any], provider: str, err: ProviderError) -> None:
+async def _count_failure(
+    conn: AsyncConnection[Any], provider: str, err: ProviderError, count: int = 1
+) -> None:
     cfg = breaker.BreakerConfig.current()
     async with conn.transaction():
-        health, opened = await breaker.record_failure(conn, provider, err.kind, str(err), cfg)
+        health, opened = await breaker.record_failure(
+            conn, provider, err.kind, str(err), cfg, count
+        )
     if not opened:
         return
     # Nothing else wakes submit when the cooldown ends (a blocked submit does not re-defer).

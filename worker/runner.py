@@ -12,7 +12,9 @@ so a restarted worker heals what its predecessor left behind without waiting for
 ``--processes N`` starts N such processes and restarts any that dies; the children die with
 their parent (``PR_SET_PDEATHSIG``: a SIGKILLed supervisor leaves no orphan workers).
 ``--until-idle`` exits once nothing is pending, claimed or due. SIGTERM drains: running
-jobs finish (up to ``SHUTDOWN_GRACEFUL_SECONDS``), then the process exits 0.
+jobs finish (up to ``SHUTDOWN_GRACEFUL_SECONDS``), then the process exits 0; a realtime
+drain stops claiming at once and releases what it cannot finish
+(:mod:`worker.realtime.shutdown`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from worker.queue_app import (
     pool_max_size,
     queue_concurrency,
 )
+from worker.realtime import shutdown as realtime_shutdown
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +349,7 @@ async def run_async(
 ) -> int:
     settings = get_settings()
     url = resolve_database_url()
+    realtime_shutdown.reset()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -394,12 +398,15 @@ async def run_async(
         for t in pending:
             t.cancel()
         idle_ok = any(t.result() is True for t in done if not t.cancelled())
-        # Cancelling a Procrastinate worker stops it gracefully: running jobs finish.
+        # Running drains stop claiming now and finish within the grace period; then
+        # cancelling a Procrastinate worker stops it gracefully: running jobs finish.
+        realtime_shutdown.request_stop(shutdown_graceful_seconds())
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
     finally:
         wakeups.current = None
+        realtime_shutdown.reset()
         if listener is not None:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)

@@ -6,12 +6,13 @@ is submitted, rather than silently replaced by defaults as the old system did.""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -66,6 +67,14 @@ class CommentarySettings(BaseModel):
     # Model keys left out of ``models`` because their entry breaks a rule (a row written
     # before schema/0017): key -> the reason, reported by submit in worker_errors.
     dropped_models: dict[str, str] = Field(default_factory=dict)
+    # Depth (schema/0021): the cheaper model set of partial-depth questions (keys not in
+    # ``models`` or not enabled are simply not used), and the full-depth allowance per user
+    # and period.
+    partial_models: list[
+        Annotated[str, StringConstraints(pattern=validation.MODEL_KEY_PATTERN)]
+    ] = Field(default_factory=lambda: ["mistral", "deepseek"])
+    full_allowance: int = Field(default=100, ge=0)
+    allowance_period_days: int = Field(default=30, gt=0)
 
     @model_validator(mode="after")
     def _known_keys(self) -> CommentarySettings:
@@ -92,6 +101,11 @@ class CommentarySettings(BaseModel):
     @property
     def enabled_models(self) -> list[str]:
         return sorted(k for k, on in self.models_enabled.items() if on)
+
+    @property
+    def partial_set(self) -> list[str]:
+        """The models of a partial-depth question: partial_models that are enabled."""
+        return sorted(set(self.partial_models) & set(self.enabled_models))
 
     def route(self, model_key: str) -> ModelRoute:
         return self.summary_model if model_key == "summary" else self.models[model_key]

@@ -93,7 +93,11 @@ async def defer(
 
 
 async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tuple[int, int]:
-    """Claim pending and summary-missing questions and create their request rows."""
+    """Claim pending and summary-missing questions and create their request rows.
+
+    Pending questions go by the policy's priority and at the depth it allows (schema/0021):
+    blocked ones leave the queue; a full-depth claim takes its payer's unit in this
+    transaction; each question's requests follow the model set it was claimed with."""
     models = settings.enabled_models
     async with conn.transaction():
         cur = await conn.execute(
@@ -102,12 +106,13 @@ async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tup
                 "delay_minutes": settings.processing_delay_minutes,
                 "limit": settings.batch_size,
                 "models": models,
+                "partial_models": settings.partial_set,
             },
         )
-        ids = [r[0] for r in await cur.fetchall()]
+        ids = [r[0] for r in await cur.fetchall() if r[1] == "processing"]
         if ids:
             await conn.execute(q("reset_requests"), {"ids": ids})
-            await conn.execute(q("create_requests"), {"ids": ids, "models": [*models, "summary"]})
+            await conn.execute(q("create_claimed_requests"), {"ids": ids})
         left = settings.batch_size - len(ids)
         summary_ids: list[Any] = []
         if left > 0:

@@ -150,7 +150,9 @@ def test_missing_privileges(
     assert_one_line(out, "lacks a privilege", "permission denied", "GRANT")
     # reading a migrated schema the role was never granted
     out = cli("status", url=_as_role(db_url, unprivileged_role), cwd=tmp_path)
-    assert_one_line(out, "lacks a privilege", "permission denied", "GRANT")
+    assert_one_line(out, unprivileged_role, "permission denied", "worker_grant_runtime")
+    out = cli("run", "--until-idle", url=_as_role(db_url, unprivileged_role), cwd=tmp_path)
+    assert_one_line(out, unprivileged_role, "worker_grant_runtime")
 
 
 @pytest.mark.parametrize(

@@ -222,7 +222,8 @@ def test_production_database_keeps_every_row_and_drains(
         for limit, expected in [(10, no_queue_time), (100, pending)]:
             with conn.transaction(force_rollback=True):
                 got = conn.execute(
-                    q("claim_pending"), {"delay_minutes": 3, "limit": limit, "models": MODELS}
+                    q("claim_pending"),
+                    {"delay_minutes": 3, "limit": limit, "models": MODELS, "partial_models": []},
                 ).fetchall()
             assert {r["id"] for r in got} == expected
 

@@ -332,10 +332,12 @@ def test_anon_and_authenticated_reach_nothing_after_migrate(supa: SupaDB) -> Non
             "ai_jobs_before_insert",
             "ai_jobs_wake",
         } <= definers
-        # only trigger functions and the two helpers run with the owner's rights
+        # only trigger functions and the helpers run with the owner's rights (schema/0021's
+        # worker_allowance_defaults: two numbers of the settings row for ai_credit_balances)
         assert {f["name"] for f in functions if f["definer"] and not f["is_trigger"]} == {
             "worker_defer_job",
             "worker_caller_id",
+            "worker_allowance_defaults",
         }
         admin.execute(
             "INSERT INTO ai_jobs (kind, provider, input_text) VALUES ('chat', 'mock', 'x')"

@@ -78,9 +78,13 @@ def test_non_pending_insert_defers_nothing(db: psycopg.Connection[Any]) -> None:
     assert submit_jobs(db) == 0
 
 
-def test_subject_edit_does_not_requeue_but_text_edit_does(db: psycopg.Connection[Any]) -> None:
+def test_edit_outside_the_prompt_does_not_requeue_but_text_edit_does(
+    db: psycopg.Connection[Any],
+) -> None:
+    # The human explanation and the difficulty are not in any prompt (the subject is: the
+    # summary prompt names it, so it is part of the content hash, schema/0021).
     qid = db.execute(QUESTION, ("Q1", "completed")).fetchone()["id"]  # type: ignore[index]
-    db.execute("UPDATE questions SET subject = 'Chirurgie' WHERE id = %s", (qid,))
+    db.execute("UPDATE questions SET comment = 'Erklärung', difficulty = 3 WHERE id = %s", (qid,))
     assert submit_jobs(db) == 0
     row = db.execute("SELECT ai_commentary_status FROM questions WHERE id = %s", (qid,)).fetchone()
     assert row == {"ai_commentary_status": "completed"}

@@ -13,6 +13,7 @@ from worker.breaker import (
     Health,
     State,
     after_failure,
+    after_failures,
     after_success,
     counts_toward_breaker,
     is_blocked,
@@ -153,3 +154,17 @@ def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         60.0,
         60.0,
     )
+
+
+def test_failed_calls_reported_together_each_count_and_open_at_the_threshold() -> None:
+    cfg = BreakerConfig(failure_threshold=5, cooldown_seconds=60, probe_timeout_seconds=30)
+    four = after_failures(Health(), at(0), cfg, 4)
+    assert (four.state, four.consecutive_failures) == (State.CLOSED, 4)
+    fifth = after_failures(four, at(1), cfg, 1)
+    assert (fifth.state, fifth.consecutive_failures, fifth.opened_at) == (State.OPEN, 5, at(1))
+    ten = after_failures(Health(), at(0), cfg, 10)
+    assert (ten.state, ten.consecutive_failures, ten.opened_at) == (State.OPEN, 10, at(0))
+    # a failed probe plus stragglers: open again once, fresh cooldown
+    probing = Health(State.HALF_OPEN, 5, opened_at=at(0), probe_started_at=at(60))
+    again = after_failures(probing, at(61), cfg, 3)
+    assert (again.state, again.consecutive_failures, again.opened_at) == (State.OPEN, 8, at(61))

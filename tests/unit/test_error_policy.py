@@ -450,3 +450,17 @@ def test_classify_rpc_status(status: dict[str, Any], kind: ErrorKind) -> None:
 )
 def test_kind_for_result_code(code: str | None, kind: ErrorKind) -> None:
     assert kind_for_result_code(code) is kind
+
+
+def test_openrouter_moderation_403_is_the_request_not_the_key() -> None:
+    from worker.emulator.faults import moderation_reply
+
+    flagged = moderation_reply("openrouter", "openai/gpt-4.1-mini")
+    err = classify_http("openrouter", flagged.status, flagged.body)
+    assert (err.status_code, err.kind) == (403, ErrorKind.CONTENT_REFUSED)
+    # A 403 without moderation metadata still says the key may not do this.
+    denied = classify_http("openrouter", 403, {"error": {"code": 403, "message": "Forbidden"}})
+    assert denied.kind is ErrorKind.AUTH
+    policy = moderation_reply("openai")
+    err = classify_http("openai", policy.status, policy.body)
+    assert (err.status_code, err.kind) == (400, ErrorKind.CONTENT_REFUSED)

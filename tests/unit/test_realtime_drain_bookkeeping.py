@@ -78,7 +78,7 @@ async def test_success_is_reported_once_a_second_but_at_once_after_a_failure(
     async def success(conn: Any, provider: str) -> None:
         calls.append(("success", provider))
 
-    async def error(conn: Any, provider: str, exc: BaseException) -> None:
+    async def error(conn: Any, provider: str, exc: BaseException, count: int = 1) -> None:
         calls.append(("error", provider))
 
     async def record(*args: Any, **kwargs: Any) -> None:
@@ -103,3 +103,47 @@ async def test_success_is_reported_once_a_second_but_at_once_after_a_failure(
     assert calls[3:] == [("error", "openai"), ("success", "openai")]
     await d._after_write(conn, [_ok()])  # and then once a second again
     assert len(calls) == 5
+
+
+async def test_the_breaker_hears_each_failed_call_after_the_last_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker import resilience
+
+    counts: list[int] = []
+
+    async def error(conn: Any, provider: str, exc: BaseException, count: int = 1) -> None:
+        counts.append(count)
+
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(resilience, "on_provider_success", nothing)
+    monkeypatch.setattr(resilience, "on_provider_error", error)
+    monkeypatch.setattr(drain_mod, "record_error", nothing)
+    d = make_drain()
+    conn = cast(Any, None)
+    # three chat calls failed: three counted (the old drain told the breaker once)
+    await d._after_write(conn, [_failed(), _failed(), _failed()])
+    assert counts == [3]
+    # failures before a success in the same flush are not consecutive: not counted
+    await d._after_write(conn, [_failed(), _ok(), _failed()])
+    assert counts == [3, 1]
+    await d._after_write(conn, [_failed(), _ok()])
+    assert counts == [3, 1]
+    # one failed call of an embeddings group fails all its jobs with one exception: one call
+    group_exc = ProviderError("boom", kind=ErrorKind.RETRYABLE, provider="openai", status_code=500)
+    group = [
+        Outcome(
+            job_id=i,
+            status="retrying",
+            provider="openai",
+            model="m",
+            error=str(group_exc),
+            error_kind=group_exc.kind.value,
+            exc=group_exc,
+        )
+        for i in range(5)
+    ]
+    await d._after_write(conn, group)
+    assert counts == [3, 1, 1]

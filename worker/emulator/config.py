@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-FAULT_KINDS = ("rate_limit", "quota", "auth", "server", "unavailable")
+FAULT_KINDS = ("rate_limit", "quota", "auth", "server", "unavailable", "moderation")
 BATCH_OUTCOMES = (None, "failed", "expired", "cancelled")
 PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepseek", "ollama")
 
@@ -23,8 +23,9 @@ class FaultRule:
     """One HTTP fault injection rule.
 
     ``kind``: ``rate_limit`` (429 + ``retry-after``), ``quota`` (out of credit), ``auth``
-    (bad key), ``server`` (500) or ``unavailable`` (503); see :mod:`worker.emulator.faults`
-    for the exact bodies. ``provider`` is a provider name or ``"*"``. ``path`` optionally
+    (bad key), ``server`` (500), ``unavailable`` (503) or ``moderation`` (the input was
+    flagged: OpenRouter 403 with moderation metadata, OpenAI-style 400
+    ``content_policy_violation``); see :mod:`worker.emulator.faults` for the exact bodies. ``provider`` is a provider name or ``"*"``. ``path`` optionally
     limits the rule to request paths containing that substring (e.g. ``"/batches"``).
     ``count`` = fire for the next N matching requests, then the rule is spent; ``None`` =
     fire forever with ``probability`` (a seeded dice roll per matching request).

@@ -20,6 +20,13 @@ Gemini, envelope ``{"error": {code, message, status, details?}}``:
   auth         400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID
   server       500 INTERNAL;  unavailable 503 UNAVAILABLE
 
+Moderation (the request's input was flagged; fails that request only):
+  openrouter   403 ``{"error": {"code": 403, message, "metadata": {reasons, flagged_input,
+               provider_name, model_slug}}}`` (OpenRouter docs, "Moderation Errors")
+  OpenAI-style 400 type=invalid_request_error code=content_policy_violation
+  Gemini       400 INVALID_ARGUMENT, Mistral 400 invalid_request_error [chosen: both
+               providers report safety blocks inside a 200 answer instead]
+
 Mistral, flat envelope ``{"object":"error", message, type, param, code}``:
   rate_limit   429 type=rate_limited code="1300", ``retry-after`` header
   quota        429 type=billing_error code="insufficient_quota", message mentions the
@@ -82,6 +89,8 @@ def _mistral_error(status: int, message: str, type_: str, code: str | None) -> E
 
 def fault_reply(provider: str, kind: str, retry_after: float = 1.0, model: str = "") -> ErrorReply:
     """The error a real ``provider`` sends for fault ``kind``."""
+    if kind == "moderation":
+        return moderation_reply(provider, model)
     ra = f"{retry_after:g}"
     if provider == "gemini":
         model = model or "gemini-2.5-flash"
@@ -236,6 +245,37 @@ def echo_key(reply: ErrorReply, key: str) -> ErrorReply:
     target = err if isinstance(err, dict) else reply.body
     target["message"] = f"{target.get('message') or ''}{echo}"
     return reply
+
+
+def moderation_reply(provider: str, model: str = "") -> ErrorReply:
+    """A request whose input the provider's moderation flagged."""
+    if provider == "openrouter":
+        slug = model or "openai/gpt-4o-mini"
+        return ErrorReply(
+            403,
+            {
+                "error": {
+                    "code": 403,
+                    "message": f"{slug} requires moderation on OpenAI. "
+                    'Your input was flagged for "harassment". No credits were charged.',
+                    "metadata": {
+                        "reasons": ["harassment"],
+                        "flagged_input": "...",
+                        "provider_name": "OpenAI",
+                        "model_slug": slug,
+                    },
+                }
+            },
+        )
+    message = (
+        "Your request was rejected as a result of our safety system. Your prompt may "
+        "contain text that is not allowed by our safety system."
+    )
+    if provider == "gemini":
+        return _gemini_error(400, "INVALID_ARGUMENT", message)
+    if provider == "mistral":
+        return _mistral_error(400, message, "invalid_request_error", None)
+    return _openai_error(400, message, "invalid_request_error", "content_policy_violation")
 
 
 def missing_key_reply(provider: str) -> ErrorReply:

@@ -660,7 +660,9 @@ class _Server:
             sock.setblocking(False)
         except Exception as exc:
             self._close(conn, registered=False)
-            if not isinstance(exc, (ConnectionError, TimeoutError)):
+            # The client went away (a worker cancelled its call, the socket was closed by
+            # reset/stop while a latency sleep ran): nothing to answer, not a crash.
+            if not isinstance(exc, OSError):
                 raise
             return
         self._returned.append(conn)

@@ -28,6 +28,19 @@ When nothing is due the run ends after lingering; if jobs wait for a later time 
 rate limits), it first defers a drain scheduled at the earliest ``next_attempt_at``
 (queueing lock ``drain@<epoch second>``, so it cannot be swallowed by the waiting
 immediate ``drain`` job's lock).
+
+**Shutdown** (SIGTERM, :mod:`worker.realtime.shutdown`): the run stops claiming at once,
+gives its claimed-but-unstarted jobs (those waiting for a provider slot) back to
+``pending``/``retrying`` in the next flush, lets the calls in flight finish until the
+deadline (the grace period ``SHUTDOWN_GRACEFUL_SECONDS`` minus a margin) and writes their
+answers, then cancels the calls still running and releases their jobs (no attempt used).
+Before it returns it releases any row it still holds, so a clean exit leaves nothing
+``processing``. The run's report counts ``released_unstarted`` and ``released_in_flight``.
+
+**Joining**: a run that leaves due work unclaimed after a claim defers one more ``drain``
+job (queueing lock ``drain``), which an idle worker process picks up; that run does the
+same, so a bulk insert is worked by every idle process within a few claims instead of by
+one process until the next tick.
 """
 
 from __future__ import annotations
@@ -53,9 +66,10 @@ from worker.database import resolve_database_url
 from worker.error_log import record_error
 from worker.errors import ProviderError
 from worker.queries import q
+from worker.realtime import shutdown
 from worker.realtime.claim import claim, load_settings, load_templates
 from worker.realtime.embeddings import group_jobs, group_limit, group_token_estimate, run_group
-from worker.realtime.execute import invalid_job_outcome, run_chat
+from worker.realtime.execute import invalid_job_outcome, outcome_for_error, run_chat
 from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
@@ -69,9 +83,15 @@ BLOCKED_CACHE_SECONDS = 1.0
 #: When due rows exist but none could be claimed (locked by another worker, or waiting for
 #: an earlier job of their session held elsewhere), look again after this long.
 BLOCKED_POLL_SECONDS = 0.1
+#: When a run ends with due jobs left while some provider is blocked (stopped, breaker
+#: open), the next drain is scheduled this much later at the earliest.
+BLOCKED_RESCHEDULE_SECONDS = 5.0
 #: A provider that keeps succeeding is reported to the circuit breaker this often at most
 #: (the claim's view of blocked providers is cached as long, BLOCKED_CACHE_SECONDS).
 SUCCESS_REPORT_SECONDS = 1.0
+#: A drain that claimed work looks this often at most whether due jobs are left over, to
+#: invite an idle worker process (one EXISTS on the due index).
+BACKLOG_CHECK_SECONDS = 1.0
 
 #: Chat jobs a lane may hold claimed beyond its concurrency, as a share of it (at least 1).
 #: They wait in memory on the provider's semaphore, so a finished call's slot is refilled at
@@ -131,10 +151,36 @@ class Drain:
         self.tasks: set[asyncio.Task[None]] = set()
         self.blocked: set[str] = set()
         self._blocked_at = -1e9
+        self.probe_held: dict[int, str] = {}  # job id -> provider whose probe it is
         self.report: dict[str, int] = defaultdict(int)
         self._estimates: dict[int, int] = {}  # job id -> tokens the rate limiter reserved
         self._success_reported: dict[str, float] = {}  # provider -> monotonic time told
         self._in_session: dict[int, bool] = {}  # claimed jobs of a session, until written
+        self.stopping = False
+        self.deadline: float | None = None  # monotonic; in-flight calls end by then
+        self.waiting: set[asyncio.Task[None]] = set()  # claimed, no provider slot yet
+        self._joined = False  # deferred one more drain for idle processes
+        self._backlog_checked_at = -1e9
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop(self, deadline: float) -> None:
+        """Stop claiming; unstarted jobs go back now, in-flight calls get until
+        ``deadline`` (see the module docstring)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.deadline = deadline
+        for task in list(self.waiting):
+            task.cancel()
+        self.wake.set()
+
+    def _released(self, jobs: list[Job], *, in_flight: bool) -> list[Outcome]:
+        self.report["released_in_flight" if in_flight else "released_unstarted"] += len(jobs)
+        return [
+            Outcome(job_id=j.id, status="released", provider=j.provider, model=j.model)
+            for j in jobs
+        ]
 
     # ------------------------------------------------------------------ capacity
 
@@ -172,18 +218,23 @@ class Drain:
     async def run(self) -> dict[str, Any]:
         listener = asyncio.create_task(self._listen())
         writer = asyncio.create_task(self._writer())
+        shutdown.register(self)
+        clean = False
         try:
             await self._loop()
-            while self.tasks:
-                await asyncio.wait(set(self.tasks))
+            await self._finish_tasks()
             while self.unwritten > 0 and not writer.done():
+                if self.stopping and self.deadline and time.monotonic() > self.deadline + 2:
+                    break  # stopping: what is still unwritten is released below
                 self.written.clear()
                 self.results_ready.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.written.wait(), 5.0)
             if writer.done() and not writer.cancelled():
                 writer.result()  # re-raise a failed write
+            clean = not self.stopping
         finally:
+            shutdown.unregister(self)
             for t in (listener, writer):
                 t.cancel()
             for t in (listener, writer):
@@ -191,8 +242,40 @@ class Drain:
                     await t
             for t in list(self.tasks):
                 t.cancel()
+            if not clean:
+                # Stopped, cancelled or failed: nothing this run claimed stays processing.
+                await self._release_owned()
         await self._schedule_next()
         return {k: v for k, v in self.report.items() if v}
+
+    async def _finish_tasks(self) -> None:
+        """Wait for the running calls; once stopping, only until the deadline, then cancel
+        the rest (their jobs are released, see :meth:`_guard`)."""
+        while self.tasks:
+            timeout = 0.5
+            if self.stopping and self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    for t in list(self.tasks):
+                        t.cancel()
+                    await asyncio.wait(set(self.tasks))
+                    return
+                timeout = min(timeout, left)
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+
+    async def _release_owned(self) -> None:
+        """Release every row this run still holds (one statement; shielded from a second
+        cancellation so a hard stop cannot leave rows for the 600 s lease)."""
+
+        async def release() -> None:
+            async with self.pool.connection(timeout=10) as conn:
+                cur = await conn.execute(q("rt_release_owner"), {"owner": self.owner})
+                self.report["released_at_exit"] += cur.rowcount if cur.rowcount > 0 else 0
+
+        try:
+            await asyncio.shield(release())
+        except Exception:
+            log.exception("could not release the jobs of %s; their lease frees them", self.owner)
 
     async def _loop(self) -> None:
         """Claim while slots are free and work may be due; otherwise wait for a wake-up (a
@@ -203,6 +286,8 @@ class Drain:
         idle_since = time.monotonic()
         next_due: datetime | None = None
         while True:
+            if self.stopping:
+                return
             self.wake.clear()
             now = datetime.now(UTC)
             due_passed = next_due is not None and next_due <= now
@@ -211,6 +296,8 @@ class Drain:
                 asked = min(free, self.settings.claim_batch)
                 got = await self._claim_round(asked)
                 more = got >= asked
+                if got and not self._joined and not self.stopping:
+                    await self._invite_if_backlog()
                 if got:
                     idle_since = time.monotonic()
                     next_due = None
@@ -239,21 +326,58 @@ class Drain:
             if self.wake.is_set():
                 more = True
 
-    async def _blocked_providers(self, conn: AsyncConnection[Any]) -> set[str]:
-        if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
-            from worker import resilience
+    async def _gates(self, conn: AsyncConnection[Any]) -> tuple[set[str], set[str]]:
+        """(providers to leave alone, providers whose half-open probe this drain just
+        took). A provider whose probe job this drain still runs stays left alone."""
+        from worker import resilience
 
+        probes: set[str] = set()
+        if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
             try:
-                self.blocked = set(await resilience.blocked_providers(conn))
+                self.blocked, probes = await resilience.provider_gates(conn)
             except Exception:
-                log.exception("blocked_providers failed; claiming for every provider")
+                log.exception("provider_gates failed; claiming for every provider")
                 self.blocked = set()
             self._blocked_at = time.monotonic()
-        return self.blocked
+        return self.blocked | set(self.probe_held.values()), probes
+
+    async def _claim_probes(
+        self, conn: AsyncConnection[Any], probes: set[str], skip: set[str]
+    ) -> list[Job]:
+        """Exactly one job per provider whose half-open probe this drain took (the breaker
+        hands one probe to one caller across all processes); an unused probe is given
+        back at once."""
+        from worker import breaker
+
+        out: list[Job] = []
+        for provider in sorted(probes):
+            got = await claim(
+                conn,
+                owner=self.owner,
+                limit=1,
+                lane_free={provider: 1, f"{provider}:embed": 1},
+                default_free=0,
+                skip_providers=skip,
+                settings=self.settings,
+            )
+            if not got:
+                await breaker.return_probe(conn, provider)
+                continue
+            self.probe_held[got[0].id] = provider
+            self._success_reported.pop(provider, None)  # its outcome is told at once
+            self.report["probes"] += 1
+            out.extend(got)
+        return out
+
+    def _probe_done(self, job_ids: list[int]) -> None:
+        if any(self.probe_held.pop(i, None) is not None for i in job_ids):
+            self._blocked_at = -1e9  # read the breaker's new state before the next claim
 
     async def _claim_round(self, asked: int) -> int:
         async with self.pool.connection() as conn:
-            skip = set(await self._blocked_providers(conn))
+            skip, probes = await self._gates(conn)
+            probe_jobs = await self._claim_probes(conn, probes, skip) if probes else []
+            skip = skip | probes
             lane_free = self.lane_free()
             default_free = self.settings.default_concurrency
             default_free += prefetch(default_free)
@@ -261,7 +385,7 @@ class Drain:
             for provider in self.settings.provider_concurrency:
                 for lane in (provider, f"{provider}:embed"):
                     lane_free.setdefault(lane, self.lane_capacity(lane))
-            jobs = await claim(
+            jobs = probe_jobs + await claim(
                 conn,
                 owner=self.owner,
                 limit=asked,
@@ -328,6 +452,11 @@ class Drain:
                 await conn.execute(
                     q("rt_release_throttled"), {"ids": waiting, "at": at, "owner": self.owner}
                 )
+                if any(i in self.probe_held for i in waiting):
+                    from worker import breaker
+
+                    await breaker.return_probe(conn, provider)
+                    self._probe_done(waiting)
                 self.unwritten -= len(waiting)
                 self.report["rate_limited"] += len(waiting)
                 for job_id in waiting:
@@ -345,21 +474,49 @@ class Drain:
         return max(1, chars // 4) + out
 
     def _start(self, lane: str, jobs: list[Job], provider: str, coro: Any) -> None:
+        if self.stopping:  # claimed while the stop arrived: straight back
+            coro.close()
+            self.results.extend(self._released(jobs, in_flight=False))
+            self.results_ready.set()
+            return
         self.lane_busy[lane] += len(jobs)
         task = asyncio.create_task(self._guard(lane, jobs, provider, coro))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _guard(self, lane: str, jobs: list[Job], provider: str, coro: Any) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        sem = self.sem(provider)
+        outcomes: list[Outcome]
         try:
-            async with self.sem(provider):
-                outcomes: list[Outcome] = await coro
-        except Exception as exc:  # a bug, not a provider failure: retry later, bounded
-            log.exception("realtime job crashed")
-            from worker.realtime.execute import outcome_for_error
-
-            outcomes = [outcome_for_error(j, exc, self.settings) for j in jobs]
+            try:
+                if self.stopping:  # stopped before this task first ran
+                    raise asyncio.CancelledError
+                self.waiting.add(me)  # from here stop() may cancel the wait for a slot
+                await sem.acquire()
+            except asyncio.CancelledError:
+                coro.close()
+                if not self.stopping:
+                    raise
+                me.uncancel()
+                outcomes = self._released(jobs, in_flight=False)
+            else:
+                self.waiting.discard(me)
+                try:
+                    outcomes = await coro
+                except asyncio.CancelledError:
+                    if not self.stopping:
+                        raise
+                    me.uncancel()  # the deadline passed: the answer will never come
+                    outcomes = self._released(jobs, in_flight=True)
+                except Exception as exc:  # a bug, not a provider failure: retry, bounded
+                    log.exception("realtime job crashed")
+                    outcomes = [outcome_for_error(j, exc, self.settings) for j in jobs]
+                finally:
+                    sem.release()
         finally:
+            self.waiting.discard(me)
             self.lane_busy[lane] -= len(jobs)
         self.results.extend(outcomes)
         self.results_ready.set()
@@ -367,7 +524,7 @@ class Drain:
         # writer flushes (otherwise every slot idles for a flush + claim per job). A lane
         # with prefetched jobs still waiting is refilled in batches (see refill_due), not
         # with one claim per finished call.
-        if self.refill_due(lane):
+        if not self.stopping and self.refill_due(lane):
             self.wake.set()
 
     async def _run_chat(self, job: Job) -> list[Outcome]:
@@ -400,6 +557,8 @@ class Drain:
                 continue
             batch, self.results = self.results, []
             await self._flush(batch)
+            if self.probe_held:
+                self._probe_done([o.job_id for o in batch])
             was_full = self.free_total() == 0
             self.unwritten -= len(batch)
             self.written.set()
@@ -432,9 +591,14 @@ class Drain:
         }
 
     async def _write(self, batch: list[Outcome]) -> None:
+        released = [o.job_id for o in batch if o.status == "released"]
+        done = [o for o in batch if o.status != "released"]
         async with self.pool.connection() as conn:
-            await conn.execute(q("rt_finish"), self._params(batch))
-            await self._after_write(conn, batch)
+            if released:
+                await conn.execute(q("rt_release"), {"ids": released, "owner": self.owner})
+            if done:
+                await conn.execute(q("rt_finish"), self._params(done))
+                await self._after_write(conn, done)
 
     async def _flush(self, batch: list[Outcome]) -> None:
         # Texts Postgres cannot store (NUL, lone surrogates) are cleaned first (issue #11).
@@ -485,18 +649,29 @@ class Drain:
         """Bookkeeping after a flush: token settlement, provider health, error log. Never
         per job: once per provider and error kind per flush, and a provider's success at most
         once per :data:`SUCCESS_REPORT_SECONDS` while it keeps succeeding."""
-        from worker import resilience
+        from worker import breaker, resilience
 
         await self.limiter.settle(conn)
         ok: set[str] = set()
-        errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
-        for o in batch:
+        # Outcomes are in the order the calls finished: a provider's failures count toward
+        # its breaker only after its last success in this flush (consecutive failures),
+        # and each failed call counts (not one per flush).
+        last_ok: dict[str, int] = {}
+        for i, o in enumerate(batch):
             if o.status == "completed":
                 ok.add(o.provider)
-            elif o.error_kind:
+                last_ok[o.provider] = i
+        errors: dict[tuple[str, str], tuple[Outcome, int]] = {}
+        # One failed call of an embeddings group fails all its jobs with the same
+        # exception object: it counts once.
+        counted: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for i, o in enumerate(batch):
+            if o.status != "completed" and o.error_kind:
                 key = (o.provider, o.error_kind)
                 first, n = errors.get(key, (o, 0))
                 errors[key] = (first, n + 1)
+                if i > last_ok.get(o.provider, -1):
+                    counted[key].add(id(o.exc) if o.exc is not None else id(o))
         now = time.monotonic()
         for provider in sorted(ok):
             # A healthy provider's success is a no-op write (three statements: BEGIN, UPDATE,
@@ -509,10 +684,13 @@ class Drain:
                 await resilience.on_provider_success(conn, provider)
             self._success_reported[provider] = now
         for (provider, kind), (o, n) in sorted(errors.items(), key=lambda kv: kv[0]):
-            if o.exc is not None and isinstance(o.exc, ProviderError):
+            calls = len(counted[(provider, kind)])
+            if isinstance(o.exc, ProviderError) and (
+                calls or not breaker.counts_toward_breaker(o.exc.kind)
+            ):
                 self._success_reported.pop(provider, None)
                 with contextlib.suppress(Exception):
-                    await resilience.on_provider_error(conn, provider, o.exc)
+                    await resilience.on_provider_error(conn, provider, o.exc, count=max(1, calls))
             verb = "failed" if o.status == "failed" else "will be retried"
             await record_error(
                 conn,
@@ -554,6 +732,25 @@ class Drain:
                 log.warning("drain listener failed (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
 
+    async def _invite_if_backlog(self) -> None:
+        """If due jobs are left after a claim (this process is full), defer one more drain
+        (lock ``drain``) for an idle worker process, which does the same in turn (see the
+        module docstring). Looked at most once per :data:`BACKLOG_CHECK_SECONDS`."""
+        now = time.monotonic()
+        if now - self._backlog_checked_at < BACKLOG_CHECK_SECONDS:
+            return
+        self._backlog_checked_at = now
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(q("rt_backlog"))
+                row = await cur.fetchone()
+                if row and row[0]:
+                    await conn.execute(q("rt_defer_drain"), {"lock": "drain", "scheduled_at": None})
+                    self._joined = True
+                    self.report["invited"] = 1
+        except psycopg.Error as exc:
+            log.warning("could not invite idle workers to the drain: %s", exc)
+
     async def _next_due(self) -> datetime | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute(q("rt_next_due"))
@@ -564,6 +761,11 @@ class Drain:
         due = await self._next_due()
         if due is None:
             return
+        if self.blocked and not self.stopping:
+            # Due jobs this run could not claim while a provider is stopped or its breaker
+            # open: look again in a few seconds, not at once (a stopped provider's backlog
+            # made every process run a drain a second, for as long as the stop lasted).
+            due = max(due, datetime.now(UTC) + timedelta(seconds=BLOCKED_RESCHEDULE_SECONDS))
         lock = f"drain@{int(due.timestamp())}"
         async with self.pool.connection() as conn:
             await conn.execute(q("rt_defer_drain"), {"lock": lock, "scheduled_at": due})

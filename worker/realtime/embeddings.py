@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from worker.errors import ErrorKind, ProviderError
+from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.realtime.execute import PERMANENT, outcome_for_error
 from worker.realtime.model import Job, Outcome, RealtimeSettings
 from worker.realtime.providers import (
@@ -80,6 +80,13 @@ async def run_group(
                 kind=ErrorKind.RETRYABLE,
                 provider=first.provider,
                 code="timeout",
+            )
+        elif not isinstance(exc, ProviderError | ConfigError):
+            # One exception object for the whole group: the breaker counts one failed call.
+            exc = ProviderError(
+                f"{type(exc).__name__}: {exc}"[:500],
+                kind=ErrorKind.UNKNOWN,
+                provider=first.provider,
             )
         if (
             len(group) > 1

@@ -3,10 +3,11 @@
 
 Before calling a provider, the drain asks Postgres to admit the claimed requests of each
 (provider, model) that has a limit row: the function locks the usage rows of the current
-second/minute/hour/day/month windows, admits the leading requests that fit every window
-(requests and estimated tokens), records them and says when the binding window ends. The
-requests not admitted go back to waiting with ``next_attempt_at`` = that time - never
-failed. Counting happens before the call, so concurrent workers can never overshoot; the
+second/minute/hour/day/week/month windows (UTC), admits the leading requests that fit every
+window (requests and estimated tokens), records them and says when the next free slot opens:
+the end of the window(s) that hold back the next request - with 5/min + 8/h the 6th-8th
+jobs wait for the next minute, only the 9th for the next hour (schema/0023). The requests
+not admitted go back to waiting with ``next_attempt_at`` = that time - never failed. Counting happens before the call, so concurrent workers can never overshoot; the
 token estimate is corrected with the real usage after the call (:meth:`RateLimiter.settle`).
 
 Fixed windows aligned to the clock (``date_trunc``) keep this one row per window and

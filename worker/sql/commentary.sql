@@ -5,27 +5,105 @@
 SELECT * FROM ai_commentary_settings ORDER BY updated_at DESC LIMIT 1;
 
 -- name: claim_pending
--- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks. A row
--- without queued_at (written before the install, or with triggers off) was queued long ago:
--- it comes first and is due at once (schema/0015, index questions_ai_commentary_pending_due_idx).
+-- Atomic claim (failure mode 2): one statement selects with SKIP LOCKED and marks. Order:
+-- the policy's priority (schema/0021 ai_commentary_eligibility, higher first), then queue
+-- time. A row without queued_at (written before the install, or with triggers off) was
+-- queued long ago: it comes first within its priority and is due at once (schema/0015).
 -- Each claim is one attempt of the question (ai_commentary_attempts; a re-queue resets it).
-WITH picked AS (
-    SELECT id FROM questions
-    WHERE ai_commentary_status = 'pending'
-      AND coalesce(ai_commentary_queued_at, '-infinity'::timestamptz)
+-- The policy is evaluated once per claim, over the pending questions: due ones it blocks
+-- leave the queue with its reason (the tick's unblock_entitled brings them back).
+-- Depth: a full-depth question with a payer takes one unit of the payer's allowance or
+-- credits (worker_charge_full, in this transaction; by payer, so concurrent claims lock
+-- accounts in one order, then in claim order, so a payer's oldest questions get the full
+-- units); with none left it gets the partial set. A partial question when no partial model
+-- is enabled is blocked with the reason.
+WITH e AS MATERIALIZED (
+    SELECT * FROM ai_commentary_eligibility(NULL)
+), to_block AS (
+    SELECT q.id, e.reason FROM questions q JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'pending' AND e.depth NOT IN ('full', 'partial')
+      AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
           <= now() - make_interval(mins => %(delay_minutes)s)
-    ORDER BY coalesce(ai_commentary_queued_at, '-infinity'::timestamptz), id
+    FOR UPDATE OF q SKIP LOCKED
+), blocked AS (
+    UPDATE questions q
+    SET ai_commentary_status = 'blocked',
+        ai_commentary_blocked_reason = coalesce(b.reason, 'blocked by ai_commentary_eligibility')
+    FROM to_block b
+    WHERE q.id = b.id
+), candidates AS MATERIALIZED (
+    -- The first questions in claim order, sorted without locks (a bounded top-N sort); a
+    -- margin beyond the limit for rows a concurrent claim holds (SKIP LOCKED below).
+    SELECT q.id, e.depth, e.payer, e.priority,
+           coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz) AS queued_at
+    FROM questions q
+    JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'pending' AND e.depth IN ('full', 'partial')
+      AND coalesce(q.ai_commentary_queued_at, '-infinity'::timestamptz)
+          <= now() - make_interval(mins => %(delay_minutes)s)
+    ORDER BY e.priority DESC, 5, q.id
+    LIMIT 4 * %(limit)s + 100
+), picked AS MATERIALIZED (
+    SELECT c.* FROM candidates c
+    JOIN questions q ON q.id = c.id
+    WHERE q.ai_commentary_status = 'pending'
+    ORDER BY c.priority DESC, c.queued_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF q SKIP LOCKED
+), charged AS MATERIALIZED (
+    SELECT s.id,
+           CASE WHEN s.depth = 'full' AND worker_charge_full(s.payer, s.id,
+                    ai_commentary_content_hash(s.question, s.option_a, s.option_b, s.option_c,
+                        s.option_d, s.option_e, s.correct_answer, s.subject))
+                THEN 'full' ELSE 'partial' END AS depth
+    FROM (SELECT p.id, p.depth, p.payer, x.question, x.option_a, x.option_b, x.option_c,
+                 x.option_d, x.option_e, x.correct_answer, x.subject
+          FROM picked p JOIN questions x ON x.id = p.id
+          ORDER BY p.payer NULLS FIRST, p.priority DESC, p.queued_at, p.id
+          OFFSET 0) s
 )
 UPDATE questions q
-SET ai_commentary_status = 'processing',
+SET ai_commentary_status = CASE WHEN c.depth = 'partial'
+                                     AND cardinality(%(partial_models)s::text[]) = 0
+                                THEN 'blocked' ELSE 'processing' END,
+    ai_commentary_blocked_reason = CASE WHEN c.depth = 'partial'
+                                             AND cardinality(%(partial_models)s::text[]) = 0
+                                        THEN 'partial depth, but no model of ai_commentary_settings.partial_models is enabled' END,
     ai_commentary_claimed_at = now(),
     ai_commentary_attempts = q.ai_commentary_attempts + 1,
-    ai_commentary_models = %(models)s::text[],
+    ai_commentary_depth = c.depth,
+    ai_commentary_models = CASE WHEN c.depth = 'full' THEN %(models)s::text[]
+                                ELSE %(partial_models)s::text[] END,
     ai_commentary_error = NULL
-FROM picked
-WHERE q.id = picked.id
+FROM charged c
+WHERE q.id = c.id
+RETURNING q.id, q.ai_commentary_status AS status, c.depth;
+
+-- name: create_claimed_requests
+-- One request per model of the set each question was claimed with, plus its summary.
+INSERT INTO ai_commentary_requests (question_id, model_key, stage, status)
+SELECT q.id, m, CASE WHEN m = 'summary' THEN 'summary' ELSE 'comment' END, 'waiting'
+FROM questions q
+CROSS JOIN LATERAL unnest(q.ai_commentary_models || '{summary}'::text[]) AS m
+WHERE q.id = ANY(%(ids)s::uuid[])
+ON CONFLICT (question_id, model_key) DO NOTHING;
+
+-- name: unblock_entitled
+-- Blocked questions the policy no longer blocks (the owner became entitled, the policy
+-- changed) go back to pending; the questions trigger wakes submit. Run by the tick.
+WITH e AS MATERIALIZED (
+    SELECT question_id FROM ai_commentary_eligibility(
+        ARRAY(SELECT id FROM questions WHERE ai_commentary_status = 'blocked'))
+    WHERE depth <> 'blocked'
+), locked AS (
+    SELECT q.id FROM questions q JOIN e ON e.question_id = q.id
+    WHERE q.ai_commentary_status = 'blocked'
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE questions q
+SET ai_commentary_status = 'pending', ai_commentary_blocked_reason = NULL
+FROM locked
+WHERE q.id = locked.id
 RETURNING q.id;
 
 -- name: claim_summary_missing

@@ -82,6 +82,21 @@ SET status = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END,
     claimed_by = NULL, lease_until = NULL, updated_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(owner)s AND status = 'processing';
 
+-- name: rt_release
+-- Claimed jobs a stopping drain gives back (never called, or their call was cut off at the
+-- shutdown deadline): due again at once, no attempt used.
+UPDATE ai_jobs
+SET status = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END,
+    next_attempt_at = now(), claimed_by = NULL, lease_until = NULL, updated_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(owner)s AND status = 'processing';
+
+-- name: rt_release_owner
+-- Everything a drain run still holds, at its end after a stop, a cancel or a crash.
+UPDATE ai_jobs
+SET status = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END,
+    next_attempt_at = now(), claimed_by = NULL, lease_until = NULL, updated_at = now()
+WHERE status = 'processing' AND claimed_by = %(owner)s;
+
 -- name: rt_finish
 -- Write a flush of outcomes in one statement: results, retries, failures, and for completed
 -- chat jobs of a session the user message and the answer (same statement, so atomic).
@@ -136,6 +151,13 @@ WITH u AS (
 )
 SELECT (SELECT count(*) FROM done) AS written, (SELECT count(*) FROM msgs) AS messages;
 
+-- name: rt_backlog
+-- Due jobs nobody has claimed (after a claim: more work than this process takes).
+SELECT EXISTS (
+    SELECT 1 FROM ai_jobs
+    WHERE status IN ('pending', 'retrying', 'processing')
+      AND status IN ('pending', 'retrying') AND next_attempt_at <= now());
+
 -- name: rt_next_due
 -- When the next waiting job becomes due (a retry, a rate-limit wait, an expired lease).
 SELECT least(
@@ -144,3 +166,7 @@ SELECT least(
 
 -- name: rt_defer_drain
 SELECT worker_defer_job('realtime', 'drain', %(lock)s, '{}'::jsonb, %(scheduled_at)s);
+
+-- name: retention_apply
+-- One batch of deletions per kind (schema/0023, worker/retention.py).
+SELECT worker_apply_retention();

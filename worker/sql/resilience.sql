@@ -42,6 +42,12 @@ FROM due
 WHERE h.provider = due.provider
 RETURNING h.provider;
 
+-- name: breaker_return_probe
+-- A probe taken but not used: due again for the next caller (probe_started_at NULL).
+UPDATE provider_health
+SET probe_started_at = NULL, updated_at = clock_timestamp()
+WHERE provider = %(provider)s AND state = 'half_open';
+
 -- name: breaker_ensure
 INSERT INTO provider_health (provider) VALUES (%(provider)s) ON CONFLICT (provider) DO NOTHING;
 
