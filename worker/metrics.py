@@ -14,7 +14,8 @@ Two sources, two registries:
 Rules: no free-text labels (reasons go to ``status`` and the tables: a stop is labelled by
 provider and kind only); figures that only grow are counters (``*_total``, built from
 all-time sums, so ``rate()`` and ``increase()`` work; a counter read from rows can step back
-if maintenance deletes rows, which Prometheus treats as a reset); gauges are states.
+if maintenance deletes rows, which Prometheus treats as a reset); gauges are states. Batch failures are counted
+by cause (a closed set; the provider's reason is in ``failure_reason`` and ``status``).
 
 Served by :mod:`worker.health` (``/metrics``, ``/health``, ``/ready`` on one port).
 """

@@ -280,7 +280,9 @@ def _day_section(s: dict[str, Any]) -> list[str]:
                 state += f"/{r['provider_status']}"
             lines.append(
                 f"  {_age(r['age_seconds']):>8} ago  {r['provider']} {r['stage']}"
-                f" {r['model_key'] or ''} {state} ({r['request_count']} requests,"
+                f" {r['model_key'] or ''} {state}"
+                + (f" [{r['failure_cause']}]" if r.get("failure_cause") else "")
+                + f" ({r['request_count']} requests,"
                 f" {r['batch_id'] or 'never created'}): {_short(r['error'] or 'no reason given', 80)}"
             )
     lines.append("")

@@ -4,6 +4,7 @@ the real pipeline, through the official SDKs, against the emulator's real limits
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -191,8 +192,10 @@ async def test_the_failure_reason_reaches_the_batch_row_errors_and_alert(
     # a limit is not the requests' fault
     assert {(r["status"], r["attempts"]) for r in requests(db, "chatgpt")} == {("waiting", 0)}
     assert all(expected in r["last_error"] for r in requests(db, "chatgpt"))
-    families = {f.name: f for f in await metrics.read_database()}
-    (sample,) = families["ai_worker_batch_failures"].samples  # exposed with the _total suffix
+    async with opened_app.connector.pool.connection() as conn:
+        scrape = metrics.Scrape(now=datetime.now(UTC), db=(None, 0))
+        families = {f.name: f for f in await metrics._batches(conn, scrape)}
+    (sample,) = families["ai_worker_batch_failures"].samples  # exported with _total
     assert sample.labels == {"provider": "openai", "stage": "comment", "cause": "limit"}
     assert sample.value == 1
 

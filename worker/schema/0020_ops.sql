@@ -33,3 +33,17 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
+
+-- The daily budget counts realtime spend again. 0011 found ai_jobs through
+-- information_schema with table_schema = current_schema(); since 0016 pins every function's
+-- search_path to pg_catalog first, current_schema() is pg_catalog there, so ai_jobs' cost was
+-- silently left out (tests/integration/test_resilience.py::test_budget_counts_ai_jobs).
+-- ai_jobs is the worker's own table since 0010: read it directly, by completion time.
+-- (CREATE OR REPLACE drops the pinned path; migrate's worker_secure() pins it again.)
+CREATE OR REPLACE FUNCTION worker_spent_usd_since(p_since timestamptz) RETURNS numeric
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT coalesce(sum(cost_usd), 0) FROM ai_answer_comments WHERE updated_at >= p_since)
+         + (SELECT coalesce(sum(cost_usd), 0) FROM ai_commentary_summaries
+             WHERE updated_at >= p_since)
+         + (SELECT coalesce(sum(cost_usd), 0) FROM ai_jobs WHERE completed_at >= p_since);
+$$;

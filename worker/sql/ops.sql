@@ -316,7 +316,8 @@ SELECT count(*) AS n FROM ai_jobs
 WHERE status = 'failed' AND coalesce(completed_at, updated_at) > now() - interval '24 hours';
 
 -- name: ops_failed_batches
-SELECT id, provider, stage, model_key, batch_id, state, status AS provider_status, request_count, error,
+SELECT id, provider, stage, model_key, batch_id, state, status AS provider_status, request_count,
+       failure_cause, coalesce(failure_reason, error) AS error,
        extract(epoch FROM now() - coalesce(finished_at, updated_at))::float8 AS age_seconds
 FROM ai_commentary_batch_jobs
 WHERE (state IN ('failed', 'expired', 'cancelled', 'abandoned')
