@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # batch SUCCEEDED without its responses file, an output file answering 404) before its
     # lines count as missing; polled again with the usual backoff meanwhile.
     results_grace_seconds: float = Field(default=600.0, ge=0)
+    # A batch the provider refused for its token queue keeps its token reservation this long
+    # (the provider keeps counting it for a while too; worker.budget).
+    token_limit_hold_seconds: float = Field(default=10.0, ge=0)
     metrics_port: int | None = None
     # Connections: one LISTEN connection per process plus a pool of at most
     # min(DB_POOL_MAX, 1 + the jobs the process runs at once); pooled connections idle

@@ -300,6 +300,8 @@ async def ingest_lines(
             )
         upsert = "upsert_summaries" if model_key == "summary" else "upsert_comments"
         await conn.execute(q(upsert), params)
+        # The ledger: every paid line, re-processing and failed-but-billed ones included.
+        await conn.execute(q("record_cost_events"), params)
         await conn.execute(q("mark_succeeded"), params)
         await conn.execute(q("mark_line_failed"), params)
         cur = await conn.execute(q("mark_missing"), {**params, "error": redact_opt(missing_reason)})

@@ -106,7 +106,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
         try:
             provider = providers().batch(job["provider"])
             try:
-                found = await provider.find_by_intent(str(job_id))
+                found = await provider.find_by_intent(str(job_id), job["created_at"])
             except Exception as exc:
                 await record_error(
                     conn,

@@ -96,7 +96,7 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
             from worker import resilience
 
             if job["provider"] in await resilience.blocked_providers(
-                conn, providers=[job["provider"]]
+                conn, providers=[job["provider"]], include_stops=False
             ):
                 await conn.execute(
                     q("batch_still_running"),
@@ -109,6 +109,12 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 with metrics.timed_call(job["provider"], "batch_status"):
                     status = await provider.status(job["batch_id"])
             except ProviderError as exc:
+                if exc.status_code == 404:
+                    from worker import budget
+
+                    lost = await budget.resolve_lost(conn, job, exc)
+                    if lost is not None:
+                        return lost
                 delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
                 await conn.execute(
                     q("batch_still_running"),
@@ -357,6 +363,11 @@ async def record_failure(
         batch_job_id=job["id"],
         fingerprint=f"batch-{failure.cause}:{job['provider']}:{status.failure_code or ''}",
     )
+    if failure.cause == BatchCause.LIMIT:
+        from worker import budget
+
+        # The provider's queue was fuller than the budget table said: learn a smaller one.
+        await budget.on_token_limit_failure(conn, job, failure.reason or "limit")
     if failure.cause == BatchCause.PROVIDER:
         from worker import resilience
 

@@ -57,25 +57,35 @@ def budget_timezone() -> str:
 
 
 async def blocked_providers(
-    conn: AsyncConnection[Any], *, providers: Collection[str] | None = None
+    conn: AsyncConnection[Any],
+    *,
+    providers: Collection[str] | None = None,
+    include_stops: bool = True,
 ) -> set[str]:
     """Providers to leave alone now. ``providers``: the ones the caller is about to call;
     only their half-open probes are claimed (None: every due probe - a caller that then
-    does not call a provider wastes its probe until BREAKER_PROBE_TIMEOUT_SECONDS)."""
-    blocked, _ = await provider_gates(conn, providers=providers)
+    does not call a provider wastes its probe until BREAKER_PROBE_TIMEOUT_SECONDS).
+    ``include_stops=False`` (poll): a provider stopped for credit or a bad key stops new
+    submissions only; batches already paid for keep being polled and ingested."""
+    blocked, _ = await provider_gates(conn, providers=providers, include_stops=include_stops)
     return blocked
 
 
 async def provider_gates(
-    conn: AsyncConnection[Any], *, providers: Collection[str] | None = None
+    conn: AsyncConnection[Any],
+    *,
+    providers: Collection[str] | None = None,
+    include_stops: bool = True,
 ) -> tuple[set[str], set[str]]:
     """(providers to leave alone, providers whose one half-open probe this caller just
     took). A caller holding a probe must send exactly one call to that provider until
     its outcome is recorded (or give it back with :func:`breaker.return_probe`)."""
     try:
         async with conn.transaction():
-            cur = await conn.execute(q("active_stops"))
-            stopped = {r[0] for r in await cur.fetchall()}
+            stopped: set[str] = set()
+            if include_stops:
+                cur = await conn.execute(q("active_stops"))
+                stopped = {r[0] for r in await cur.fetchall()}
             cfg = breaker.BreakerConfig.current()
             blocked, probing = await breaker.blocked(conn, cfg, providers)
             for provider in probing:
@@ -110,14 +120,18 @@ async def budget_exhausted(conn: AsyncConnection[Any], settings: CommentarySetti
             await cur.execute(q("spent_today_usd"), {"tz": budget_timezone()})
             row = await cur.fetchone()
         spent = Decimal(row["spent"] if row else 0)
-        if spent < budget:
+        # Money follows the token reservations (worker.budget): batches in flight count at
+        # their estimated cost until ingested, so the budget is overshot by one batch at most.
+        reserved = Decimal(row["reserved"] if row else 0)
+        if spent + reserved < budget:
             return False
         day = row["day"] if row else None
         message = (
-            f"Spent {spent:.4f} USD today ({day}, {budget_timezone()}), daily budget "
-            f"{budget} USD: new submissions pause until tomorrow. Batches already running "
-            "are still collected. Raise ai_commentary_settings.daily_budget_usd (or set it "
-            "to NULL) to resume now."
+            f"Spent {spent:.4f} USD today ({day}, {budget_timezone()}) and {reserved:.4f} "
+            f"USD reserved by batches in flight, daily budget {budget} USD: new submissions "
+            "pause (until tomorrow, or until batches in flight cost less than estimated). "
+            "Batches already running are still collected. Raise "
+            "ai_commentary_settings.daily_budget_usd (or set it to NULL) to resume now."
         )
         await record_error(conn, "budget", message, fingerprint=f"budget:{day}")
         await alert(

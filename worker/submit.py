@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -26,10 +28,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from worker import custom_ids, ingest, metrics, prompts, question_input, request_check
+from worker import budget, custom_ids, ingest, metrics, prompts, question_input, request_check
 from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
+from worker.providers import idempotent
 from worker.providers.base import ChatRequest, ResultLine
 from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.queries import q
@@ -92,19 +95,29 @@ async def defer(
     )
 
 
-async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tuple[int, int]:
-    """Claim pending and summary-missing questions and create their request rows.
+async def claim(
+    conn: AsyncConnection[Any], settings: CommentarySettings, limit: int | None = None
+) -> tuple[int, int]:
+    """Claim up to ``limit`` (default ``batch_size``; see :func:`claim_size`) pending and
+    summary-missing questions and create their request rows.
 
     Pending questions go by the policy's priority and at the depth it allows (schema/0021):
     blocked ones leave the queue; a full-depth claim takes its payer's unit in this
     transaction; each question's requests follow the model set it was claimed with."""
     models = settings.enabled_models
+    size = settings.batch_size if limit is None else limit
+    if size <= 0:
+        cur = await conn.execute(q("drop_disabled_waiting"), {"enabled": models})
+        dropped = [r[0] for r in await cur.fetchall()]
+        if dropped:
+            await conn.execute(q("settle_questions"), {"ids": dropped})
+        return 0, 0
     async with conn.transaction():
         cur = await conn.execute(
             q("claim_pending"),
             {
                 "delay_minutes": settings.processing_delay_minutes,
-                "limit": settings.batch_size,
+                "limit": size,
                 "models": models,
                 "partial_models": settings.partial_set,
             },
@@ -113,7 +126,7 @@ async def claim(conn: AsyncConnection[Any], settings: CommentarySettings) -> tup
         if ids:
             await conn.execute(q("reset_requests"), {"ids": ids})
             await conn.execute(q("create_claimed_requests"), {"ids": ids})
-        left = settings.batch_size - len(ids)
+        left = size - len(ids)
         summary_ids: list[Any] = []
         if left > 0:
             cur = await conn.execute(q("claim_summary_missing"), {"limit": left})
@@ -202,49 +215,26 @@ async def _take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[
 async def submit_batch_model(
     pool: AsyncConnectionPool, settings: CommentarySettings, model_key: str
 ) -> tuple[int, int]:
-    """Send the waiting requests of one batch-mode model as provider batches.
-    Returns (batches created, requests sent)."""
+    """Send the waiting requests of one batch-mode model as provider batches, packed up to
+    the free token budget (worker.budget), the provider's request/byte limits and what the
+    daily budget has left. Requests that do not fit stay waiting, unclaimed; a finished
+    batch's poll defers submit again. Returns (batches created, requests sent)."""
     route = settings.route(model_key)
-    provider = providers().batch(route.provider)
     stage = "summary" if model_key == "summary" else "comment"
     # Chunks are measured on the exact lines the adapter will upload.
     line_size = request_line_encoder(route.provider, route.model)
     batches = sent = 0
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            await budget.calibrate(conn, route.provider, route.model)
     for _ in range(MAX_BATCHES_PER_MODEL_PER_RUN):
         async with pool.connection() as conn:
             async with conn.transaction():
-                rows = await _take(conn, model_key, provider.limits.max_requests)
-                if not rows:
-                    return batches, sent
-                requests = await request_check.build_checked(
-                    conn, settings, model_key, rows, build_requests
+                intents = await _pack_intents(
+                    conn, settings, model_key, route.provider, route.model, stage, line_size
                 )
-                intents: list[tuple[uuid.UUID, list[ChatRequest]]] = []
-                for chunk in chunk_requests(requests, line_size, provider.limits):
-                    job_id = uuid.uuid4()
-                    qids = [custom_ids.parse(r.custom_id)[0] for r in chunk]
-                    await conn.execute(
-                        q("insert_batch_intent"),
-                        {
-                            "id": job_id,
-                            "provider": route.provider,
-                            "stage": stage,
-                            "model_key": model_key,
-                            "model_name": route.model,
-                            "question_ids": qids,
-                            "request_count": len(chunk),
-                        },
-                    )
-                    await conn.execute(
-                        q("mark_submitted"),
-                        {
-                            "owner": str(job_id),
-                            "batch_job_id": job_id,
-                            "model_key": model_key,
-                            "ids": qids,
-                        },
-                    )
-                    intents.append((job_id, chunk))
+                if not intents:
+                    return batches, sent
             for i, (job_id, chunk) in enumerate(intents):
                 if await create_provider_batch(conn, route.provider, route.model, job_id, chunk):
                     batches += 1
@@ -262,6 +252,102 @@ async def submit_batch_model(
                     )
                 return batches, sent
     return batches, sent
+
+
+async def _pack_intents(
+    conn: AsyncConnection[Any],
+    settings: CommentarySettings,
+    model_key: str,
+    provider_name: str,
+    model: str,
+    stage: str,
+    line_size: Any,
+) -> list[tuple[uuid.UUID, list[ChatRequest]]]:
+    """Inside the caller's transaction: take the waiting requests that fit the budgets,
+    record one intent (with its reservation) per provider-sized chunk, mark them submitted."""
+    from worker import resilience
+
+    provider = providers().batch(provider_name)
+    await budget.lock(conn, provider_name)
+    mb = await budget.load(conn, provider_name, model)
+    if not mb.may_create_batch:
+        return []
+    limit = provider.limits.max_requests
+    if mb.free_requests is not None:
+        limit = min(limit, mb.free_requests)
+    free = mb.free_tokens
+    if free is not None:
+        if free <= 0 and not mb.nothing_in_flight:
+            return []
+        # Take a little more than should fit (the estimate decides); never the whole queue.
+        limit = min(limit, int(free / (0.5 * mb.request_tokens())) + 1)
+    money = await budget.money(conn, settings.daily_budget_usd, resilience.budget_timezone())
+    per_token: Decimal | None = None
+    if money is not None:
+        if money.free <= 0:
+            return []
+        per_token = await budget.cost_per_token(conn, mb)
+    if limit <= 0:
+        return []
+    rows = await _take(conn, model_key, limit)
+    if not rows:
+        return []
+    requests = await request_check.build_checked(conn, settings, model_key, rows, build_requests)
+    if not requests:
+        return []
+    raw = [budget.raw_estimate(r) for r in requests]
+    estimates = [math.ceil(x * mb.factor) for x in raw]
+    packed = budget.pack(
+        mb, estimates, raw, money_free=money.free if money else None, cost_per_token=per_token
+    )
+    if packed.count < len(requests):
+        log.info(
+            "%s %s: %d of %d waiting requests fit (%s)",
+            provider_name,
+            model,
+            packed.count,
+            len(requests),
+            packed.reason,
+        )
+    requests = requests[: packed.count]
+    est = {r.custom_id: (estimates[i], raw[i]) for i, r in enumerate(requests)}
+    intents: list[tuple[uuid.UUID, list[ChatRequest]]] = []
+    for chunk in chunk_requests(requests, line_size, provider.limits):
+        if intents and not mb.may_create_batch:
+            break  # the rest stays waiting, unclaimed
+        job_id = uuid.uuid4()
+        qids = [custom_ids.parse(r.custom_id)[0] for r in chunk]
+        await conn.execute(
+            q("insert_batch_intent"),
+            {
+                "id": job_id,
+                "provider": provider_name,
+                "stage": stage,
+                "model_key": model_key,
+                "model_name": model,
+                "question_ids": qids,
+                "request_count": len(chunk),
+            },
+        )
+        await budget.record(
+            conn,
+            mb,
+            job_id,
+            sum(est[r.custom_id][0] for r in chunk),
+            sum(est[r.custom_id][1] for r in chunk),
+            len(chunk),
+        )
+        await conn.execute(
+            q("mark_submitted"),
+            {
+                "owner": str(job_id),
+                "batch_job_id": job_id,
+                "model_key": model_key,
+                "ids": qids,
+            },
+        )
+        intents.append((job_id, chunk))
+    return intents
 
 
 async def create_provider_batch(
@@ -283,20 +369,42 @@ async def create_provider_batch(
         # The reconciler may have abandoned this intent (its requests already wait for
         # another batch) if this worker looked dead for a moment: never create it then.
         cur = await conn.execute(
-            "SELECT state FROM ai_commentary_batch_jobs WHERE id = %s", (job_id,)
+            "SELECT state, created_at FROM ai_commentary_batch_jobs WHERE id = %s", (job_id,)
         )
         row = await cur.fetchone()
         if not row or row[0] != "submitting":
             return False
+        created_at = row[1]
         try:
             with metrics.timed_call(provider_name, "batch_submit"):
-                submitted = await provider.submit(model, requests, intent_id=str(job_id))
+                submitted = await provider.submit(
+                    model, requests, intent_id=str(job_id), created_after=created_at
+                )
         except (ProviderError, WorkerError, OSError) as exc:
             found = None
+            lookup_failed = False
             try:
-                found = await provider.find_by_intent(str(job_id))
+                found = await provider.find_by_intent(str(job_id), created_at)
             except Exception as find_exc:
+                lookup_failed = True
                 log.warning("find_by_intent after failed submit: %s", find_exc)
+            if found is None and lookup_failed and idempotent.batch_may_exist(exc):
+                # The batch may exist and we cannot tell: keep the intent (and its
+                # reservation) for the tick's reconciler, which looks again once this lock
+                # is free, instead of abandoning a batch the provider may run and bill.
+                await record_error(
+                    conn,
+                    "submit_unresolved",
+                    f"batch creation failed ambiguously ({exc}) and the lookup by intent "
+                    "failed too; the tick will look again before anything is resubmitted",
+                    provider=provider_name,
+                    batch_job_id=job_id,
+                    fingerprint=f"submit-unresolved:{provider_name}",
+                )
+                from worker import resilience
+
+                await resilience.on_provider_error(conn, provider_name, exc)
+                return False
             if found is None:
                 await abandon_intent(conn, job_id, provider_name, exc)
                 return False
@@ -518,7 +626,9 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
 
         if await resilience.budget_exhausted(conn, settings):
             return {"budget_exhausted": True}
-        report.claimed, report.summary_claimed = await claim(conn, settings)
+        report.claimed, report.summary_claimed = await claim(
+            conn, settings, await claim_size(conn, settings)
+        )
         cur = await conn.execute(q("waiting_model_keys"))
         model_keys = sorted(r[0] for r in await cur.fetchall())
         wanted = {
@@ -589,6 +699,36 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
     return report.as_dict()
 
 
+async def claim_size(conn: AsyncConnection[Any], settings: CommentarySettings) -> int:
+    """Questions to claim this run. Without token limits: ``batch_size``. With them: what
+    the free token budget of the tightest enabled batch model can still take beyond the
+    requests already waiting (0 when full: nothing is claimed that could not be sent), up
+    to budget.CLAIM_CAP; the batches are then packed up to the budget, not to batch_size.
+    With a daily budget, no more than today's money left can pay for (estimated)."""
+    routes: list[tuple[str, str, str]] = []
+    # Comment models only: a summary request waits for its question's comments, so it is
+    # not sendable when claimed and would make a full pipeline look like a full budget.
+    # Summaries use the budget as comment batches free it (same packing, same lock).
+    summary: list[tuple[str, str, str]] = []
+    for key in [*settings.enabled_models, "summary"]:
+        try:
+            route = settings.route(key)
+        except KeyError:
+            continue
+        if route.mode == "batch":
+            (summary if key == "summary" else routes).append((key, route.provider, route.model))
+    capacity = await budget.claim_capacity(conn, routes)
+    size = settings.batch_size if capacity is None else capacity
+    if settings.daily_budget_usd is not None:
+        from worker import resilience
+
+        affordable = await budget.affordable_questions(
+            conn, settings.daily_budget_usd, resilience.budget_timezone(), routes + summary
+        )
+        size = min(size, affordable)
+    return size
+
+
 async def _defer_again(
     conn: AsyncConnection[Any], settings: CommentarySettings, report: SubmitReport
 ) -> None:
@@ -603,7 +743,7 @@ async def _defer_again(
     )
     due_row = await cur.fetchone()
     due = due_row[0] if due_row else None
-    if (waiting and progressed) or report.claimed >= settings.batch_size:
+    if (waiting and progressed) or report.claimed >= min(settings.batch_size, budget.CLAIM_CAP):
         report.more = True
         await defer(conn, "submit", "submit")
     elif due is not None:

@@ -14,6 +14,10 @@ database is settled. The audit afterwards:
                       per question (impossible by the unique keys; counted anyway)
   paid twice          custom_ids the emulator saw in two batches that both succeeded
 
+"queue full" and "lost responses" (issue 12) model real provider limits: an OpenAI
+enqueued-token limit at a tenth of the backlog, and 30% of creates and uploads losing their
+answer after the side effect.
+
 Prints the scenario table and `BENCH {json}` lines; exits 1 if anything is lost, duplicated
 or paid twice.  CHAOS_SCENARIOS=sigkill,pg_restart limits the run to some scenarios.
 """
@@ -74,6 +78,7 @@ WORKER_EXTRA = {
     "PROVIDER_TIMEOUT_SECONDS": "10",
     "INSTANT_CONCURRENCY": "16",
     "LOG_LEVEL": "WARNING",
+    "TOKEN_LIMIT_HOLD_SECONDS": "2",
 }
 
 
@@ -173,6 +178,55 @@ def emulator_down(ctx: Ctx) -> None:
     ctx.events.append("emulator up")
 
 
+def _backlog_tokens_per_model() -> int:
+    """The emulator's queue count of one model's comment requests for all N questions."""
+    import json as _json
+
+    from worker import prompts
+    from worker.emulator.limits import estimate_openai_line_tokens
+    from worker.providers.base import ChatRequest
+    from worker.providers.jsonl import request_line_encoder
+    from worker.schemas import COMMENTARY_SCHEMA
+
+    q = prompts.QuestionText(
+        question=f"Chaos {N}: Welches Organ produziert Insulin?",
+        option_a="Leber",
+        option_b="Pankreas",
+        option_c="Milz",
+        option_d="Niere",
+        option_e="Herz",
+        subject="Physiologie",
+        correct_answer="B",
+    )
+    req = ChatRequest(
+        custom_id="x",
+        system_prompt=prompts.SYSTEM_DE_V1,
+        user_prompt=prompts.user_prompt(q, None),
+        schema_name="commentary",
+        json_schema=COMMENTARY_SCHEMA,
+    )
+    body = _json.loads(request_line_encoder("openai", "gpt-4.1-mini")(req))["body"]
+    return N * estimate_openai_line_tokens(body)
+
+
+def queue_full(ctx: Ctx) -> None:
+    """The OpenAI enqueued-token limit at a tenth of the backlog (comments alone; the
+    summaries on the same model add more), left on until the end; the worker's limits table
+    keeps its tier-1 default (2,000,000), so it must learn the real limit from the
+    token_limit_exceeded failures."""
+    limit = max(1000, _backlog_tokens_per_model() // 10)
+    ctx.configure(openai_enqueued_tokens_per_model=limit, openai_failed_tokens_hold_seconds=2.0)
+    ctx.events.append(f"openai enqueued-token limit {limit}")
+    _fault_window(ctx, FAULT_SECONDS)
+
+
+def lost_responses(ctx: Ctx) -> None:
+    """30% of batch creates and file uploads lose their answer (500 or dropped connection)
+    after the batch or file was created."""
+    ctx.configure(lost_response_rate=0.3)
+    _fault_window(ctx, FAULT_SECONDS)
+
+
 SCENARIOS: dict[str, Callable[[Ctx], None]] = {
     "sigkill x20": sigkill,
     "postgres restart": pg_restart,
@@ -181,8 +235,10 @@ SCENARIOS: dict[str, Callable[[Ctx], None]] = {
     "429 rate limits": rate_limits,
     "500 server errors": server_errors,
     "emulator down 30s": emulator_down,
+    "queue full": queue_full,
+    "lost responses": lost_responses,
 }
-HEALTHY = {"line_failure_rate": 0.0, "http_faults": [], "down": False}
+HEALTHY = {"line_failure_rate": 0.0, "http_faults": [], "down": False, "lost_response_rate": 0.0}
 
 
 def run_scenario(
@@ -223,6 +279,7 @@ def run_scenario(
     stats = httpx.get(f"{base}/_emulator/stats", timeout=30).json()
     row = audit(url, stats)
     row.update(scenario=name, seconds=round(settled), exit_code=code, log=str(log))
+    row["responses_lost"] = sum(int(s.get("responses_lost", 0)) for s in stats.values())
     with psycopg.connect(url, autocommit=True) as conn:
         reasons = conn.execute(
             "SELECT left(ai_commentary_error, 90), count(*) FROM questions"
@@ -249,6 +306,7 @@ def main() -> int:
             print(
                 f"  {name}: {row['completed']} completed, {row['failed']} failed,"
                 f" {row['lost']} lost in {time.monotonic() - t:.0f}s;"
+                f" {row['responses_lost']} provider answers lost by the emulator;"
                 f" failure reasons: {row['top_reasons']}",
                 flush=True,
             )

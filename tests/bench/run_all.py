@@ -22,6 +22,7 @@ BENCHES = [
     ("metrics", ["tests.bench.bench_metrics"]),
     ("footprint", ["tests.bench.bench_footprint"]),
     ("peers", ["tests.bench.bench_peers"]),
+    ("drain", ["tests.bench.bench_drain"]),
 ]
 PEERS_BEGIN = "<!-- peers:begin (written by run_all) -->"
 PEERS_END = "<!-- peers:end -->"

@@ -172,7 +172,9 @@ class App:
         return resp
 
 
-_CREATES = re.compile(r"/v1/files|/v1/batches|/v1/batch/jobs|/models/[^/:]+:batchGenerateContent")
+_CREATES = re.compile(
+    r"/v1/files|/v1/batches|/v1/batch/jobs|(?:/v1(?:beta)?)?/models/[^/:]+:batchGenerateContent"
+)
 
 
 def _creates(req: Request, resp: Response) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -117,16 +118,28 @@ class BatchProvider(Protocol):
     limits: BatchLimits
 
     async def submit(
-        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+        self,
+        model: str,
+        requests: Sequence[ChatRequest],
+        *,
+        intent_id: str,
+        created_after: datetime | None = None,
     ) -> SubmittedBatch:
-        """Upload the requests (streamed through a temp file) and create one batch.
+        """Upload the requests (streamed through a temp file) and create one batch, each
+        exactly once: no SDK retries, and after an ambiguous failure a lookup by intent
+        before trying again (worker.providers.idempotent).
 
         ``intent_id`` is our own id of the batch row; it is sent as batch metadata or
-        display name so :meth:`find_by_intent` can adopt a batch created before a crash."""
+        display name (and file name) so :meth:`find_by_intent` can adopt a batch created
+        before a crash or a lost answer. ``created_after``: when the intent was recorded."""
         ...
 
-    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
-        """The provider batch created for ``intent_id``, if any (crash reconciliation)."""
+    async def find_by_intent(
+        self, intent_id: str, created_after: datetime | None = None
+    ) -> SubmittedBatch | None:
+        """The provider batch created for ``intent_id``, if any (crash reconciliation),
+        searched back to ``created_after`` however many batches the account has. Duplicate
+        batches of the intent are cancelled; the oldest is returned."""
         ...
 
     async def status(self, batch_id: str) -> BatchStatus: ...

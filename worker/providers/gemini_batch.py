@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from google import genai
@@ -28,6 +29,7 @@ from pydantic import SecretStr
 
 from worker.error_policy import GRPC_CODES, translate_errors
 from worker.errors import ProviderError
+from worker.providers import idempotent
 from worker.providers.base import (
     BatchLimits,
     BatchState,
@@ -56,6 +58,11 @@ GEMINI_LIMITS = BatchLimits(max_requests=50_000, max_bytes=1_500 * 1000 * 1000)
 #: The docs use ``mime_type='jsonl'``; Python 3.11's mimetypes does not know ``.jsonl``, so
 #: it must be given explicitly.
 JSONL_MIME = "jsonl"
+
+#: Batch creation and upload are not idempotent: the SDK must never retry them by itself
+#: (google-genai retries nothing unless HttpOptions.retry_options is set; said explicitly).
+NO_RETRY = types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 #: The API version every Gemini call is pinned to. The published references serve batch
@@ -118,61 +125,135 @@ class GeminiBatch:
         self._client = client or make_genai_client(api_key, base_url, timeout, api_version)
 
     async def submit(
-        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+        self,
+        model: str,
+        requests: Sequence[ChatRequest],
+        *,
+        intent_id: str,
+        created_after: datetime | None = None,
     ) -> SubmittedBatch:
-        """Upload the requests as a JSONL file and create one batch named ``intent_id``."""
+        """Upload the requests as a JSONL file and create one batch, both named
+        ``intent_id``, each exactly once (worker.providers.idempotent): no SDK retries, and
+        after an ambiguous failure a lookup by display name before trying again."""
         encode = request_line_encoder(self.name, model, schema_field=self._schema_field)
         lines = (encode(r) for r in requests)
         with temp_path() as path:
             count, size = await write_jsonl_path_async(path, lines)
             check_batch_size(self.name, self.limits, count, size)
-            with translate_errors(self.name):
-                uploaded = await self._client.aio.files.upload(
-                    file=path,
-                    config=types.UploadFileConfig(display_name=intent_id, mime_type=JSONL_MIME),
-                )
+
+            async def upload() -> str:
+                with translate_errors(self.name):
+                    uploaded = await self._client.aio.files.upload(
+                        file=path,
+                        config=types.UploadFileConfig(
+                            display_name=intent_id, mime_type=JSONL_MIME, http_options=NO_RETRY
+                        ),
+                    )
                 if not uploaded.name:
                     raise ValueError("upload returned a file without a name")
-                job = await self._client.aio.batches.create(
-                    model=model,
-                    src=uploaded.name,
-                    config=types.CreateBatchJobConfig(display_name=intent_id),
+                return uploaded.name
+
+            file_name = await idempotent.once(
+                upload, lambda: self._find_file(intent_id, created_after)
+            )
+
+            async def create() -> SubmittedBatch:
+                with translate_errors(self.name):
+                    job = await self._client.aio.batches.create(
+                        model=model,
+                        src=file_name,
+                        config=types.CreateBatchJobConfig(
+                            display_name=intent_id, http_options=NO_RETRY
+                        ),
+                    )
+                if not job.name:
+                    raise ValueError("batch created without a name")
+                return SubmittedBatch(
+                    batch_id=job.name,
+                    input_file_id=file_name,
+                    request_count=count,
+                    raw_state=raw_state_str(job.state),
                 )
-        if not job.name:
-            raise ValueError("batch created without a name")
-        return SubmittedBatch(
-            batch_id=job.name,
-            input_file_id=uploaded.name,
-            request_count=count,
-            raw_state=raw_state_str(job.state),
-        )
 
-    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
-        """Search the first ``max_list_pages`` pages of batches for ``display_name``.
+            try:
+                return await idempotent.once(
+                    create, lambda: self.find_by_intent(intent_id, created_after)
+                )
+            except Exception as exc:
+                idempotent.mark_create_failure(exc)
+                raise
 
-        The Developer API offers no server-side filter (the SDK rejects ``filter``), so we
-        page; the request count is unknown from a listing (``batchStats`` is not mapped by
-        the SDK) and reported as 0."""
+    async def _find_file(self, intent_id: str, created_after: datetime | None) -> str | None:
+        """The newest file whose display name is ``intent_id`` (files list newest first)."""
+        since = idempotent.not_before(created_after)
+        with translate_errors(self.name):
+            pager = await self._client.aio.files.list(
+                config=types.ListFilesConfig(page_size=self._list_page_size)
+            )
+            pages = 0
+            while True:
+                for f in pager.page:
+                    if f.display_name == intent_id and f.name:
+                        return f.name
+                    created = idempotent.as_datetime(f.create_time)
+                    if since is not None and created is not None and created < since:
+                        return None
+                pages += 1
+                if since is None and pages >= self._max_list_pages:
+                    return None
+                try:
+                    await pager.next_page()
+                except IndexError:  # the pager's "no more pages"
+                    return None
+
+    async def find_by_intent(
+        self, intent_id: str, created_after: datetime | None = None
+    ) -> SubmittedBatch | None:
+        """The batch whose ``display_name`` is ``intent_id``. The Developer API offers no
+        server-side filter (the SDK rejects ``filter``), so we page, newest first, back to
+        ``created_after`` (minus clock slack) however many batches there are, or
+        ``max_list_pages`` pages without a time. Of several batches with the name (a lost
+        create answer, then a retry) the oldest is returned and the others are cancelled.
+        The request count is unknown from a listing and reported as 0."""
+        since = idempotent.not_before(created_after)
+        found: list[types.BatchJob] = []
         with translate_errors(self.name):
             pager = await self._client.aio.batches.list(
                 config=types.ListBatchJobsConfig(page_size=self._list_page_size)
             )
-            for page_no in range(self._max_list_pages):
+            pages = 0
+            done = False
+            while not done:
                 for job in pager.page:
                     if job.display_name == intent_id and job.name:
-                        return SubmittedBatch(
-                            batch_id=job.name,
-                            input_file_id=job.src.file_name if job.src else None,
-                            request_count=0,
-                            raw_state=raw_state_str(job.state),
-                        )
-                if page_no + 1 >= self._max_list_pages:
+                        found.append(job)
+                    created = idempotent.as_datetime(job.create_time)
+                    if since is not None and created is not None and created < since:
+                        done = True
+                        break
+                pages += 1
+                if done or (since is None and pages >= self._max_list_pages):
                     break
                 try:
                     await pager.next_page()
                 except IndexError:  # the pager's "no more pages"
                     break
-        return None
+        if not found:
+            return None
+        found.sort(key=lambda j: (idempotent.as_datetime(j.create_time) or _EPOCH, j.name or ""))
+        for dup in found[1:]:
+            try:
+                await self.cancel(dup.name or "")
+                log.warning("cancelled duplicate batch %s of intent %s", dup.name, intent_id)
+            except Exception as exc:  # best effort; logged
+                log.warning("could not cancel duplicate batch %s: %s", dup.name, exc)
+        job = found[0]
+        return SubmittedBatch(
+            batch_id=job.name or "",
+            input_file_id=job.src.file_name if job.src else None,
+            request_count=0,
+            raw_state=raw_state_str(job.state),
+        )
 
     async def status(self, batch_id: str) -> BatchStatus:
         with translate_errors(self.name):

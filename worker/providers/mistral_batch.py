@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from mistralai.client import Mistral
 from mistralai.client.models import BatchJob
+from mistralai.client.types import UNSET
 from pydantic import SecretStr
 
 from worker.error_policy import translate_errors
+from worker.providers import idempotent
 from worker.providers.base import (
     BatchLimits,
     BatchStatus,
@@ -88,59 +91,115 @@ class MistralBatch:
         self._client = client or make_mistral_client(api_key, base_url, timeout)
 
     async def submit(
-        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+        self,
+        model: str,
+        requests: Sequence[ChatRequest],
+        *,
+        intent_id: str,
+        created_after: datetime | None = None,
     ) -> SubmittedBatch:
-        """Upload the requests as one JSONL file and create one job tagged ``intent_id``."""
+        """Upload the requests as one JSONL file named ``{intent_id}.jsonl`` and create one
+        job tagged ``intent_id``, each exactly once (worker.providers.idempotent): no SDK
+        retries, and after an ambiguous failure a lookup by intent before trying again."""
         encode = request_line_encoder(self.name, model)
         lines = (encode(r) for r in requests)
+        file_name = f"{intent_id}.jsonl"
         with temp_path() as path:
             count, size = await write_jsonl_path_async(path, lines)
             check_batch_size(self.name, self.limits, count, size)
-            with translate_errors(self.name):
-                with open(path, "rb") as fh:  # noqa: ASYNC230 - multipart streams it
-                    uploaded = await self._client.files.upload_async(
-                        file={"file_name": f"{intent_id}.jsonl", "content": fh},
-                        purpose="batch",
-                    )
-                job = await self._client.batch.jobs.create_async(
-                    endpoint=OPENAI_CHAT_URL,
-                    input_files=[uploaded.id],
-                    model=model,
-                    metadata={INTENT_KEY: intent_id},
-                )
-        return SubmittedBatch(
-            batch_id=job.id,
-            input_file_id=uploaded.id,
-            request_count=count,
-            raw_state=raw_state_str(job.status),
-        )
 
-    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
-        """Ask the server to filter by our metadata (exploded into query params), and still
-        check each job's metadata ourselves, over at most ``max_list_pages`` pages."""
+            async def upload() -> str:
+                with translate_errors(self.name):
+                    with open(path, "rb") as fh:  # noqa: ASYNC230 - multipart streams it
+                        uploaded = await self._client.files.upload_async(
+                            file={"file_name": file_name, "content": fh},
+                            purpose="batch",
+                            retries=None,
+                        )
+                return str(uploaded.id)
+
+            file_id = await idempotent.once(upload, lambda: self._find_file(file_name))
+
+            async def create() -> SubmittedBatch:
+                with translate_errors(self.name):
+                    job = await self._client.batch.jobs.create_async(
+                        endpoint=OPENAI_CHAT_URL,
+                        input_files=[file_id],
+                        model=model,
+                        metadata={INTENT_KEY: intent_id},
+                        retries=None,
+                    )
+                return SubmittedBatch(
+                    batch_id=job.id,
+                    input_file_id=file_id,
+                    request_count=count,
+                    raw_state=raw_state_str(job.status),
+                )
+
+            try:
+                return await idempotent.once(
+                    create, lambda: self.find_by_intent(intent_id, created_after)
+                )
+            except Exception as exc:
+                idempotent.mark_create_failure(exc)
+                raise
+
+    async def _find_file(self, file_name: str) -> str | None:
+        """An uploaded batch file named ``file_name`` (the server searches by name)."""
         with translate_errors(self.name):
-            for page in range(self._max_list_pages):
+            listing = await self._client.files.list_async(
+                page=0, page_size=self._list_page_size, search=file_name, purpose="batch"
+            )
+        for f in listing.data or []:
+            if f.filename == file_name:
+                return str(f.id)
+        return None
+
+    async def find_by_intent(
+        self, intent_id: str, created_after: datetime | None = None
+    ) -> SubmittedBatch | None:
+        """Ask the server to filter by our metadata (exploded into query params) and by
+        ``created_after`` (minus clock slack), and still check each job's metadata
+        ourselves. Without a time, at most ``max_list_pages`` pages. Of several jobs with
+        the tag the oldest is returned and the others are cancelled."""
+        since = idempotent.not_before(created_after)
+        found: list[BatchJob] = []
+        with translate_errors(self.name):
+            page = 0
+            while since is not None or page < self._max_list_pages:
                 listing = await self._client.batch.jobs.list_async(
                     page=page,
                     page_size=self._list_page_size,
                     metadata={INTENT_KEY: intent_id},
+                    created_after=since if since is not None else UNSET,
                 )
                 jobs = listing.data or []
                 for job in jobs:
                     meta = job.metadata if isinstance(job.metadata, dict) else {}
                     if meta.get(INTENT_KEY) == intent_id:
-                        return SubmittedBatch(
-                            batch_id=job.id,
-                            input_file_id=job.input_files[0] if job.input_files else None,
-                            request_count=job.total_requests,
-                            raw_state=raw_state_str(job.status),
-                        )
+                        found.append(job)
                 total = listing.total if isinstance(listing.total, int) else None
                 if len(jobs) < self._list_page_size or (
                     total is not None and (page + 1) * self._list_page_size >= total
                 ):
                     break
-        return None
+                page += 1
+        if not found:
+            return None
+        found.sort(key=lambda j: (j.created_at, j.id))
+        for dup in found[1:]:
+            try:
+                await self.cancel(dup.id)
+                log.warning("cancelled duplicate batch %s of intent %s", dup.id, intent_id)
+            except Exception as exc:  # best effort; logged
+                log.warning("could not cancel duplicate batch %s: %s", dup.id, exc)
+        job = found[0]
+        return SubmittedBatch(
+            batch_id=job.id,
+            input_file_id=job.input_files[0] if job.input_files else None,
+            request_count=job.total_requests,
+            raw_state=raw_state_str(job.status),
+        )
 
     async def status(self, batch_id: str) -> BatchStatus:
         with translate_errors(self.name):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from openai import AsyncOpenAI
 from openai.types import Batch
 from pydantic import SecretStr
 
 from worker.error_policy import translate_errors
+from worker.providers import idempotent
 from worker.providers.base import (
     BatchLimits,
     BatchStatus,
@@ -92,46 +94,125 @@ class OpenAIBatch:
             timeout=timeout,
             max_retries=max_retries,
         )
+        # Creates and uploads are not idempotent: never retried by the SDK.
+        self._once = self._client.with_options(max_retries=0)
 
     async def submit(
-        self, model: str, requests: Sequence[ChatRequest], *, intent_id: str
+        self,
+        model: str,
+        requests: Sequence[ChatRequest],
+        *,
+        intent_id: str,
+        created_after: datetime | None = None,
     ) -> SubmittedBatch:
-        """Upload the requests as one JSONL file and create one batch tagged ``intent_id``."""
+        """Upload the requests as one JSONL file named ``{intent_id}.jsonl`` and create one
+        batch tagged ``intent_id``, each exactly once (worker.providers.idempotent): SDK
+        retries are off for both calls, and after an ambiguous failure the file or batch
+        is looked up by the intent id (created after ``created_after``) before trying again."""
         encode = request_line_encoder(self.name, model)
         lines = (encode(r) for r in requests)
+        file_name = f"{intent_id}.jsonl"
         with temp_path() as path:
             count, size = await write_jsonl_path_async(path, lines)
             check_batch_size(self.name, self.limits, count, size)
-            with translate_errors(self.name):
-                with open(path, "rb") as fh:  # noqa: ASYNC230 - httpx streams it in chunks
-                    uploaded = await self._client.files.create(
-                        file=(f"{intent_id}.jsonl", fh, "application/jsonl"), purpose="batch"
-                    )
-                batch = await self._client.batches.create(
-                    input_file_id=uploaded.id,
-                    endpoint=OPENAI_CHAT_URL,
-                    completion_window="24h",
-                    metadata={INTENT_KEY: intent_id},
-                )
-        return SubmittedBatch(
-            batch_id=batch.id,
-            input_file_id=batch.input_file_id,
-            request_count=count,
-            raw_state=batch.status,
-        )
 
-    async def find_by_intent(self, intent_id: str) -> SubmittedBatch | None:
-        """Search the newest ``max_list_pages`` pages of batches for our metadata tag."""
+            async def upload() -> str:
+                with translate_errors(self.name):
+                    with open(path, "rb") as fh:  # noqa: ASYNC230 - httpx streams it in chunks
+                        uploaded = await self._once.files.create(
+                            file=(file_name, fh, "application/jsonl"), purpose="batch"
+                        )
+                return uploaded.id
+
+            file_id = await idempotent.once(
+                upload, lambda: self._find_file(file_name, created_after)
+            )
+
+            async def create() -> SubmittedBatch:
+                with translate_errors(self.name):
+                    batch = await self._once.batches.create(
+                        input_file_id=file_id,
+                        endpoint=OPENAI_CHAT_URL,
+                        completion_window="24h",
+                        metadata={INTENT_KEY: intent_id},
+                    )
+                return SubmittedBatch(
+                    batch_id=batch.id,
+                    input_file_id=batch.input_file_id,
+                    request_count=count,
+                    raw_state=batch.status,
+                )
+
+            try:
+                return await idempotent.once(
+                    create, lambda: self.find_by_intent(intent_id, created_after)
+                )
+            except Exception as exc:
+                idempotent.mark_create_failure(exc)
+                raise
+
+    async def _find_file(self, file_name: str, created_after: datetime | None) -> str | None:
+        """The newest uploaded batch file named ``file_name`` (files list newest first,
+        paged until files older than the intent)."""
+        since = idempotent.not_before(created_after)
+        with translate_errors(self.name):
+            page = await self._client.files.list(
+                purpose="batch", order="desc", limit=self._list_page_size
+            )
+            pages = 0
+            while True:
+                for f in page.data:
+                    if f.filename == file_name:
+                        return f.id
+                    created = idempotent.as_datetime(f.created_at)
+                    if since is not None and created is not None and created < since:
+                        return None
+                pages += 1
+                if not page.has_next_page() or (since is None and pages >= self._max_list_pages):
+                    return None
+                page = await page.get_next_page()
+
+    async def find_by_intent(
+        self, intent_id: str, created_after: datetime | None = None
+    ) -> SubmittedBatch | None:
+        """The batch tagged ``intent_id``. Batches come newest first; the search pages back
+        to ``created_after`` (minus clock slack) however many batches the account has, or,
+        without a time, ``max_list_pages`` pages. When several batches carry the tag (a
+        create whose answer was lost, then retried), the oldest is returned and the others
+        are cancelled: they would be billed for requests nobody ingests."""
+        since = idempotent.not_before(created_after)
+        found: list[Batch] = []
         with translate_errors(self.name):
             page = await self._client.batches.list(limit=self._list_page_size)
-            for _ in range(self._max_list_pages):
+            pages = 0
+            done = False
+            while not done:
                 for batch in page.data:
                     if (batch.metadata or {}).get(INTENT_KEY) == intent_id:
-                        return self._submitted(batch)
-                if not page.has_next_page():
+                        found.append(batch)
+                    created = idempotent.as_datetime(batch.created_at)
+                    if since is not None and created is not None and created < since:
+                        done = True
+                        break
+                pages += 1
+                if done or not page.has_next_page():
+                    break
+                if since is None and pages >= self._max_list_pages:
                     break
                 page = await page.get_next_page()
-        return None
+        if not found:
+            return None
+        found.sort(key=lambda b: (b.created_at, b.id))
+        for dup in found[1:]:
+            await self._cancel_duplicate(dup.id, intent_id)
+        return self._submitted(found[0])
+
+    async def _cancel_duplicate(self, batch_id: str, intent_id: str) -> None:
+        try:
+            await self.cancel(batch_id)
+            log.warning("cancelled duplicate batch %s of intent %s", batch_id, intent_id)
+        except Exception as exc:  # best effort; recorded by the log
+            log.warning("could not cancel duplicate batch %s: %s", batch_id, exc)
 
     @staticmethod
     def _submitted(batch: Batch) -> SubmittedBatch:

@@ -481,7 +481,7 @@ SELECT EXISTS (
 -- name: stale_intents
 -- Intents old enough to check; the caller tests each intent's advisory lock (a live
 -- submitter holds it) and the submitter re-checks the state under that lock.
-SELECT id, provider, model_key, stage FROM ai_commentary_batch_jobs
+SELECT id, provider, model_key, stage, created_at FROM ai_commentary_batch_jobs
 WHERE state = 'submitting' AND created_at < now() - make_interval(secs => %(older_than)s);
 
 -- name: live_batches_without_poll

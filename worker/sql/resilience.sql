@@ -76,8 +76,10 @@ WHERE provider = %(provider)s AND (state <> 'closed' OR consecutive_failures > 0
 RETURNING provider;
 
 -- name: spent_today_usd
--- Today's spend and today's date, "today" in the budget's time zone.
+-- Today's spend, the estimated cost of batches not yet ingested (schema/0019) and today's
+-- date, "today" in the budget's time zone.
 SELECT worker_spent_usd_since(date_trunc('day', clock_timestamp(), %(tz)s)) AS spent,
+       worker_reserved_usd() AS reserved,
        (clock_timestamp() AT TIME ZONE %(tz)s)::date AS day;
 
 -- name: alert_claim_key
