@@ -103,7 +103,7 @@ def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in Settings.model_fields:
         monkeypatch.setenv(name.upper(), "")
     assert Settings(_env_file=None).model_dump() == defaults  # type: ignore[call-arg]
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "   ")  # blank too: pydantic strips it
+    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "   ")  # blank is a value: not a number
     with pytest.raises(ValidationError):
         Settings(_env_file=None)  # type: ignore[call-arg]
 
