@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import google.genai.errors as genai_errors
@@ -527,6 +528,33 @@ def translate_errors(provider: str) -> Iterator[None]:
         raise classify(exc, provider) from exc
 
 
+class Disposition(StrEnum):
+    """What a lane does with a failed call or an unusable answer - the same in both lanes
+    (commentary instant models and ai_jobs), whichever client made the call."""
+
+    FAIL_REQUEST = "fail_request"  # this request/job fails (charged); provider untouched
+    RETRY = "retry"  # transient: try again later; counts toward the breaker
+    STOP_PROVIDER = "stop_provider"  # quota / bad key: stop the provider, charge nothing
+
+
+#: ErrorKind -> disposition (every kind listed; a test checks it).
+DISPOSITIONS: Mapping[ErrorKind, Disposition] = {
+    K.RETRYABLE: Disposition.RETRY,
+    K.UNKNOWN: Disposition.RETRY,
+    K.QUOTA: Disposition.STOP_PROVIDER,
+    K.AUTH: Disposition.STOP_PROVIDER,
+    K.CONTENT_REFUSED: Disposition.FAIL_REQUEST,
+    K.TRUNCATED: Disposition.FAIL_REQUEST,
+    K.CONTEXT_TOO_LONG: Disposition.FAIL_REQUEST,
+    K.INVALID_REQUEST: Disposition.FAIL_REQUEST,
+}
+
+
+def disposition(kind: ErrorKind) -> Disposition:
+    """What to do about a failure of ``kind`` (see :class:`Disposition`)."""
+    return DISPOSITIONS[kind]
+
+
 #: google.rpc.Code number -> (name, HTTP status), for google.rpc.Status bodies that carry a
 #: gRPC code instead of an HTTP one (Gemini batch operation errors and result lines).
 GRPC_CODES: Mapping[int, tuple[str, int]] = {
@@ -572,7 +600,8 @@ RESULT_CODE_KINDS: Mapping[str, ErrorKind] = {
     "content_refused": K.CONTENT_REFUSED,
     "malformed_line": K.UNKNOWN,
     "empty_response": K.UNKNOWN,
-    "max_tokens": K.INVALID_REQUEST,
+    "truncated": K.TRUNCATED,
+    "max_tokens": K.TRUNCATED,  # the code before answer_rules (rows already written)
     "invalid_json": K.UNKNOWN,
     **OPENAI_CODE_KINDS,
 }
@@ -634,6 +663,7 @@ _KIND_CAUSES: Mapping[ErrorKind, str] = {
     K.INVALID_REQUEST: BatchCause.REQUEST,
     K.CONTEXT_TOO_LONG: BatchCause.REQUEST,
     K.CONTENT_REFUSED: BatchCause.REQUEST,
+    K.TRUNCATED: BatchCause.REQUEST,
     K.UNKNOWN: BatchCause.UNKNOWN,
 }
 

@@ -23,7 +23,8 @@ class ErrorKind(StrEnum):
     RETRYABLE = "retryable"  # rate limit, 5xx, timeout, connection: try again later
     QUOTA = "quota"  # out of credit / billing: stop this provider until re-enabled
     AUTH = "auth"  # bad or missing key: stop this provider
-    CONTENT_REFUSED = "content_refused"  # moderation / safety: permanent for this input
+    CONTENT_REFUSED = "content_refused"  # moderation / safety / refusal: fail this request
+    TRUNCATED = "truncated"  # the answer hit the output token limit: fail this request
     CONTEXT_TOO_LONG = "context_too_long"  # input too large: shrink or fail
     INVALID_REQUEST = "invalid_request"  # our request is wrong: permanent for this input
     UNKNOWN = "unknown"  # unclassified: treated as retryable with a bounded attempt count

@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker import budget, custom_ids, ingest, metrics, prompts, question_input, request_check
 from worker.config import get_settings
 from worker.error_log import record_error
+from worker.error_policy import Disposition, disposition
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
 from worker.providers import idempotent
 from worker.providers.base import ChatRequest, ResultLine
@@ -529,9 +530,20 @@ async def _instant_round(
                 },
             )
     sem = asyncio.Semaphore(get_settings().instant_concurrency)
+    # The first out-of-credit / bad-key answer stops the provider (as for batch providers):
+    # no further calls this round, and no request is charged an attempt for it.
+    stopped: list[ProviderError] = []
 
     async def call(req: ChatRequest) -> ResultLine:
         async with sem:
+            if stopped:
+                return ResultLine(
+                    custom_id=req.custom_id,
+                    ok=False,
+                    error_code="provider_stopped",
+                    error_message=f"not called: {stopped[0]}",
+                    error_kind=stopped[0].kind,
+                )
             try:
                 with metrics.timed_call(route.provider, "chat"):
                     return await asyncio.wait_for(
@@ -543,13 +555,17 @@ async def _instant_round(
                     ok=False,
                     error_code="timeout",
                     error_message="instant call timed out",
+                    error_kind=ErrorKind.UNKNOWN,
                 )
             except ProviderError as exc:
+                if disposition(exc.kind) is Disposition.STOP_PROVIDER and not stopped:
+                    stopped.append(exc)
                 return ResultLine(
                     custom_id=req.custom_id,
                     ok=False,
-                    error_code=exc.kind.value,
+                    error_code=exc.code or exc.kind.value,
                     error_message=str(exc),
+                    error_kind=exc.kind,
                 )
 
     results = await asyncio.gather(*(call(r) for r in requests))
@@ -559,26 +575,35 @@ async def _instant_round(
 
             await resilience.on_provider_success(conn, route.provider)
     total = len(results)
+    called = [r for r in results if r.error_code != "provider_stopped"]
     retryable = [
         r
-        for r in results
-        if not r.ok
-        and r.error_code in (ErrorKind.RETRYABLE.value, ErrorKind.UNKNOWN.value, "timeout")
+        for r in called
+        if not r.ok and r.error_kind is not None and disposition(r.error_kind) is Disposition.RETRY
     ]
     async with pool.connection() as conn:
-        transient = [r for r in results if not r.ok and r.error_code == ErrorKind.RETRYABLE.value]
-        if transient:
+        # Transient failures (rate limit, 5xx, connection) and a stopped provider's requests
+        # go back to waiting without spending an attempt: neither says anything about them.
+        free = [
+            r
+            for r in results
+            if not r.ok
+            and r.error_kind is not None
+            and (
+                r.error_kind is ErrorKind.RETRYABLE
+                or disposition(r.error_kind) is Disposition.STOP_PROVIDER
+            )
+        ]
+        if free:
             await conn.execute(
                 q("release_claims"),
                 {
                     "owner": owner,
-                    "ids": [custom_ids.parse(r.custom_id)[0] for r in transient],
-                    "error": redact(transient[0].error_message or "transient provider error")[
-                        :2000
-                    ],
+                    "ids": [custom_ids.parse(r.custom_id)[0] for r in free],
+                    "error": redact(free[0].error_message or "transient provider error")[:2000],
                 },
             )
-            gone = {id(r) for r in transient}
+            gone = {id(r) for r in free}
             results = [r for r in results if id(r) not in gone]
         await ingest.ingest_lines(
             conn,
@@ -592,9 +617,11 @@ async def _instant_round(
             lines=_aiter(results),
             missing_reason="instant call returned nothing",
         )
-        if retryable and len(retryable) == total:
-            from worker import resilience
+        from worker import resilience
 
+        if stopped:
+            await resilience.on_provider_error(conn, route.provider, stopped[0])
+        elif retryable and len(retryable) == len(called):
             await resilience.on_provider_error(
                 conn,
                 route.provider,

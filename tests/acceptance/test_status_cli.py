@@ -169,6 +169,7 @@ def test_status_text_and_json(pipeline: Emulator, db: psycopg.Connection[Any], d
         ("gemini", "gemini-2.5-flash", "batch"),
         ("mistral", "mistral-small-latest", "batch"),
         ("perplexity", "sonar", "realtime"),
+        ("deepseek", "deepseek-chat", "realtime"),
     }
     assert data["errors"]["last"][0]["kind"] == "batch_failed"
     assert data["openrouter_credits"]["level"] == "warning"

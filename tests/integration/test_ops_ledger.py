@@ -63,8 +63,8 @@ def test_ledger_equals_emulator_usage_times_price_table(
     assert status_counts(db) == {"completed": N_QUESTIONS}
 
     expected = _expected_from_emulator(db, pipeline.stats())
-    # openai (comments + summaries), gemini, mistral in batches; perplexity instant.
-    assert {k[0] for k in expected} == {"openai", "gemini", "mistral", "perplexity"}
+    # openai (comments + summaries), gemini, mistral in batches; perplexity, deepseek instant.
+    assert {k[0] for k in expected} == {"openai", "gemini", "mistral", "perplexity", "deepseek"}
 
     by_model = {
         (r["provider"], r["model_name"]): r
@@ -101,14 +101,14 @@ def test_ledger_equals_emulator_usage_times_price_table(
     assert daily is not None
     assert abs(daily["cost"] - total) <= TOLERANCE
     assert daily["today"] is True
-    # 4 model comments + 1 summary per question.
-    assert daily["n"] == 5 * N_QUESTIONS
+    # 5 model comments + 1 summary per question.
+    assert daily["n"] == 6 * N_QUESTIONS
 
     per_q = db.execute(
         "SELECT count(*) AS n, sum(cost_usd) AS cost, min(requests) AS lo, max(requests) AS hi"
         " FROM ai_cost_by_question"
     ).fetchone()
-    assert per_q == {"n": len(ids), "cost": daily["cost"], "lo": 5, "hi": 5}
+    assert per_q == {"n": len(ids), "cost": daily["cost"], "lo": 6, "hi": 6}
 
     tokens = db.execute(
         "SELECT sum(input_tokens) AS i, sum(output_tokens) AS o FROM ops_tokens_per_day"

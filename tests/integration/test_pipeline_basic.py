@@ -21,7 +21,8 @@ def test_small_set_completes_with_one_comment_per_model_and_a_summary(
         " FROM ai_answer_comments GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert rows == [
-        {"model_key": m, "n": 12, "q": 12} for m in ("chatgpt", "gemini", "mistral", "perplexity")
+        {"model_key": m, "n": 12, "q": 12}
+        for m in ("chatgpt", "deepseek", "gemini", "mistral", "perplexity")
     ]
     assert db.execute("SELECT count(*) AS n FROM ai_commentary_summaries").fetchone() == {"n": 12}
     wide = db.execute(

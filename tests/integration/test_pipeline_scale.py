@@ -25,7 +25,7 @@ def test_thousand_questions_complete_exactly_once(
     ).fetchall()
     assert per_model == [
         {"model_key": m, "n": 1000, "q": 1000}
-        for m in ("chatgpt", "gemini", "mistral", "perplexity")
+        for m in ("chatgpt", "deepseek", "gemini", "mistral", "perplexity")
     ]
     assert db.execute(
         "SELECT count(*) AS n, count(DISTINCT question_id) AS q FROM ai_commentary_summaries"
@@ -42,3 +42,4 @@ def test_thousand_questions_complete_exactly_once(
         expected = 2000 if provider == "openai" else 1000
         assert len(stats[provider]["custom_ids"]) == expected
     assert stats["perplexity"]["chat_calls"] == 1000
+    assert stats["deepseek"]["chat_calls"] == 1000

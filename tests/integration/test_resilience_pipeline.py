@@ -54,7 +54,7 @@ def test_openai_out_of_credit_stops_only_openai_until_re_enabled(
     insert_questions(db, N)
     pipeline.configure(http_faults=[{"provider": "openai", "kind": "quota", "count": None}])
 
-    others = {"gemini": N, "mistral": N, "perplexity": N}
+    others = {"deepseek": N, "gemini": N, "mistral": N, "perplexity": N}
 
     def others_done_and_openai_stopped() -> bool:
         stopped = db.execute("SELECT count(*) AS n FROM provider_stops").fetchone()
@@ -128,7 +128,7 @@ def test_transient_faults_open_the_breaker_not_a_stop(
 
     def others_done_and_mistral_open() -> bool:
         row = db.execute("SELECT state FROM provider_health WHERE provider = 'mistral'").fetchone()
-        done = comments_per_model(db) == {"chatgpt": 4, "gemini": 4, "perplexity": 4}
+        done = comments_per_model(db) == {"chatgpt": 4, "deepseek": 4, "gemini": 4, "perplexity": 4}
         return done and row == {"state": "open"}
 
     assert run_until(others_done_and_mistral_open, timeout=30)

@@ -443,7 +443,8 @@ def test_classify_rpc_status(status: dict[str, Any], kind: ErrorKind) -> None:
     [
         ("content_refused", K.CONTENT_REFUSED),
         ("batch_expired", K.RETRYABLE),
-        ("max_tokens", K.INVALID_REQUEST),
+        ("max_tokens", K.TRUNCATED),
+        ("truncated", K.TRUNCATED),
         ("whatever", K.UNKNOWN),
         (None, K.UNKNOWN),
     ],

@@ -13,7 +13,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-FAULT_KINDS = ("rate_limit", "quota", "auth", "server", "unavailable", "moderation")
+FAULT_KINDS = (
+    "rate_limit",
+    "quota",
+    "auth",
+    "server",
+    "unavailable",
+    # issue 13: every class the answer rules and the error policy tell apart
+    "moderation",
+    "context_length",
+    "payment",
+    "request_timeout",
+    "bad_gateway",
+    "truncated",
+    "refusal",
+)
 BATCH_OUTCOMES = (None, "failed", "expired", "cancelled")
 PROVIDERS = ("openai", "gemini", "mistral", "openrouter", "perplexity", "deepseek", "ollama")
 
@@ -23,9 +37,13 @@ class FaultRule:
     """One HTTP fault injection rule.
 
     ``kind``: ``rate_limit`` (429 + ``retry-after``), ``quota`` (out of credit), ``auth``
-    (bad key), ``server`` (500), ``unavailable`` (503) or ``moderation`` (the input was
-    flagged: OpenRouter 403 with moderation metadata, OpenAI-style 400
-    ``content_policy_violation``); see :mod:`worker.emulator.faults` for the exact bodies. ``provider`` is a provider name or ``"*"``. ``path`` optionally
+    (bad key), ``server`` (500), ``unavailable`` (503), ``moderation`` (OpenRouter 403 with
+    moderation metadata, OpenAI-style 400
+    ``content_policy_violation``, Gemini a 200 whose prompt is
+    blocked), ``context_length`` (400), ``payment`` (402), ``request_timeout`` (408),
+    ``bad_gateway`` (502), or the answer-level ``truncated`` (a 200 cut off at the token
+    limit) and ``refusal`` (a 200 the model refused); see :mod:`worker.emulator.faults`
+    for the exact bodies. ``provider`` is a provider name or ``"*"``. ``path`` optionally
     limits the rule to request paths containing that substring (e.g. ``"/batches"``).
     ``count`` = fire for the next N matching requests, then the rule is spent; ``None`` =
     fire forever with ``probability`` (a seeded dice roll per matching request).

@@ -220,3 +220,27 @@ def embedding_dims(model: str, requested: int | None) -> int:
 def embedding_b64(vec: list[float]) -> str:
     """Base64 of little-endian float32, as the OpenAI SDK decodes ``encoding_format=base64``."""
     return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
+
+
+# --------------------------------------------------------------------------- JSON-object mode
+
+
+def schema_in_text(text: str) -> dict[str, Any] | None:
+    """The JSON schema a JSON-object-mode prompt carries ("... valid against this JSON
+    Schema: {...}"): the first JSON object after the word "schema" that looks like a schema
+    (has ``type``, ``properties`` or ``$ref``). None when the prompt carries none."""
+    lower = text.lower()
+    decoder = json.JSONDecoder()
+    at = lower.find("schema")
+    while at >= 0:
+        brace = text.find("{", at)
+        if brace < 0:
+            return None
+        try:
+            value, _end = decoder.raw_decode(text, brace)
+        except ValueError:
+            value = None
+        if isinstance(value, dict) and ({"type", "properties", "$ref"} & value.keys()):
+            return value
+        at = lower.find("schema", at + 6)
+    return None

@@ -91,6 +91,8 @@ def fault_reply(provider: str, kind: str, retry_after: float = 1.0, model: str =
     """The error a real ``provider`` sends for fault ``kind``."""
     if kind == "moderation":
         return moderation_reply(provider, model)
+    if kind in MORE_HTTP_KINDS:
+        return more_fault_reply(provider, kind, model)
     ra = f"{retry_after:g}"
     if provider == "gemini":
         model = model or "gemini-2.5-flash"
@@ -314,6 +316,112 @@ def bad_request_reply(provider: str, message: str, param: str | None = None) -> 
     if provider == "mistral":
         return _mistral_error(400, message, "invalid_request_error", None)
     return _openai_error(400, message, "invalid_request_error", None, param)
+
+
+#: Fault kinds added for issue 13 (answered by :func:`more_fault_reply`).
+MORE_HTTP_KINDS = frozenset({"context_length", "payment", "request_timeout", "bad_gateway"})
+
+
+def _openrouter_error(status: int, message: str, metadata: dict[str, Any] | None) -> ErrorReply:
+    err: dict[str, Any] = {"code": status, "message": message}
+    if metadata is not None:
+        err["metadata"] = metadata
+    return ErrorReply(status, {"error": err})
+
+
+def more_fault_reply(provider: str, kind: str, model: str = "") -> ErrorReply:
+    """``context_length``, ``payment``, ``request_timeout``, ``bad_gateway`` (``moderation``:
+    :func:`moderation_reply`).
+
+    OpenRouter uses its own envelope ``{"error": {code: <int>, message, metadata?}}`` (its
+    errors page: 402 insufficient credits, 403 "your input was flagged" with
+    ``ModerationErrorMetadata{reasons, flagged_input, provider_name, model_slug}``, 408, 502
+    with ``{provider_name, raw}``). DeepSeek's 402 is ``Insufficient Balance`` (its error
+    codes page); context-length bodies are provider-apis.md 2.7 / 3.8 / 4.7.
+    [chosen]: OpenAI/Perplexity/Ollama 402 and 408 bodies (OpenAI's envelope), Gemini
+    ``payment`` (403 PERMISSION_DENIED with ErrorInfo ``BILLING_DISABLED``, the Google APIs
+    convention), Gemini ``request_timeout`` (504 DEADLINE_EXCEEDED), Mistral
+    ``payment`` / ``request_timeout`` bodies (no real ones were found). Gemini
+    ``moderation`` is not an HTTP error at all (a 200 with ``promptFeedback.blockReason``,
+    see :mod:`worker.emulator.answer_faults`; the server never asks for it here)."""
+    if provider == "gemini":
+        if kind == "context_length":
+            return _gemini_error(
+                400,
+                "INVALID_ARGUMENT",
+                "The input token count (1200293) exceeds the maximum number of tokens "
+                "allowed (1048576).",
+            )
+        if kind == "payment":
+            return _gemini_error(
+                403,
+                "PERMISSION_DENIED",
+                "Billing is disabled for this project. Enable billing to use the API.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "BILLING_DISABLED",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ],
+            )
+        if kind == "request_timeout":
+            return _gemini_error(504, "DEADLINE_EXCEEDED", "Deadline expired before operation.")
+        if kind == "bad_gateway":
+            return _gemini_error(502, "UNAVAILABLE", "Bad Gateway")
+        return _gemini_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument.")
+    if provider == "mistral":
+        if kind == "context_length":
+            return _mistral_error(
+                400,
+                "Prompt contains 300000 tokens, too large for model with 131072 maximum "
+                "context length",
+                "invalid_request_error",
+                None,
+            )
+        if kind == "payment":
+            return _mistral_error(
+                402, "Payment required: no credits left.", "payment_required", None
+            )
+        if kind == "request_timeout":
+            return _mistral_error(408, "Request timeout", "request_timeout", None)
+        return _mistral_error(502, "Bad gateway", "bad_gateway", None)
+    model = model or "openai/gpt-4o-mini"
+    if provider == "openrouter":
+        if kind == "payment":
+            return _openrouter_error(
+                402,
+                "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+                None,
+            )
+        if kind == "request_timeout":
+            return _openrouter_error(408, "Request timed out", None)
+        if kind == "bad_gateway":
+            return _openrouter_error(
+                502, "Provider returned error", {"provider_name": "OpenAI", "raw": "upstream"}
+            )
+        return _openrouter_error(
+            400,
+            "This endpoint's maximum context length is 128000 tokens. However, you requested "
+            "about 130000 tokens (129000 of text input, 1000 in the output). Please reduce "
+            "the length of either one.",
+            None,
+        )
+    if kind == "context_length":
+        return _openai_error(
+            400,
+            "This model's maximum context length is 128000 tokens. However, your messages "
+            "resulted in 130000 tokens. Please reduce the length of the messages.",
+            "invalid_request_error",
+            "context_length_exceeded",
+            "messages",
+        )
+    if kind == "payment":
+        return _openai_error(402, "Insufficient Balance", "unknown_error", "invalid_request_error")
+    if kind == "request_timeout":
+        return _openai_error(408, "Request timed out.", "timeout", None)
+    return _openai_error(502, "Bad gateway.", "server_error", None)
 
 
 class FaultInjector:

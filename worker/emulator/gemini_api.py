@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
 
-from worker.emulator import content
+from worker.emulator import answer_faults, content
 from worker.emulator.faults import bad_request_reply, not_found_reply
 from worker.emulator.lifecycle import (
     LineTemplate,
@@ -590,6 +590,8 @@ class GeminiApi:
             < cfg.schema_violation_rate
         )
         resp, tin, tout = generate_content(req.params["m"], body, cfg.seed, violate)
+        if req.answer_fault is not None:
+            resp = answer_faults.gemini_answer(req.answer_fault, resp)
         self.store.count("gemini", "chat_calls")
         self.store.add_usage("gemini", req.params["m"], "realtime", tin, tout)
         return Response.json(resp)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from json.encoder import encode_basestring
 from typing import Any
 
-from worker.emulator import content
+from worker.emulator import answer_faults, content
 from worker.emulator.content import unit_fraction
 from worker.emulator.faults import bad_request_reply, not_found_reply
 from worker.emulator.lifecycle import (
@@ -104,7 +104,17 @@ def response_schema(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
         js = rf.get("json_schema") or {}
         schema = js.get("schema") or js.get("schema_definition")
         return True, schema if isinstance(schema, dict) else None
-    return rf.get("type") == "json_object", None
+    if rf.get("type") != "json_object":
+        return False, None
+    # JSON-object mode: answer with JSON following the schema the prompt gives, if any.
+    messages = body.get("messages")
+    texts = [m.get("content") for m in messages or [] if isinstance(m, dict)]
+    for text in texts:
+        if isinstance(text, str) and "schema" in text.lower():
+            schema = content.schema_in_text(text)
+            if schema is not None:
+                return True, schema
+    return True, None
 
 
 def chat_response(
@@ -726,6 +736,8 @@ def realtime_chat(store: Store, provider: str, req: Request) -> Response:
         < cfg.schema_violation_rate
     )
     resp, tin, tout = chat_completion(body, cfg.seed, violate)
+    if req.answer_fault is not None:
+        resp = answer_faults.chat_answer(provider, req.answer_fault, resp)
     if provider == "mistral":
         resp["id"] = resp["id"].replace("chatcmpl-", "")
     store.count(provider, "chat_calls")

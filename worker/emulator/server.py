@@ -36,6 +36,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from worker.emulator.answer_faults import is_answer_fault
 from worker.emulator.compat_api import CompatApi
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.faults import (
@@ -142,10 +143,13 @@ class App:
         rule = store.faults.check(cfg, req.provider, req.path)
         if rule is not None:
             store.count(req.provider, "faults_injected")
-            reply = fault_reply(req.provider, rule.kind, rule.retry_after)
-            if rule.echo_key:
-                reply = echo_key(reply, _api_key(req))
-            return Response.error(reply)
+            if is_answer_fault(req.provider, rule.kind):
+                req.answer_fault = rule.kind  # the handler answers, then spoils the answer
+            else:
+                reply = fault_reply(req.provider, rule.kind, rule.retry_after)
+                if rule.echo_key:
+                    reply = echo_key(reply, _api_key(req))
+                return Response.error(reply)
         if cfg.latency_ms > 0 and _REALTIME.search(req.path):
             time.sleep(cfg.latency_ms / 1000.0)
         router = self.routers[req.provider]

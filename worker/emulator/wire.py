@@ -112,6 +112,7 @@ class Request:
     provider: str
     host: str
     params: dict[str, str] = field(default_factory=dict)
+    answer_fault: str | None = None  # an answer-level fault kind (worker.emulator.answer_faults)
     _json: Any = None
 
     def json(self) -> Any:

@@ -49,6 +49,11 @@ from typing import Any, Final, Literal, TypeVar
 
 from worker.error_policy import classify_http, classify_rpc_status, kind_for_result_code
 from worker.errors import ErrorKind, ProviderError
+from worker.providers.answer_rules import (
+    AnswerProblem,
+    check_answer,
+    schema_instruction,
+)
 from worker.providers.base import BatchLimits, ChatRequest, ResultLine
 
 T = TypeVar("T")
@@ -62,18 +67,13 @@ OPENAI_CHAT_URL: Final = "/v1/chat/completions"
 # Request bodies
 # ---------------------------------------------------------------------------------------
 
-JSON_OBJECT_INSTRUCTION = (
-    "Answer with one JSON object only, no prose, valid against this JSON Schema:\n{schema}"
-)
-
 
 def chat_messages(request: ChatRequest, *, schema_in_prompt: bool = False) -> list[JsonDict]:
     """System + user messages; with ``schema_in_prompt`` the schema is appended to the
     system prompt (for endpoints that only offer ``json_object`` mode)."""
     system = request.system_prompt
     if schema_in_prompt:
-        schema = json.dumps(request.json_schema, ensure_ascii=False)
-        system = f"{system}\n\n{JSON_OBJECT_INSTRUCTION.format(schema=schema)}"
+        system = f"{system}\n\n{schema_instruction(request.json_schema)}"
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": request.user_prompt},
@@ -456,34 +456,18 @@ def parse_chat_completion(custom_id: str, body: Mapping[str, Any]) -> ResultLine
         return _failed(custom_id, "empty_response", "no choices in response", **extra)
     choice = choices[0]
     message = _get(choice, "message") or {}
-    finish = _get(choice, "finish_reason")
-    refusal = _get(message, "refusal")
     text = _content_text(_get(message, "content"))
-    if refusal or finish == "content_filter":
-        msg = str(refusal) if refusal else "finish_reason=content_filter"
-        return _failed(custom_id, "content_refused", msg, ErrorKind.CONTENT_REFUSED, **extra)
-    if finish in ("length", "model_length"):
-        # The JSON is cut off: a bigger max_output_tokens (or shorter input) is needed.
-        return _failed(
-            custom_id, "max_tokens", f"finish_reason={finish}", text=text or None, **extra
-        )
-    if not text:
-        return _failed(custom_id, "empty_response", "empty message content", **extra)
+    problem = check_answer(text, _get(choice, "finish_reason"), refusal=_get(message, "refusal"))
+    if problem is not None:
+        return _problem(custom_id, problem, text, extra)
     return ResultLine(custom_id=custom_id, ok=True, text=text, **extra)
 
 
-#: Gemini finish reasons / block reasons that mean the model refused on safety grounds.
-GEMINI_REFUSAL_REASONS = frozenset(
-    {
-        "SAFETY",
-        "RECITATION",
-        "BLOCKLIST",
-        "PROHIBITED_CONTENT",
-        "SPII",
-        "IMAGE_SAFETY",
-        "OTHER",  # promptFeedback.blockReason OTHER: blocked for an unlisted reason
-    }
-)
+def _problem(
+    custom_id: str, problem: AnswerProblem, text: str | None, extra: JsonDict
+) -> ResultLine:
+    keep = {"text": text or None} if problem.kind is ErrorKind.TRUNCATED else {}
+    return _failed(custom_id, problem.code, problem.message, problem.kind, **keep, **extra)
 
 
 def parse_generate_content(custom_id: str, response: Mapping[str, Any]) -> ResultLine:
@@ -501,17 +485,10 @@ def parse_generate_content(custom_id: str, response: Mapping[str, Any]) -> Resul
     block = _get(feedback, "blockReason", "block_reason")
     candidates = _get(response, "candidates")
     if block:
-        return _failed(
-            custom_id,
-            "content_refused",
-            f"prompt blocked: {block}",
-            ErrorKind.CONTENT_REFUSED,
-            **extra,
-        )
+        return _problem(custom_id, _blocked(block), None, extra)
     if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
         return _failed(custom_id, "empty_response", "no candidates in response", **extra)
     cand = candidates[0]
-    finish = _get(cand, "finishReason", "finish_reason")
     parts = _get(_get(cand, "content"), "parts") or []
     texts = [
         p["text"]
@@ -519,21 +496,16 @@ def parse_generate_content(custom_id: str, response: Mapping[str, Any]) -> Resul
         if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
     ]
     text = "".join(texts)
-    if finish in GEMINI_REFUSAL_REASONS and finish != "OTHER":
-        return _failed(
-            custom_id,
-            "content_refused",
-            f"finishReason={finish}",
-            ErrorKind.CONTENT_REFUSED,
-            **extra,
-        )
-    if finish == "MAX_TOKENS":
-        return _failed(
-            custom_id, "max_tokens", "finishReason=MAX_TOKENS", text=text or None, **extra
-        )
-    if not text:
-        return _failed(custom_id, "empty_response", f"no text (finishReason={finish})", **extra)
+    problem = check_answer(text, _get(cand, "finishReason", "finish_reason"))
+    if problem is not None:
+        return _problem(custom_id, problem, text, extra)
     return ResultLine(custom_id=custom_id, ok=True, text=text, **extra)
+
+
+def _blocked(block: Any) -> AnswerProblem:
+    problem = check_answer(None, None, block_reason=str(block))
+    assert problem is not None
+    return problem
 
 
 def _envelope_line(provider: str, obj: Mapping[str, Any]) -> ResultLine | None:

@@ -14,7 +14,9 @@ Failure policy (:func:`outcome_for_error`):
   module is told (it may stop the provider; the claim skips blocked providers).
 * ``context_too_long``: handled in :func:`run_chat` by halving the history; if it cannot
   shrink further the job fails.
-* ``invalid_request``/``content_refused``: fail at once; retrying cannot help.
+* ``invalid_request``/``content_refused`` (refusals, moderation, safety blocks)/
+  ``truncated``: fail at once; retrying cannot help. (The kinds come from
+  :data:`worker.error_policy.DISPOSITIONS`, which the commentary lane uses too.)
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ import time
 from datetime import UTC, datetime
 
 from worker import validation
+from worker.error_policy import DISPOSITIONS, Disposition
 from worker.errors import ConfigError, ErrorKind, ProviderError
+from worker.providers.answer_rules import schema_problem
 from worker.realtime.model import Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients, monotonic_ms
 from worker.realtime.sessions import build_prompt, shrink
 
-PERMANENT = (ErrorKind.INVALID_REQUEST, ErrorKind.CONTENT_REFUSED, ErrorKind.CONTEXT_TOO_LONG)
-PROVIDER_DOWN = (ErrorKind.QUOTA, ErrorKind.AUTH)
+PERMANENT = tuple(k for k, d in DISPOSITIONS.items() if d is Disposition.FAIL_REQUEST)
+PROVIDER_DOWN = tuple(k for k, d in DISPOSITIONS.items() if d is Disposition.STOP_PROVIDER)
 
 
 def backoff_seconds(
@@ -152,6 +156,7 @@ async def run_chat(
                 user_message=prompt.user,
             )
             if prompt.json_output:
+                bad: ProviderError | None = None
                 try:
                     out.result_json = json.loads(reply.text)
                 except ValueError:
@@ -161,6 +166,21 @@ async def run_chat(
                         provider=job.provider,
                         code="invalid_json",
                     )
+                else:
+                    # JSON-object-mode endpoints only saw the schema in the prompt.
+                    problem = (
+                        schema_problem(out.result_json, dict(prompt.json_schema))
+                        if prompt.json_schema is not None
+                        else None
+                    )
+                    if problem is not None:
+                        bad = ProviderError(
+                            problem.message,
+                            kind=problem.kind,
+                            provider=job.provider,
+                            code=problem.code,
+                        )
+                if bad is not None:
                     failed = outcome_for_error(job, bad, settings)
                     failed.called_at = called_at
                     return failed

@@ -7,7 +7,9 @@ OpenAI-compatible endpoints (OpenRouter with its ``HTTP-Referer``/``X-Title`` he
 Perplexity, DeepSeek, Ollama), ``genai.Client(...).aio`` for Gemini and
 ``Mistral(...).chat.complete_async`` / ``embeddings.create_async`` for Mistral - pointed at
 the base URLs of :func:`worker.config.get_settings`. Every SDK failure is translated with
-:func:`worker.error_policy.classify`.
+:func:`worker.error_policy.classify`, and every answer that arrives is judged by
+:func:`worker.providers.answer_rules.check_answer` - the rules the commentary lane applies:
+a truncated answer raises ``truncated``, a refusal or blocked prompt ``content_refused``.
 
 SDK-internal retries are off (``max_retries=0``): a failed call frees its concurrency slot
 at once and the job goes back to the queue with our own backoff, which honours
@@ -31,7 +33,6 @@ without cost.
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from worker.config import Settings, get_settings
 from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers import mock
+from worker.providers.answer_rules import check_answer, schema_instruction
 from worker.providers.gemini_batch import make_genai_client
 from worker.providers.mistral_batch import make_mistral_client
 from worker.providers.registry import OPENAI_COMPATIBLE
@@ -225,9 +227,7 @@ class RealtimeClients:
                 # json_object-only endpoints (DeepSeek): the schema travels in the prompt.
                 body["response_format"] = {"type": "json_object"}
                 if prompt.json_schema is not None:
-                    hint = "Answer with JSON valid against this JSON schema: " + json.dumps(
-                        prompt.json_schema, ensure_ascii=False
-                    )
+                    hint = schema_instruction(prompt.json_schema)
                     body["messages"] = [{"role": "system", "content": hint}, *messages]
         if prompt.max_output_tokens is not None:
             field = "max_completion_tokens" if provider == "openai" else "max_tokens"
@@ -249,6 +249,7 @@ class RealtimeClients:
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
             messages,
+            refusal=choice.message.refusal if choice is not None else None,
         )
 
     async def _mistral_chat(
@@ -306,6 +307,10 @@ class RealtimeClients:
         if response.candidates:
             fr = response.candidates[0].finish_reason
             finish = str(fr.value if hasattr(fr, "value") else fr) if fr is not None else None
+        block = None
+        if response.prompt_feedback is not None and response.prompt_feedback.block_reason:
+            br = response.prompt_feedback.block_reason
+            block = str(br.value if hasattr(br, "value") else br)
         meta = response.usage_metadata
         text: str | None
         try:
@@ -319,6 +324,7 @@ class RealtimeClients:
             meta.prompt_token_count if meta else None,
             meta.candidates_token_count if meta else None,
             messages,
+            block_reason=block,
         )
 
     # ------------------------------------------------------------------ embeddings
@@ -390,9 +396,6 @@ class RealtimeClients:
             self._mistral = None
 
 
-_REFUSED = {"content_filter", "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION"}
-
-
 def _reply(
     provider: str,
     text: str | None,
@@ -400,17 +403,18 @@ def _reply(
     input_tokens: int | None,
     output_tokens: int | None,
     messages: list[dict[str, str]],
+    *,
+    refusal: str | None = None,
+    block_reason: str | None = None,
 ) -> Reply:
-    if finish is not None and finish.rsplit(".", 1)[-1] in _REFUSED:
+    """The answer, or the ProviderError of :func:`answer_rules.check_answer` (the rules the
+    commentary lane applies to the same answer)."""
+    problem = check_answer(text, finish, refusal=refusal, block_reason=block_reason)
+    if problem is not None or not text:
+        problem = problem or check_answer(None, finish)
+        assert problem is not None
         raise ProviderError(
-            f"the model refused to answer (finish reason {finish})",
-            kind=ErrorKind.CONTENT_REFUSED,
-            provider=provider,
-            code="content_refused",
-        )
-    if not text:
-        raise ProviderError(
-            "empty answer", kind=ErrorKind.UNKNOWN, provider=provider, code="empty_response"
+            problem.message, kind=problem.kind, provider=provider, code=problem.code
         )
     return Reply(
         text=text,
@@ -450,6 +454,7 @@ def _lean_reply(provider: str, resp: Response, messages: list[dict[str, str]]) -
         choice = {}
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
+    refusal = message.get("refusal") if isinstance(message, dict) else None
     finish = choice.get("finish_reason")
     usage = data.get("usage")
     if not isinstance(usage, dict):
@@ -462,6 +467,7 @@ def _lean_reply(provider: str, resp: Response, messages: list[dict[str, str]]) -
         prompt_tokens if isinstance(prompt_tokens, int) else None,
         completion_tokens if isinstance(completion_tokens, int) else None,
         messages,
+        refusal=refusal if isinstance(refusal, str) else None,
     )
 
 
