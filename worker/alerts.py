@@ -27,7 +27,6 @@ ORDER BY id DESC`` is the full history.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -36,7 +35,7 @@ import httpx
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from worker.config import get_settings
+from worker.config import Settings, get_settings
 from worker.error_log import record_error
 from worker.queries import q
 from worker.redact import redact, redact_opt
@@ -72,22 +71,14 @@ class AlertPolicy:
     http_timeout: float = 5.0
 
     @classmethod
-    def from_env(cls) -> AlertPolicy:
-        d = cls()
-
-        def read(name: str, fallback: float) -> float:
-            raw = os.environ.get(name)
-            try:
-                return float(raw) if raw and raw.strip() else fallback
-            except ValueError:
-                log.warning("ignoring %s=%r: not a number", name, raw)
-                return fallback
-
+    def current(cls, settings: Settings | None = None) -> AlertPolicy:
+        """The policy of this process (``ALERT_*`` fields of :class:`~worker.config.Settings`)."""
+        s = settings or get_settings()
         return cls(
-            dedup_seconds=max(0.0, read("ALERT_DEDUP_SECONDS", d.dedup_seconds)),
-            rate_limit=max(0, int(read("ALERT_RATE_LIMIT", d.rate_limit))),
-            rate_window_seconds=max(0.0, read("ALERT_RATE_WINDOW_SECONDS", d.rate_window_seconds)),
-            http_timeout=max(0.1, read("ALERT_HTTP_TIMEOUT", d.http_timeout)),
+            dedup_seconds=s.alert_dedup_seconds,
+            rate_limit=s.alert_rate_limit,
+            rate_window_seconds=s.alert_rate_window_seconds,
+            http_timeout=s.alert_http_timeout,
         )
 
 
@@ -142,7 +133,7 @@ async def alert(
 
     ``conn`` may be inside the caller's transaction (the decision runs in a savepoint).
     Never raises (a failure here is logged and reported as ``Outcome.ERROR``)."""
-    policy = policy or AlertPolicy.from_env()
+    policy = policy or AlertPolicy.current()
     title, message = redact(title), redact(message)
     try:
         decided = await _decide(conn, key, title, message, int(priority), policy)
@@ -254,7 +245,7 @@ async def flush_held(
     """Send the digest of held-back alerts when the rate window has room (the maintenance
     tick calls this every minute). None when nothing is held back or there is no room yet.
     Never raises."""
-    policy = policy or AlertPolicy.from_env()
+    policy = policy or AlertPolicy.current()
     try:
         async with conn.transaction():
             cur = conn.cursor(row_factory=dict_row)

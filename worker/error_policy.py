@@ -40,6 +40,7 @@ import openai
 import pydantic
 
 from worker.errors import ErrorKind, ProviderError
+from worker.redact import redact as redact_text
 
 K = ErrorKind
 
@@ -688,9 +689,7 @@ class BatchFailure:
 
 def redact(text: str) -> str:
     """Provider text through the one redaction step (:mod:`worker.redact`), bounded."""
-    from worker.redact import redact as redact_secrets
-
-    return redact_secrets(text)[:_MESSAGE_LIMIT]
+    return redact_text(text)[:_MESSAGE_LIMIT]
 
 
 def classify_batch_failure(

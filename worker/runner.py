@@ -35,7 +35,7 @@ from typing import Any
 from procrastinate.worker import Worker
 
 from worker import wakeups
-from worker.config import env, get_settings
+from worker.config import get_settings
 from worker.database import aconnect, resolve_database_url
 from worker.queue_app import (
     ALL_QUEUES,
@@ -71,7 +71,7 @@ SELECT
 
 
 def shutdown_graceful_seconds() -> float:
-    return float(env("SHUTDOWN_GRACEFUL_SECONDS", "60"))
+    return get_settings().shutdown_graceful_seconds
 
 
 # Workers of one process start this far apart, so their heartbeats and polls do not hit

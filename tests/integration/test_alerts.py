@@ -14,7 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 
+from tests.fixtures.settings import configure
 from worker.alerts import AlertPolicy, Outcome, Priority, alert, flush_held, send_pushover
 from worker.config import get_settings
 
@@ -292,12 +294,19 @@ async def test_bookkeeping_failure_is_reported_not_raised(
     assert await cur.fetchone() == (1,)
 
 
-def test_policy_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALERT_DEDUP_SECONDS", "10")
-    monkeypatch.setenv("ALERT_RATE_LIMIT", "2")
-    monkeypatch.setenv("ALERT_RATE_WINDOW_SECONDS", "30")
-    monkeypatch.setenv("ALERT_HTTP_TIMEOUT", "bogus")
-    assert AlertPolicy.from_env() == AlertPolicy(10, 2, 30, 5.0)
+def test_policy_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(
+        monkeypatch,
+        ALERT_DEDUP_SECONDS="10",
+        ALERT_RATE_LIMIT="2",
+        ALERT_RATE_WINDOW_SECONDS="30",
+        ALERT_HTTP_TIMEOUT="",  # empty means unset: the default
+    )
+    assert AlertPolicy.current() == AlertPolicy(10, 2, 30, 5.0)
+    # an invalid value is an error naming the variable, not a silent default
+    configure(monkeypatch, ALERT_HTTP_TIMEOUT="bogus")
+    with pytest.raises(ValidationError, match="alert_http_timeout"):
+        AlertPolicy.current()
 
 
 async def test_held_back_alert_is_delivered_later_in_a_digest_not_dropped(

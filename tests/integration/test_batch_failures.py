@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.fixtures.pipeline import adrain, batch_ids, insert_questions, one_round, status_counts
+from tests.fixtures.settings import configure
 from tests.integration.test_failure_modes import comment_counts, only
 from worker import metrics, poll, submit
 from worker.config import get_settings
@@ -120,9 +121,12 @@ async def test_gemini_generic_429_on_create_backs_off_and_never_stops_the_provid
     opened_app: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "2")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "3")
-    monkeypatch.setenv("BREAKER_PROBE_TIMEOUT_SECONDS", "3")
+    configure(
+        monkeypatch,
+        BREAKER_FAILURE_THRESHOLD="2",
+        BREAKER_COOLDOWN_SECONDS="3",
+        BREAKER_PROBE_TIMEOUT_SECONDS="3",
+    )
     only(db, gemini=True)
     db.execute("UPDATE ai_commentary_settings SET quota_disables_feature = true")
     insert_questions(db, 6)
