@@ -32,4 +32,5 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.emulator",
     "tests.fixtures.pipeline",
+    "tests.fixtures.settings",
 ]

@@ -7,10 +7,14 @@ Policy (so an outage sends a handful of messages, not thousands):
   (``worker_alerts.suppressed`` of the alert that was raised). Decided under the row lock of
   the key in ``worker_alert_keys``, so concurrent processes raise it once.
 - **Rate limit**: at most ``ALERT_RATE_LIMIT`` (5) messages per ``ALERT_RATE_WINDOW_SECONDS``
-  (600) across all processes; further alerts are recorded as ``rate_limited`` and the next
-  message that goes out says how many were held back. High-priority alerts (priority >= 1:
-  provider stopped for quota/auth, budget) are counted but never held back; they are
-  already deduplicated per provider.
+  (600) across all processes; further alerts are recorded as ``rate_limited`` and held back,
+  never dropped: the next message that goes out carries them as a digest (their titles,
+  with the repeats folded into each), and when nothing else goes out the maintenance tick
+  sends the digest on its own once the window has room (:func:`flush_held`). Repeats of a
+  held-back key inside the dedup window are counted on the held alert, so the digest says
+  how often it happened. ``worker_alerts.delivered_with`` names the message that carried a
+  held alert. High-priority alerts (priority >= 1: provider stopped for quota/auth, budget)
+  are counted but never held back; they are already deduplicated per provider.
 - **Delivery**: Pushover (``PUSHOVER_USER_KEY`` + ``PUSHOVER_API_TOKEN``; silently off
   without them: status ``disabled``) over httpx with a short timeout (``ALERT_HTTP_TIMEOUT``,
   5 s). A failing Pushover is recorded (``failed`` + ``delivery_error``) and logged; it never
@@ -23,7 +27,6 @@ ORDER BY id DESC`` is the full history.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -32,9 +35,10 @@ import httpx
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from worker.config import get_settings
+from worker.config import Settings, get_settings
 from worker.error_log import record_error
 from worker.queries import q
+from worker.redact import redact, redact_opt
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +71,14 @@ class AlertPolicy:
     http_timeout: float = 5.0
 
     @classmethod
-    def from_env(cls) -> AlertPolicy:
-        d = cls()
-
-        def read(name: str, fallback: float) -> float:
-            raw = os.environ.get(name)
-            try:
-                return float(raw) if raw and raw.strip() else fallback
-            except ValueError:
-                log.warning("ignoring %s=%r: not a number", name, raw)
-                return fallback
-
+    def current(cls, settings: Settings | None = None) -> AlertPolicy:
+        """The policy of this process (``ALERT_*`` fields of :class:`~worker.config.Settings`)."""
+        s = settings or get_settings()
         return cls(
-            dedup_seconds=max(0.0, read("ALERT_DEDUP_SECONDS", d.dedup_seconds)),
-            rate_limit=max(0, int(read("ALERT_RATE_LIMIT", d.rate_limit))),
-            rate_window_seconds=max(0.0, read("ALERT_RATE_WINDOW_SECONDS", d.rate_window_seconds)),
-            http_timeout=max(0.1, read("ALERT_HTTP_TIMEOUT", d.http_timeout)),
+            dedup_seconds=s.alert_dedup_seconds,
+            rate_limit=s.alert_rate_limit,
+            rate_window_seconds=s.alert_rate_window_seconds,
+            http_timeout=s.alert_http_timeout,
         )
 
 
@@ -137,7 +133,8 @@ async def alert(
 
     ``conn`` may be inside the caller's transaction (the decision runs in a savepoint).
     Never raises (a failure here is logged and reported as ``Outcome.ERROR``)."""
-    policy = policy or AlertPolicy.from_env()
+    policy = policy or AlertPolicy.current()
+    title, message = redact(title), redact(message)
     try:
         decided = await _decide(conn, key, title, message, int(priority), policy)
     except Exception as exc:
@@ -152,7 +149,7 @@ async def alert(
     if isinstance(decided, Outcome):
         return decided
     alert_id, text = decided
-    error = await send_pushover(title, text, int(priority), timeout=policy.http_timeout)
+    error = redact_opt(await send_pushover(title, text, int(priority), timeout=policy.http_timeout))
     outcome = Outcome.SENT if error is None else Outcome.FAILED
     if error is not None:
         log.warning("pushover delivery of alert %s failed: %s", key, error)
@@ -193,11 +190,12 @@ async def _decide(
         assert recent is not None
         over = recent["recent"] >= policy.rate_limit and priority < Priority.HIGH
         text = message
-        if not over and recent["held_back"]:
-            text = (
-                f"{message}\n\n(+{recent['held_back']} more alerts held back by the rate "
-                "limit; see worker_alerts)"
-            )
+        held: list[dict[str, Any]] = []
+        if not over:
+            await cur.execute(q("alert_held"))
+            held = list(await cur.fetchall())
+            if held:
+                text = f"{message}\n\n{digest_text(held)}"
         if over:
             status = Outcome.RATE_LIMITED
         elif not pushover_configured():
@@ -217,7 +215,85 @@ async def _decide(
         row = await cur.fetchone()
         assert row is not None
         await conn.execute(q("alert_link_key"), {"id": row["id"], "key": key})
+        if held:
+            await conn.execute(
+                q("alert_carried"), {"by": row["id"], "ids": [h["id"] for h in held]}
+            )
     if status is not None:
         log.warning("alert (%s): %s: %s", status.value, title, message)
         return status
     return int(row["id"]), text
+
+
+DIGEST_LINES = 15
+
+
+def digest_text(held: list[dict[str, Any]]) -> str:
+    """The part of a message that delivers alerts held back by the rate limit."""
+    lines = [f"{len(held)} alert(s) held back by the rate limit:"]
+    for h in held[:DIGEST_LINES]:
+        times = f" (x{1 + int(h['suppressed'])})" if h["suppressed"] else ""
+        lines.append(f"- {h['created_at']:%H:%M} {h['title']}{times}")
+    if len(held) > DIGEST_LINES:
+        lines.append(f"... and {len(held) - DIGEST_LINES} more (worker_alerts)")
+    return "\n".join(lines)
+
+
+async def flush_held(
+    conn: AsyncConnection[Any], policy: AlertPolicy | None = None
+) -> Outcome | None:
+    """Send the digest of held-back alerts when the rate window has room (the maintenance
+    tick calls this every minute). None when nothing is held back or there is no room yet.
+    Never raises."""
+    policy = policy or AlertPolicy.current()
+    try:
+        async with conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await conn.execute(q("alert_lock_limiter"))
+            await cur.execute(q("alert_held"))
+            held = list(await cur.fetchall())
+            if not held:
+                return None
+            await cur.execute(q("alert_recent"), {"window": policy.rate_window_seconds})
+            recent = await cur.fetchone()
+            assert recent is not None
+            if recent["recent"] >= policy.rate_limit:
+                return None
+            title = redact(f"ai-worker: {len(held)} alert(s) held back")
+            text = redact(digest_text(held))
+            status = None if pushover_configured() else Outcome.DISABLED
+            await cur.execute(
+                q("alert_insert"),
+                {
+                    "key": "digest",
+                    "title": title[:TITLE_LIMIT],
+                    "message": text[:4000],
+                    "priority": int(Priority.NORMAL),
+                    "status": status.value if status else "pending",
+                },
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            await conn.execute(
+                q("alert_carried"), {"by": row["id"], "ids": [h["id"] for h in held]}
+            )
+    except Exception:
+        log.exception("could not send the digest of held-back alerts")
+        return Outcome.ERROR
+    if status is not None:
+        log.warning("alert digest (%s): %s", status.value, title)
+        return status
+    error = redact_opt(
+        await send_pushover(title, text, int(Priority.NORMAL), timeout=policy.http_timeout)
+    )
+    outcome = Outcome.SENT if error is None else Outcome.FAILED
+    if error is not None:
+        log.warning("pushover delivery of the alert digest failed: %s", error)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                q("alert_delivered"), {"id": row["id"], "status": outcome.value, "error": error}
+            )
+    except Exception:
+        log.exception("could not record delivery of the alert digest")
+    return outcome

@@ -13,7 +13,7 @@ The transitions are pure functions of (state, database clock) and tested without
 SQL functions below apply them under a row lock (failure) or with one atomic statement
 (probe hand-out, success).
 
-Tuning (environment, read on each call so tests and operators can change it):
+Tuning (fields of :class:`worker.config.Settings`, see :meth:`BreakerConfig.current`):
 
 ``BREAKER_FAILURE_THRESHOLD``  consecutive counted failures that open the breaker (5)
 ``BREAKER_COOLDOWN_SECONDS``   how long an open breaker blocks before one probe (60)
@@ -28,7 +28,6 @@ so callers should name the providers they are about to call
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -38,8 +37,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from worker.config import Settings, get_settings
 from worker.errors import ErrorKind
 from worker.queries import q
+from worker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -71,32 +72,14 @@ class BreakerConfig:
             raise ValueError("cooldown and probe timeout must be >= 0")
 
     @classmethod
-    def from_env(cls) -> BreakerConfig:
-        """The configuration from the environment; a malformed value falls back to the
-        default (logged) rather than stopping the worker."""
-        default = cls()
-
-        def read(name: str, fallback: float) -> float:
-            raw = os.environ.get(name)
-            if raw is None or not raw.strip():
-                return fallback
-            try:
-                return float(raw)
-            except ValueError:
-                log.warning("ignoring %s=%r: not a number", name, raw)
-                return fallback
-
-        try:
-            return cls(
-                failure_threshold=int(read("BREAKER_FAILURE_THRESHOLD", default.failure_threshold)),
-                cooldown_seconds=read("BREAKER_COOLDOWN_SECONDS", default.cooldown_seconds),
-                probe_timeout_seconds=read(
-                    "BREAKER_PROBE_TIMEOUT_SECONDS", default.probe_timeout_seconds
-                ),
-            )
-        except ValueError as exc:
-            log.warning("ignoring breaker settings: %s", exc)
-            return default
+    def current(cls, settings: Settings | None = None) -> BreakerConfig:
+        """The configuration of this process (its :class:`~worker.config.Settings`)."""
+        s = settings or get_settings()
+        return cls(
+            failure_threshold=s.breaker_failure_threshold,
+            cooldown_seconds=s.breaker_cooldown_seconds,
+            probe_timeout_seconds=s.breaker_probe_timeout_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -234,7 +217,7 @@ async def record_failure(
             "opened_at": after.opened_at,
             "probe_started_at": after.probe_started_at,
             "opened": 1 if opened else 0,
-            "error": error[:2000],
+            "error": redact(error)[:2000],
             "kind": kind.value,
         },
     )

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from worker.config import get_settings
 from worker.providers.base import ChatRequest
 from worker.queries import q
 
@@ -65,7 +65,7 @@ FACTOR_ALPHA = 0.3
 
 def token_limit_hold_seconds() -> float:
     """How long a batch refused for the token queue keeps its reservation."""
-    return float(os.environ.get("TOKEN_LIMIT_HOLD_SECONDS", "10") or 10)
+    return get_settings().token_limit_hold_seconds
 
 
 def raw_estimate(request: ChatRequest) -> int:

@@ -183,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_env_file(path: str = ".env") -> None:
     """Export the non-empty values of ``.env`` that the environment does not set already
-    (``KEY=`` means unset, as for the settings; modules reading os.environ see the same)."""
+    (``KEY=`` means unset, as for the settings), so child processes and the libraries that
+    read the process environment themselves (httpx: proxy and CA variables) see them too."""
     if not os.path.isfile(path):
         return
     for key, value in dotenv_values(path).items():
@@ -226,8 +227,8 @@ def _explain(exc: BaseException) -> str | None:
     from worker.errors import WorkerError
     from worker.preflight import explain
 
-    url = os.environ.get("DATABASE_URL") or None
-    if isinstance(exc, ValidationError) and exc.title in ("Settings", "CreditSettings"):
+    url = _configured_url()
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
         e = exc.errors()[0]
         name = "_".join(str(x) for x in e["loc"]).upper()
         return (
@@ -251,6 +252,16 @@ def _explain(exc: BaseException) -> str | None:
         text = str(exc).strip()
         return text.splitlines()[0] if text else type(exc).__name__
     return line
+
+
+def _configured_url() -> str | None:
+    """DATABASE_URL for an error message; None when it cannot be read (invalid settings)."""
+    try:
+        from worker.database import configured_database_url
+
+        return configured_database_url()
+    except Exception:
+        return None
 
 
 _command: list[str] = []  # the command being run, for _explain
@@ -291,9 +302,9 @@ def _main(argv: list[str]) -> int:
 def _database_url() -> str:
     """The database URL, validated, for a command that needs the schema."""
     from worker import preflight
-    from worker.database import resolve_database_url
+    from worker.database import configured_database_url, resolve_database_url
 
-    raw = os.environ.get("DATABASE_URL")
+    raw = configured_database_url()
     if raw:
         preflight.validate_url(raw)
     url = resolve_database_url()

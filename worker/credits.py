@@ -6,7 +6,7 @@ Reads ``GET {OPENROUTER_BASE_URL}/credits`` (``{"data": {"total_credits": X,
 - remaining credit (total_credits - total_usage) below ``OPENROUTER_CREDIT_WARN_USD``
   (default 5): warning; below ``OPENROUTER_CREDIT_CRITICAL_USD`` (default 1): critical
   (high priority). Only the more severe of the two is raised.
-- today's usage above ``OPENROUTER_DAILY_USAGE_ALERT_USD`` (default 10; 0 or empty = off).
+- today's usage above ``OPENROUTER_DAILY_USAGE_ALERT_USD`` (default 10; 0 = off).
   Today's usage is the cumulative ``total_usage`` minus the last value recorded before
   today began (or today's first check, for the first day).
 
@@ -32,33 +32,17 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.config import get_settings
+from worker.config import Settings, get_settings
 from worker.error_log import record_error
 from worker.queries import q
+from worker.redact import redact
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "openrouter"
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 LEVEL_RANK = {"ok": 0, "warning": 1, "critical": 2}
-
-
-class CreditSettings(BaseSettings):
-    """Thresholds of the credit monitor (environment or ``.env``)."""
-
-    model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", env_file_encoding="utf-8", env_ignore_empty=True
-    )
-
-    openrouter_credit_warn_usd: float = Field(default=5.0, ge=0)
-    openrouter_credit_critical_usd: float = Field(default=1.0, ge=0)
-    # None or 0: no daily-usage alert.
-    openrouter_daily_usage_alert_usd: float | None = Field(default=10.0, ge=0)
-    openrouter_alert_repeat_hours: float = Field(default=24.0, ge=0)
-    openrouter_credit_timeout_seconds: float = Field(default=15.0, gt=0)
 
 
 async def _all(
@@ -90,7 +74,7 @@ def _dec(v: Any) -> Decimal:
     return Decimal(str(v))
 
 
-def balance_level(remaining: Decimal, cfg: CreditSettings) -> str:
+def balance_level(remaining: Decimal, cfg: Settings) -> str:
     if remaining < _dec(cfg.openrouter_credit_critical_usd):
         return "critical"
     if remaining < _dec(cfg.openrouter_credit_warn_usd):
@@ -127,12 +111,10 @@ async def _deliver(conn: AsyncConnection[Any], a: dict[str, Any]) -> str:
     return str(outcome.value if hasattr(outcome, "value") else outcome)
 
 
-async def check_credits(
-    conn: AsyncConnection[Any], cfg: CreditSettings | None = None
-) -> dict[str, Any]:
-    """One check on ``conn`` (autocommit); returns what was recorded."""
-    cfg = cfg or CreditSettings()
-    settings = get_settings()
+async def check_credits(conn: AsyncConnection[Any], cfg: Settings | None = None) -> dict[str, Any]:
+    """One check on ``conn`` (autocommit); returns what was recorded. The thresholds are the
+    ``OPENROUTER_*`` fields of :class:`~worker.config.Settings` (``cfg``, else this process's)."""
+    cfg = settings = cfg or get_settings()
     if settings.openrouter_api_key is None or not settings.openrouter_api_key.get_secret_value():
         return {"skipped": "OPENROUTER_API_KEY is not set"}
     base_url = settings.openrouter_base_url or DEFAULT_BASE_URL
@@ -153,7 +135,7 @@ async def check_credits(
             cfg.openrouter_credit_timeout_seconds,
         )
     except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"[:1000]
+        row["error"] = redact(f"{type(exc).__name__}: {exc}")[:1000]
         await record_error(
             conn,
             "credit_check",

@@ -1,8 +1,16 @@
 """Finding the database and opening connections.
 
-Order: ``DATABASE_URL`` when set; else the server on 127.0.0.1:5432 when one answers; else
-an embedded Postgres (the ``pgserver`` wheel) started under ``.data/pg``. Whatever is found
-is exported as ``DATABASE_URL`` so child processes (workers, the CLI) use the same server.
+Order: ``DATABASE_URL`` when set; else the server on ``AI_WORKER_LOCAL_URL``
+(127.0.0.1:5432) when one answers; else an embedded Postgres (the ``pgserver`` wheel)
+started under ``AI_WORKER_DATA_DIR``/pg (``.data/pg``). Whatever is found is exported as
+``DATABASE_URL`` so child processes (workers, the CLI) use the same server.
+
+This module reads ``DATABASE_URL`` from ``os.environ`` (the one setting read outside
+:mod:`worker.config`, see there), on purpose: the environment is where the resolved URL is
+handed on (an embedded server this process started must not be resolved, or started, again by the
+next caller or a child process), so it is read back from there first
+(:func:`configured_database_url`); ``Settings.database_url`` (the same variable, also from
+``.env``) comes next.
 """
 
 from __future__ import annotations
@@ -15,12 +23,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from worker.config import env, get_settings
+from worker.config import get_settings
 
 log = logging.getLogger(__name__)
 
-# Overridable so the embedded fallback can be exercised on a machine that has a server.
-LOCAL_URL = env("AI_WORKER_LOCAL_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 APPLICATION_NAME = "ai-worker"
 _embedded: Any = None  # keeps the embedded server handle alive for this process
 
@@ -34,7 +40,7 @@ def _answers(url: str) -> bool:
 
 
 def embedded_data_dir() -> Path:
-    return Path(env("AI_WORKER_DATA_DIR", ".data")).resolve() / "pg"
+    return Path(get_settings().ai_worker_data_dir).resolve() / "pg"
 
 
 def start_embedded() -> str:
@@ -56,11 +62,19 @@ def start_embedded() -> str:
 
 def resolve_database_url() -> str:
     """The URL of the database to use, starting an embedded server if nothing else is."""
-    url = os.environ.get("DATABASE_URL") or get_settings().database_url
+    url = configured_database_url()
     if not url:
-        url = LOCAL_URL if _answers(LOCAL_URL) else start_embedded()
+        # Overridable so the embedded fallback can be exercised on a machine with a server.
+        local = get_settings().ai_worker_local_url
+        url = local if _answers(local) else start_embedded()
         os.environ["DATABASE_URL"] = url
     return url
+
+
+def configured_database_url() -> str | None:
+    """``DATABASE_URL`` as configured or as resolved and exported earlier (see the module
+    doc), or None when neither: the raw value, before any server is looked for."""
+    return os.environ.get("DATABASE_URL") or get_settings().database_url
 
 
 def with_database(url: str, dbname: str) -> str:

@@ -83,7 +83,7 @@ def main(n: int | None = None) -> int:
         p: settings.api_key(p) for p in ("openai", "gemini", "mistral", "perplexity", "deepseek")
     }
     have_keys = any(k is not None and k.get_secret_value() for k in keys.values())
-    demo_url = os.environ.get("DEMO_DATABASE_URL")
+    demo_url = settings.demo_database_url
     url = demo_url or _ensure_database(resolve_database_url())
     os.environ["DATABASE_URL"] = url
     dbname = psycopg.conninfo.conninfo_to_dict(url).get("dbname")

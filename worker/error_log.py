@@ -12,6 +12,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from worker.queries import q
+from worker.redact import redact, redact_value
 
 log = logging.getLogger("worker.errors")
 
@@ -28,6 +29,8 @@ async def record_error(
     fingerprint: str | None = None,
 ) -> int:
     """Upsert the error; return how often it has now been seen (0 if recording failed)."""
+    message = redact(message)
+    detail = redact_value(detail) if detail else None
     fp = (
         fingerprint
         or hashlib.sha1(

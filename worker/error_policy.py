@@ -40,6 +40,7 @@ import openai
 import pydantic
 
 from worker.errors import ErrorKind, ProviderError
+from worker.redact import redact as redact_text
 
 K = ErrorKind
 
@@ -687,11 +688,8 @@ class BatchFailure:
 
 
 def redact(text: str) -> str:
-    """Provider text with anything key-like masked (messages may echo a key prefix)."""
-    return _SECRET.sub("***", text)[:_MESSAGE_LIMIT]
-
-
-_SECRET = re.compile(r"\b(?:sk|key|AIza)[-_A-Za-z0-9]{8,}")
+    """Provider text through the one redaction step (:mod:`worker.redact`), bounded."""
+    return redact_text(text)[:_MESSAGE_LIMIT]
 
 
 def classify_batch_failure(

@@ -59,12 +59,16 @@ class ProviderError(WorkerError):
         code: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # Provider text is redacted where it enters: some gateways echo the key they got.
+        from worker.redact import redact
+
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.provider = provider
         self.status_code = status_code
-        self.code = code
+        self.code = redact(code) if code else code
         self.retry_after = retry_after
 
     @property

@@ -1,4 +1,14 @@
-"""Readiness checks behind ``/ready``: database reachable, LISTEN alive, worker heartbeat fresh.
+"""The HTTP endpoints of ``python -m worker run`` (``METRICS_PORT``) and the readiness checks.
+
+``serve(port)`` answers, over plain HTTP/1.1 (asyncio streams, one request per connection;
+prometheus-client's own server is a thread per request and cannot await the checks below):
+
+- ``GET /metrics``  Prometheus text format, rendered by prometheus-client (:mod:`worker.metrics`)
+- ``GET /health``   liveness: 200 while the process's event loop answers
+- ``GET /ready``    readiness: 200 when the database answers, LISTEN/NOTIFY round-trips and a
+                    worker heartbeat is fresh; 503 with the failing check otherwise
+
+Readiness checks: database reachable, LISTEN alive, worker heartbeat fresh.
 
 - *database*: ``SELECT 1`` on a fresh connection within a timeout.
 - *listen*: this process keeps one connection LISTENing on ``ai_worker_health``; the check
@@ -13,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,3 +177,136 @@ async def readiness(
         except Exception as exc:
             out.checks["heartbeat"] = Check(False, f"{type(exc).__name__}: {exc}")
     return out
+
+
+# --------------------------------------------------------------------------- HTTP
+
+_STARTED = time.time()
+
+
+@dataclass
+class _ServerState:
+    probe: ListenProbe
+    url: str | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_SERVERS: dict[int, _ServerState] = {}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+async def _respond(
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: bytes | str,
+    content_type: str,
+    head: bool = False,
+) -> None:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    headers = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(data)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    writer.write(headers.encode("ascii") + (b"" if head else data))
+    await writer.drain()
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, default=str) + "\n"
+
+
+async def _handle(
+    state: _ServerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    from worker import metrics
+
+    try:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            return
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3:
+            await _respond(writer, 400, "bad request\n", "text/plain")
+            return
+        method, target, _ = parts
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            await _respond(writer, 405, "GET only\n", "text/plain")
+            return
+        is_head = method == "HEAD"
+        if path == "/metrics":
+            async with state.lock:
+                body = await metrics.render_metrics(state.url)
+            await _respond(writer, 200, body, metrics.CONTENT_TYPE, is_head)
+        elif path in ("/health", "/healthz"):
+            up = round(time.time() - _STARTED, 1)
+            body_s = _json({"status": "ok", "pid": os.getpid(), "uptime_seconds": up})
+            await _respond(writer, 200, body_s, "application/json", is_head)
+        elif path in ("/ready", "/readyz"):
+            result = await readiness(state.probe, url=state.url)
+            code = 200 if result.ok else 503
+            await _respond(writer, code, _json(result.as_dict()), "application/json", is_head)
+        elif path == "/":
+            await _respond(writer, 200, "ai-worker: /metrics /health /ready\n", "text/plain")
+        else:
+            await _respond(writer, 404, "not found\n", "text/plain", is_head)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    except Exception:
+        log.exception("metrics endpoint failed")
+        with contextlib.suppress(Exception):
+            await _respond(writer, 500, "internal error\n", "text/plain")
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+            await writer.wait_closed()
+
+
+async def serve(port: int, host: str = "0.0.0.0", *, url: str | None = None) -> asyncio.Server:
+    """Start serving /metrics, /health and /ready; stop with :func:`shutdown`.
+
+    ``port=0`` binds any free port (read it from ``server.sockets[0].getsockname()[1]``).
+    ``url``: the database (default: the worker's, see :mod:`worker.database`).
+    """
+    state = _ServerState(probe=ListenProbe(url), url=url)
+    # reuse_port: the processes of `run --processes N` share the port (the kernel spreads
+    # scrapes over them; the database figures are the same from each).
+    server = await asyncio.start_server(
+        lambda r, w: _handle(state, r, w),
+        host=host,
+        port=port,
+        reuse_address=True,
+        reuse_port=hasattr(socket, "SO_REUSEPORT") and port != 0,
+    )
+    state.probe.start()
+    _SERVERS[id(server)] = state
+    bound = ", ".join(str(s.getsockname()[:2]) for s in server.sockets)
+    log.info("metrics and health endpoints on %s", bound)
+    return server
+
+
+def probe_of(server: asyncio.Server) -> ListenProbe | None:
+    """The LISTEN probe of a server started by :func:`serve`."""
+    state = _SERVERS.get(id(server))
+    return None if state is None else state.probe
+
+
+async def shutdown(server: asyncio.Server) -> None:
+    """Stop accepting, close the server and its LISTEN probe connection."""
+    server.close()
+    state = _SERVERS.pop(id(server), None)
+    if state is not None:
+        await state.probe.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 5.0)

@@ -24,6 +24,7 @@ from worker.error_policy import FREE_LINE_CODES
 from worker.providers.base import ResultLine
 from worker.queries import q
 from worker.question_input import clean_text
+from worker.redact import redact, redact_opt
 from worker.schemas import OutputError, parse_commentary, parse_summary
 from worker.settings_row import CommentarySettings
 
@@ -144,7 +145,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
         except OutputError as exc:
             error = f"invalid_output: {exc}"
     else:
-        error = f"{line.error_code or 'error'}: {line.error_message or 'request failed'}"
+        error = redact(f"{line.error_code or 'error'}: {line.error_message or 'request failed'}")
     return (
         question_id,
         False,
@@ -303,7 +304,7 @@ async def ingest_lines(
         await conn.execute(q("record_cost_events"), params)
         await conn.execute(q("mark_succeeded"), params)
         await conn.execute(q("mark_line_failed"), params)
-        cur = await conn.execute(q("mark_missing"), {**params, "error": missing_reason})
+        cur = await conn.execute(q("mark_missing"), {**params, "error": redact_opt(missing_reason)})
         missing = [r[0] for r in await cur.fetchall()]
         counts.missing = len(missing)
         counts.question_ids = seen | set(missing)

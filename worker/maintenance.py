@@ -34,9 +34,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker import custom_ids
-from worker.config import env
+from worker.alerts import flush_held
+from worker.config import get_settings
 from worker.error_log import record_error
 from worker.queries import q
+from worker.queue_app import app
 from worker.retention import apply_retention
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ worker running the same call are not bad luck any more."""
 
 def stalled_seconds() -> float:
     """Seconds without a heartbeat after which a worker counts as dead."""
-    return max(1.0, float(env("WORKER_STALLED_SECONDS", "30")))
+    return get_settings().worker_stalled_seconds
 
 
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
@@ -64,6 +66,9 @@ async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
         detail["stalled_jobs"] = await requeue_stalled_jobs()
         await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
+        digest = await flush_held(conn)
+        if digest is not None:
+            detail["alert_digest"] = digest.value
         detail["retention"] = await apply_retention(conn)
     return {k: v for k, v in detail.items() if v}
 
@@ -200,8 +205,6 @@ async def requeue_stalled_jobs() -> int:
     """Jobs left ``doing`` by a worker without a heartbeat go back to ``todo``; if a job
     with the same queueing lock already waits, the stalled one is marked failed instead
     (the waiting one does the same, idempotent work)."""
-    from worker.queue_app import app
-
     n = 0
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_seconds()):
         try:

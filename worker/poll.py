@@ -30,11 +30,12 @@ from psycopg_pool import AsyncConnectionPool
 from worker import metrics
 from worker.config import get_settings
 from worker.error_log import record_error
-from worker.error_policy import BatchCause, BatchFailure, classify_batch_failure, redact
+from worker.error_policy import BatchCause, BatchFailure, classify_batch_failure
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.ingest import IngestCounts, ingest_lines
 from worker.providers.base import BatchState, BatchStatus, ResultLine
 from worker.queries import q
+from worker.redact import redact, redact_opt
 from worker.routing import providers
 from worker.settings_row import CommentarySettings
 
@@ -83,7 +84,7 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
         except ConfigError as exc:
             await record_error(conn, "settings", str(exc), fingerprint="settings:invalid")
             await defer_poll(conn, batch_job_id, 60)
-            return {"error": str(exc)}
+            return {"error": redact(str(exc))}
         async with conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(q("lock_batch"), {"id": batch_job_id})
@@ -314,7 +315,7 @@ async def finish(
             "missing": counts.missing,
             "input_tokens": counts.input_tokens,
             "output_tokens": counts.output_tokens,
-            "error": error,
+            "error": redact_opt(error),
         },
     )
     from worker import resilience

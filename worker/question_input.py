@@ -68,6 +68,7 @@ from psycopg import AsyncConnection
 
 from worker.error_log import record_error
 from worker.queries import q
+from worker.redact import redact
 
 MAX_QUESTION_CHARS = 100_000
 MAX_SUBJECT_CHARS = 1_000
@@ -190,7 +191,9 @@ async def fail_questions(conn: AsyncConnection[Any], bad: Mapping[Any, str]) -> 
     each once (kind ``bad_question``), in the caller's transaction."""
     if not bad:
         return
-    cur = await conn.execute(q("fail_questions"), {"ids": list(bad), "reasons": list(bad.values())})
+    cur = await conn.execute(
+        q("fail_questions"), {"ids": list(bad), "reasons": [redact(r) for r in bad.values()]}
+    )
     # Recorded once, by the submit that failed the question (others may judge it too).
     for (qid,) in await cur.fetchall():
         await record_error(

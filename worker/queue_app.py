@@ -4,6 +4,9 @@ or ``python -m worker run``.
 The connection pool is created when the app opens, from ``DATABASE_URL`` (or the discovered
 server, see :mod:`worker.database`), so importing this module never connects. Task code
 borrows connections from the same pool: one pool per process.
+
+Import order: the pipeline modules may import this one; the tasks (:mod:`worker.tasks`)
+import the pipeline and this app; nothing here imports back.
 """
 
 from __future__ import annotations
@@ -61,10 +64,11 @@ def _pool_factory(**kwargs: Any) -> psycopg_pool.AsyncConnectionPool:
     )
 
 
+# The task definitions (worker.tasks) register themselves on `app` when imported. This
+# module does not import them (they import the pipeline, which imports this app: a cycle);
+# Procrastinate imports `import_paths` itself before a worker runs or a task is looked up by
+# name (`App.perform_import_paths`), and `worker.app` loads them too.
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(pool_factory=_pool_factory),
     import_paths=["worker.tasks"],
 )
-
-# Task definitions register themselves on `app` when imported.
-import worker.tasks  # noqa: E402,F401

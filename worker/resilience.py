@@ -35,11 +35,12 @@ from psycopg.rows import dict_row
 
 from worker import breaker
 from worker.alerts import Priority, alert
-from worker.config import env
+from worker.config import get_settings
 from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.base import BatchState
 from worker.queries import q
+from worker.redact import redact
 from worker.settings_row import CommentarySettings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ RESUME_SQL = "SELECT worker_resume_provider('{provider}');"
 
 
 def budget_timezone() -> str:
-    return env("BUDGET_TIMEZONE", "UTC")
+    return get_settings().budget_timezone
 
 
 async def blocked_providers(
@@ -85,7 +86,7 @@ async def provider_gates(
             if include_stops:
                 cur = await conn.execute(q("active_stops"))
                 stopped = {r[0] for r in await cur.fetchall()}
-            cfg = breaker.BreakerConfig.from_env()
+            cfg = breaker.BreakerConfig.current()
             blocked, probing = await breaker.blocked(conn, cfg, providers)
             for provider in probing:
                 # If the probe goes unused, a submit right after it expires takes it again.
@@ -193,7 +194,7 @@ async def on_provider_error(
 
 async def _stop_provider(conn: AsyncConnection[Any], provider: str, err: ProviderError) -> None:
     kind = STOP_KINDS[err.kind]
-    reason = str(err)[:2000]
+    reason = redact(str(err))[:2000]
     disabled = False
     async with conn.transaction():
         cur = await conn.execute(
@@ -241,7 +242,7 @@ async def _stop_provider(conn: AsyncConnection[Any], provider: str, err: Provide
 async def _count_failure(
     conn: AsyncConnection[Any], provider: str, err: ProviderError, count: int = 1
 ) -> None:
-    cfg = breaker.BreakerConfig.from_env()
+    cfg = breaker.BreakerConfig.current()
     async with conn.transaction():
         health, opened = await breaker.record_failure(
             conn, provider, err.kind, str(err), cfg, count

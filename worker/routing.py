@@ -3,35 +3,14 @@
 A route (provider, model, mode) comes from the settings row; credentials and base URLs come
 from the process settings. A provider without a key is "not configured": its work waits and
 the reason is recorded, nothing is lost. ``mock`` answers locally and deterministically
-(development without cost)."""
+(development without cost, :mod:`worker.providers.mock`)."""
 
 from __future__ import annotations
 
-import json
-
 from worker.config import Settings, get_settings
 from worker.errors import ConfigError
-from worker.providers.base import BatchProvider, ChatProvider, ChatRequest, ResultLine
-
-
-class MockChat:
-    """A deterministic, free, offline chat provider: schema-valid JSON seeded by the input."""
-
-    name = "mock"
-
-    async def complete(self, model: str, request: ChatRequest) -> ResultLine:
-        from worker.emulator.content import count_tokens, generate_json, seed_from
-
-        value = generate_json(request.json_schema, seed_from(model, request.user_prompt))
-        text = json.dumps(value, ensure_ascii=False)
-        return ResultLine(
-            custom_id=request.custom_id,
-            ok=True,
-            text=text,
-            input_tokens=count_tokens(request.system_prompt + request.user_prompt),
-            output_tokens=count_tokens(text),
-            model_version=f"mock-{model}",
-        )
+from worker.providers.base import BatchProvider, ChatProvider
+from worker.providers.mock import MockChat
 
 
 class Providers:
@@ -70,6 +49,7 @@ class Providers:
                 provider,
                 self._key(provider),
                 self.settings.base_url(provider),
+                self.settings.provider_headers(provider),
                 timeout=self.settings.provider_timeout_seconds,
             )
         return self._chat[provider]

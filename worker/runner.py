@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from typing import Any
 from procrastinate.worker import Worker
 
 from worker import wakeups
-from worker.config import env, get_settings
+from worker.config import get_settings
 from worker.database import aconnect, resolve_database_url
 from worker.queue_app import (
     ALL_QUEUES,
@@ -70,7 +71,7 @@ SELECT
 
 
 def shutdown_graceful_seconds() -> float:
-    return float(env("SHUTDOWN_GRACEFUL_SECONDS", "60"))
+    return get_settings().shutdown_graceful_seconds
 
 
 # Workers of one process start this far apart, so their heartbeats and polls do not hit
@@ -356,10 +357,10 @@ async def run_async(
             loop.add_signal_handler(sig, stop.set)
     metrics_server: asyncio.Server | None = None
     if settings.metrics_port is not None:
-        from worker import metrics
+        from worker import health
 
         try:
-            metrics_server = await metrics.serve(settings.metrics_port)
+            metrics_server = await health.serve(settings.metrics_port)
         except OSError as exc:
             log.error(
                 "cannot serve metrics on port %s (%s); continuing without",
@@ -368,6 +369,7 @@ async def run_async(
             )
     cap_pool_reconnect_backoff()
     await _open_app_with_retry()
+    process_id = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
     await _sizer._resize()  # idle until a job starts
     hub = wakeups.Wakeups(url, [wakeups.queue_channel(q) for q in queues] + [wakeups.DRAIN_CHANNEL])
     listener: asyncio.Task[None] | None = None
@@ -386,6 +388,7 @@ async def run_async(
         ]
         if "maintenance" in queues:
             workers.append(asyncio.create_task(_tick_loop(float(settings.tick_seconds))))
+        workers.append(asyncio.create_task(_process_heartbeat(process_id, queues)))
         waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if until_idle:
             waiters.append(asyncio.create_task(_wait_idle(timeout)))
@@ -407,15 +410,53 @@ async def run_async(
         if listener is not None:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
+        await _process_gone(process_id)
         await app.close_async()
         if metrics_server is not None:
-            from worker import metrics
+            from worker import health
 
-            await metrics.shutdown(metrics_server)
+            await health.shutdown(metrics_server)
     if until_idle and not idle_ok and not stop.is_set():
         log.error("not idle after %.0fs", timeout or 0)
         return 1
     return 0
+
+
+PROCESS_BEAT_SECONDS = 5.0
+
+
+async def _process_heartbeat(process_id: str, queues: Sequence[str]) -> None:
+    """Keep this process's row in worker_processes fresh (``status`` counts processes by
+    it; Procrastinate's own table has one row per queue worker)."""
+    from worker.queries import q
+
+    params = {
+        "id": process_id,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "queues": list(queues),
+    }
+    warned = False
+    while True:
+        try:
+            async with app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+                await conn.execute(q("process_beat"), params)
+            warned = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not warned:
+                log.warning("could not record this process's heartbeat: %s", exc)
+                warned = True
+        await asyncio.sleep(PROCESS_BEAT_SECONDS)
+
+
+async def _process_gone(process_id: str) -> None:
+    from worker.queries import q
+
+    with contextlib.suppress(Exception):
+        async with app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+            await conn.execute(q("process_gone"), {"id": process_id})
 
 
 def run_processes(n: int, *, until_idle: bool, timeout: float | None) -> int:

@@ -1,17 +1,24 @@
 """``python -m worker status [--json]``: what the worker is doing, read from the database.
 
-Sections: questions by status (with the oldest pending), queue jobs, workers' heartbeat,
-realtime ai_jobs (when that lane is installed), provider batches in flight (age and raw
-provider state), providers stopped or with an open breaker (when the resilience tables
-exist), spend today, the last OpenRouter credit check and the last errors.
+Sections: questions by status (with the oldest pending), queue jobs, worker processes
+(``worker_processes``; Procrastinate's own table has one row per queue worker), realtime
+ai_jobs, provider batches in flight (age and raw provider state), providers stopped (with
+the reason and the exact statement that resumes them) or with an open breaker, spend today,
+the last OpenRouter credit check, and an operator's day: alerts of the last 24 h (how each
+was delivered), failed questions with the reason of their last failed request, failed
+realtime jobs and failed/expired/cancelled/abandoned batches of the last 24 h with the
+provider's reason, and the last errors.
 
-Exit code 0; 2 when the database cannot be reached.
+Everything printed passes the one redaction step (:mod:`worker.redact`). A closed pipe
+(``status | head``) ends the command quietly. Exit code 0; 2 when the database cannot be
+reached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import date, datetime
 from decimal import Decimal
@@ -22,7 +29,8 @@ import psycopg
 import psycopg.errors
 
 from worker.database import aconnect, resolve_database_url
-from worker.metrics import (
+from worker.metrics import HEARTBEAT_FRESH_SECONDS
+from worker.ops_reads import (
     OPEN_BREAKER_STATES,
     active_stops,
     ai_job_counts,
@@ -31,9 +39,17 @@ from worker.metrics import (
     breaker_states,
 )
 from worker.queries import q
+from worker.redact import redact
 
 LAST_ERRORS = 5
 BATCH_LIMIT = 20
+DAY_LIMIT = 10  # alerts, failed questions, jobs and batches listed (counts are complete)
+
+
+def resume_statement(provider: str) -> str:
+    """The exact SQL that lifts a provider stop (schema 0011)."""
+    quoted = provider.replace("'", "''")
+    return f"SELECT worker_resume_provider('{quoted}');"
 
 
 async def _rows(
@@ -81,6 +97,13 @@ async def snapshot(url: str | None = None) -> dict[str, Any]:
         breakers = await breaker_states(conn)
         stops = await active_stops(conn)
         db = (await _rows(conn, "ops_database"))[0]
+        processes = await _rows(conn, "ops_process_list")
+        alerts = await _rows(conn, "ops_alerts_24h", {"limit": DAY_LIMIT})
+        failed_q = await _rows(conn, "ops_failed_questions", {"limit": DAY_LIMIT})
+        failed_q_n = (await _rows(conn, "ops_failed_questions_count"))[0]["n"]
+        failed_jobs = await _rows(conn, "ops_failed_jobs", {"limit": DAY_LIMIT})
+        failed_jobs_n = (await _rows(conn, "ops_failed_jobs_count"))[0]["n"]
+        failed_batches = await _rows(conn, "ops_failed_batches", {"limit": DAY_LIMIT})
 
     spend_rows = [
         {
@@ -108,7 +131,9 @@ async def snapshot(url: str | None = None) -> dict[str, Any]:
         for r in job_spend or []
     ]
     providers: dict[str, Any] = {
-        "stopped": None if stops is None else stops,
+        "stopped": None
+        if stops is None
+        else [{**r, "resume": resume_statement(r["provider"])} for r in stops],
         "breakers_open": None
         if breakers is None
         else [b for b in breakers if str(b["state"]).lower() in OPEN_BREAKER_STATES],
@@ -138,8 +163,12 @@ async def snapshot(url: str | None = None) -> dict[str, Any]:
             for name, counts in sorted(jobs.items())
         },
         "workers": {
-            "registered": int(workers["workers"]),
-            "fresh": int(workers["fresh"]),
+            "processes": sum(
+                1 for p in processes if p["heartbeat_age_seconds"] <= HEARTBEAT_FRESH_SECONDS
+            ),
+            "process_list": processes,
+            "queue_workers_registered": int(workers["workers"]),
+            "queue_workers_fresh": int(workers["fresh"]),
             "newest_heartbeat_age_seconds": workers["newest_heartbeat_age_seconds"],
         },
         "ai_jobs": None
@@ -162,6 +191,14 @@ async def snapshot(url: str | None = None) -> dict[str, Any]:
         },
         "openrouter_credits": credit[0] if credit else None,
         "errors": {"last": errors, "last_24h_by_kind": errors_24h},
+        "alerts_24h": alerts,
+        "failed": {
+            "questions": int(failed_q_n),
+            "question_list": failed_q,
+            "jobs_24h": int(failed_jobs_n),
+            "job_list": failed_jobs,
+            "batches_24h": failed_batches,
+        },
     }
     plain: dict[str, Any] = _plain(out)
     return plain
@@ -198,6 +235,58 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     fmt = indent + "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*header).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+
+
+def _short(text: Any, limit: int = 100) -> str:
+    msg = " ".join(str(text or "").split())
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+def _day_section(s: dict[str, Any]) -> list[str]:
+    """Alerts of the last 24 h, failed questions, jobs and batches with their reasons."""
+    lines: list[str] = []
+    alerts = s["alerts_24h"]
+    lines.append(f"Alerts (24 h)  {len(alerts) if alerts else 'none'}")
+    for a in alerts:
+        how = a["status"]
+        if a["status"] == "rate_limited":
+            how = "held back, sent in a digest" if a["delivered_with"] else "held back"
+        extra = f" ×{1 + a['suppressed']}" if a["suppressed"] else ""
+        lines.append(f"  {_age(a['age_seconds']):>8} ago  [{how}]{extra} {_short(a['title'], 90)}")
+    f = s["failed"]
+    if f["questions"]:
+        lines.append(f"Failed questions {f['questions']:,}")
+        for r in f["question_list"]:
+            reason = r["last_error"] or "no reason recorded"
+            where = f"{r['model_key']}: " if r["model_key"] else ""
+            lines.append(f"  {r['id']}  {where}{_short(reason, 90)}")
+        if f["questions"] > len(f["question_list"]):
+            lines.append(f"  … and {f['questions'] - len(f['question_list']):,} more")
+    if f["jobs_24h"]:
+        lines.append(f"Failed realtime jobs (24 h) {f['jobs_24h']:,}")
+        for r in f["job_list"]:
+            lines.append(
+                f"  #{r['id']} {r['kind']} {r['provider'] or '-'}/{r['model'] or '-'}"
+                f" ({r['error_kind'] or 'error'}, {r['attempts']} failed calls):"
+                f" {_short(r['error'], 80)}"
+            )
+        if f["jobs_24h"] > len(f["job_list"]):
+            lines.append(f"  … and {f['jobs_24h'] - len(f['job_list']):,} more")
+    if f["batches_24h"]:
+        lines.append("Failed batches (24 h)")
+        for r in f["batches_24h"]:
+            state = r["state"]
+            if r["provider_status"] and r["provider_status"] != state:
+                state += f"/{r['provider_status']}"
+            lines.append(
+                f"  {_age(r['age_seconds']):>8} ago  {r['provider']} {r['stage']}"
+                f" {r['model_key'] or ''} {state}"
+                + (f" [{r['failure_cause']}]" if r.get("failure_cause") else "")
+                + f" ({r['request_count']} requests,"
+                f" {r['batch_id'] or 'never created'}): {_short(r['error'] or 'no reason given', 80)}"
+            )
+    lines.append("")
+    return lines
 
 
 def render_text(s: dict[str, Any]) -> str:
@@ -243,10 +332,21 @@ def render_text(s: dict[str, Any]) -> str:
         queue_parts.append(bit)
     lines.append("Queue          " + ("; ".join(queue_parts) if queue_parts else "empty"))
     w = s["workers"]
-    if w["registered"]:
+    if w["processes"]:
         lines.append(
-            f"Workers        {w['fresh']} alive of {w['registered']} registered"
-            f" (last heartbeat {_age(w['newest_heartbeat_age_seconds'])} ago)"
+            f"Workers        {w['processes']} process{'es' if w['processes'] != 1 else ''}"
+            f" alive ({w['queue_workers_fresh']} queue workers;"
+            f" last heartbeat {_age(w['newest_heartbeat_age_seconds'])} ago)"
+        )
+        for p in w["process_list"]:
+            if p["heartbeat_age_seconds"] > HEARTBEAT_FRESH_SECONDS:
+                continue
+            lines.append(f"               {p['hostname']} pid {p['pid']}: {', '.join(p['queues'])}")
+    elif w["queue_workers_registered"]:
+        lines.append(
+            f"Workers        no process alive ({w['queue_workers_fresh']} of"
+            f" {w['queue_workers_registered']} queue workers beat;"
+            f" last heartbeat {_age(w['newest_heartbeat_age_seconds'])} ago)"
         )
     else:
         lines.append("Workers        none running")
@@ -291,16 +391,22 @@ def render_text(s: dict[str, Any]) -> str:
     if p["stopped"] is None and p["breakers"] is None:
         lines.append("Providers      (resilience tables not installed)")
     else:
-        issues = [
-            f"{r['provider']} STOPPED ({r['reason'] or 'no reason'}"
-            + (f", since {str(r['since'])[:16].replace('T', ' ')}" if r.get("since") else "")
-            + ")"
-            for r in p["stopped"] or []
-        ]
-        issues += [
-            f"{r['provider']} breaker {r['state'].upper()}" for r in p["breakers_open"] or []
-        ]
-        lines.append("Providers      " + ("; ".join(issues) if issues else "all running"))
+        issues = [f"{r['provider']} breaker {r['state'].upper()}" for r in p["breakers_open"] or []]
+        stopped = p["stopped"] or []
+        if not stopped:
+            lines.append("Providers      " + ("; ".join(issues) if issues else "all running"))
+        else:
+            lines.append(
+                f"Providers      {len(stopped)} STOPPED"
+                + ("; " + "; ".join(issues) if issues else "")
+            )
+            for r in stopped:
+                since = str(r["since"])[:16].replace("T", " ") if r.get("since") else "-"
+                lines.append(
+                    f"  {r['provider']} stopped ({r.get('kind') or 'stop'}) since {since}:"
+                    f" {_short(r['reason'] or 'no reason', 110)}"
+                )
+                lines.append(f'    resume with: psql -c "{r["resume"]}"')
 
     sp = s["spend_today"]
     lines.append(f"Spend today    {_usd(sp['total_usd'])}")
@@ -334,6 +440,7 @@ def render_text(s: dict[str, Any]) -> str:
         )
     lines.append("")
 
+    lines += _day_section(s)
     e = s["errors"]
     if e["last_24h_by_kind"]:
         kinds = ", ".join(
@@ -362,16 +469,26 @@ def main(as_json: bool = False) -> int:
         url = resolve_database_url()
         data = asyncio.run(snapshot(url))
     except (psycopg.OperationalError, OSError) as exc:
-        print(f"error: database not reachable: {exc}", file=sys.stderr)
+        print(redact(f"error: database not reachable: {exc}"), file=sys.stderr)
         return 2
     except psycopg.errors.InsufficientPrivilege as exc:
         from worker import rights
 
         role = psycopg.conninfo.conninfo_to_dict(url).get("user") or "?"
-        print(f"error: {rights.explain(exc, str(role))}", file=sys.stderr)
+        print(redact(f"error: {rights.explain(exc, str(role))}"), file=sys.stderr)
         return 2
-    if as_json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
-    else:
-        sys.stdout.write(render_text(data))
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n" if as_json else render_text(data)
+    return write_out(redact(text))
+
+
+def write_out(text: str) -> int:
+    """Print ``text``; a reader that went away (``status | head``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0

@@ -37,6 +37,7 @@ from worker.providers import idempotent
 from worker.providers.base import ChatRequest, ResultLine
 from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.queries import q
+from worker.redact import redact
 from worker.routing import providers
 from worker.schemas import COMMENTARY_SCHEMA, COMMENTARY_SCHEMA_FOUR, SUMMARY_SCHEMA
 from worker.settings_row import CommentarySettings, parse_settings
@@ -447,7 +448,7 @@ async def abandon_intent(
     notify: bool = True,
 ) -> None:
     kind = exc.kind.value if isinstance(exc, ProviderError) else "submit_error"
-    message = f"batch submission failed: {exc}"
+    message = redact(f"batch submission failed: {exc}")
     async with conn.transaction():
         await conn.execute(q("batch_abandoned"), {"id": job_id, "error": message[:2000]})
     if not notify:
@@ -462,6 +463,17 @@ async def abandon_intent(
     )
     from worker import resilience
 
+    if not (isinstance(exc, ProviderError) and exc.kind in resilience.STOP_KINDS):
+        # A stop (quota, auth) raises its own critical alert; anything else alerts here.
+        from worker.alerts import alert
+
+        await alert(
+            conn,
+            f"submit:{provider_name}:{kind}",
+            f"{provider_name}: batch submission failed ({kind})",
+            f"{message}\nThe requests go back to waiting and are retried; see"
+            " `python -m worker status` and worker_errors.",
+        )
     await resilience.on_provider_error(conn, provider_name, exc)
 
 
@@ -588,7 +600,7 @@ async def _instant_round(
                 {
                     "owner": owner,
                     "ids": [custom_ids.parse(r.custom_id)[0] for r in free],
-                    "error": (free[0].error_message or "transient provider error")[:2000],
+                    "error": redact(free[0].error_message or "transient provider error")[:2000],
                 },
             )
             gone = {id(r) for r in free}
@@ -634,7 +646,7 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
             settings = await load_settings(conn)
         except ConfigError as exc:
             await record_error(conn, "settings", str(exc), fingerprint="settings:invalid")
-            return {"error": str(exc)}
+            return {"error": redact(str(exc))}
         if not settings.feature_enabled:
             return {"feature_enabled": False}
         from worker import resilience

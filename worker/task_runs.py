@@ -40,6 +40,7 @@ async def recorded_run(
         record.outcome = f"error: {type(exc).__name__}"
         if not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
             await _record_crash(pool, task_name, job_id, exc)
+            await _alert_crash(pool, task_name, exc)
         raise
     finally:
         try:
@@ -71,3 +72,21 @@ async def _record_crash(
             )
     except Exception:
         log.exception("could not record the failure of task %s", task_name)
+
+
+async def _alert_crash(pool: AsyncConnectionPool, task_name: str, exc: BaseException) -> None:
+    """A task that ended in an exception alerts (one alert per task and exception class
+    per dedup window, like the old system's crash alerts). Never raises."""
+    from worker.alerts import alert
+
+    try:
+        async with pool.connection(timeout=10) as conn:
+            await alert(
+                conn,
+                f"task:{task_name}:{type(exc).__name__}",
+                f"ai-worker task {task_name} crashed: {type(exc).__name__}",
+                f"{type(exc).__name__}: {str(exc)[:800]}\nThe task runs again at its next"
+                " wake-up; see worker_errors and `python -m worker status`.",
+            )
+    except Exception:
+        log.exception("could not alert the crash of task %s", task_name)

@@ -9,8 +9,14 @@ from __future__ import annotations
 from procrastinate import JobContext
 from psycopg_pool import AsyncConnectionPool
 
+from worker import credits, maintenance
+from worker import poll as poll_stage
+from worker import submit as submit_stage
 from worker.queue_app import QUEUE_MAINTENANCE, QUEUE_POLL, QUEUE_REALTIME, QUEUE_SUBMIT, app
+from worker.realtime import drain as drain_stage
 from worker.task_runs import recorded_run
+
+__all__ = ["app", "credit_check", "drain", "poll", "submit", "tick"]
 
 
 def _pool() -> AsyncConnectionPool:
@@ -22,8 +28,6 @@ def _pool() -> AsyncConnectionPool:
 async def submit(context: JobContext) -> None:
     """Claim pending questions and send them to the providers."""
     async with recorded_run(_pool(), "submit", context.job.id) as run:
-        from worker import submit as submit_stage
-
         run.detail = await submit_stage.run_submit(_pool())
 
 
@@ -31,8 +35,6 @@ async def submit(context: JobContext) -> None:
 async def poll(context: JobContext, batch_job_id: str) -> None:
     """Check one provider batch; ingest it when finished, else reschedule itself."""
     async with recorded_run(_pool(), "poll", context.job.id) as run:
-        from worker import poll as poll_stage
-
         run.detail = await poll_stage.run_poll(_pool(), batch_job_id)
 
 
@@ -41,8 +43,6 @@ async def poll(context: JobContext, batch_job_id: str) -> None:
 async def tick(context: JobContext, timestamp: int) -> None:
     """Safety net every minute: wake submit and polls whose notifications were lost."""
     async with recorded_run(_pool(), "tick", context.job.id) as run:
-        from worker import maintenance
-
         run.detail = await maintenance.run_tick(_pool())
 
 
@@ -50,8 +50,6 @@ async def tick(context: JobContext, timestamp: int) -> None:
 async def drain(context: JobContext) -> None:
     """Claim due ai_jobs rows and run them at provider speed; re-defers itself while work remains."""
     async with recorded_run(_pool(), "drain", context.job.id) as run:
-        from worker.realtime import drain as drain_stage
-
         run.detail = await drain_stage.run_drain(_pool())
 
 
@@ -62,6 +60,4 @@ async def drain(context: JobContext) -> None:
 async def credit_check(context: JobContext, timestamp: int) -> None:
     """Hourly: read provider credit balances (OpenRouter) and alert below thresholds."""
     async with recorded_run(_pool(), "credit_check", context.job.id) as run:
-        from worker import credits
-
         run.detail = await credits.run_credit_check(_pool())

@@ -19,6 +19,7 @@ BENCHES = [
     ("pipeline", ["tests.bench.bench_pipeline"]),
     ("realtime", ["tests.bench.bench_realtime"]),
     ("emulator", ["tests.bench.bench_emulator"]),
+    ("metrics", ["tests.bench.bench_metrics"]),
     ("footprint", ["tests.bench.bench_footprint"]),
     ("peers", ["tests.bench.bench_peers"]),
     ("drain", ["tests.bench.bench_drain"]),

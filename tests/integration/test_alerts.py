@@ -14,8 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 
-from worker.alerts import AlertPolicy, Outcome, Priority, alert, send_pushover
+from tests.fixtures.settings import configure
+from worker.alerts import AlertPolicy, Outcome, Priority, alert, flush_held, send_pushover
 from worker.config import get_settings
 
 
@@ -163,20 +165,24 @@ async def test_global_rate_limit_holds_back_and_reports(
     assert outcomes == [Outcome.SENT] * 5 + [Outcome.RATE_LIMITED] * 3
     assert len(pushover.messages) == 5
     # high priority (provider stopped) is never held back, and reports what was
-    statuses = [r["status"] for r in alerts(db)]
     assert (
         await alert(aconn, "stop", "T", "stop", priority=Priority.HIGH, policy=policy)
         is Outcome.SENT
     )
     assert pushover.messages[-1]["message"].startswith("stop")
-    assert "+3 more alerts held back" in pushover.messages[-1]["message"]
-    statuses = [r["status"] for r in alerts(db)]
-    assert statuses == ["sent"] * 5 + ["rate_limited"] * 3 + ["sent"]
+    # ... and carries them: their titles, in a digest
+    assert "3 alert(s) held back by the rate limit:" in pushover.messages[-1]["message"]
+    assert [m.split(" ", 2)[2] for m in pushover.messages[-1]["message"].splitlines()[-3:]] == [
+        "T"
+    ] * 3
+    rows = alerts(db)
+    assert [r["status"] for r in rows] == ["sent"] * 5 + ["rate_limited"] * 3 + ["sent"]
+    assert [r["delivered_with"] for r in rows[5:8]] == [rows[8]["id"]] * 3
     # still over the limit for normal alerts; once the window has passed, they go out again
     assert await alert(aconn, "key9", "T", "m9", policy=policy) is Outcome.RATE_LIMITED
     await asyncio.sleep(1.1)
     assert await alert(aconn, "later", "T", "later", policy=policy) is Outcome.SENT
-    assert "+1 more alerts held back" in pushover.messages[-1]["message"]
+    assert "1 alert(s) held back by the rate limit:" in pushover.messages[-1]["message"]
     assert len(pushover.messages) == 7
 
 
@@ -288,9 +294,100 @@ async def test_bookkeeping_failure_is_reported_not_raised(
     assert await cur.fetchone() == (1,)
 
 
-def test_policy_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALERT_DEDUP_SECONDS", "10")
-    monkeypatch.setenv("ALERT_RATE_LIMIT", "2")
-    monkeypatch.setenv("ALERT_RATE_WINDOW_SECONDS", "30")
-    monkeypatch.setenv("ALERT_HTTP_TIMEOUT", "bogus")
-    assert AlertPolicy.from_env() == AlertPolicy(10, 2, 30, 5.0)
+def test_policy_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(
+        monkeypatch,
+        ALERT_DEDUP_SECONDS="10",
+        ALERT_RATE_LIMIT="2",
+        ALERT_RATE_WINDOW_SECONDS="30",
+        ALERT_HTTP_TIMEOUT="",  # empty means unset: the default
+    )
+    assert AlertPolicy.current() == AlertPolicy(10, 2, 30, 5.0)
+    # an invalid value is an error naming the variable, not a silent default
+    configure(monkeypatch, ALERT_HTTP_TIMEOUT="bogus")
+    with pytest.raises(ValidationError, match="alert_http_timeout"):
+        AlertPolicy.current()
+
+
+async def test_held_back_alert_is_delivered_later_in_a_digest_not_dropped(
+    pushover: FakePushover, aconn: psycopg.AsyncConnection[Any], db: psycopg.Connection[Any]
+) -> None:
+    """Over the limit, an alert is held; its repeats fall in the dedup window; nothing else is
+    ever sent. The maintenance tick's flush delivers it, with the repeats, once there is room."""
+    policy = AlertPolicy(dedup_seconds=3600, rate_limit=2, rate_window_seconds=1.0)
+    assert await alert(aconn, "a", "first", "m", policy=policy) is Outcome.SENT
+    assert await alert(aconn, "b", "second", "m", policy=policy) is Outcome.SENT
+    assert await alert(aconn, "gemini-down", "gemini unavailable", "m", policy=policy) is (
+        Outcome.RATE_LIMITED
+    )
+    for _ in range(2):  # the same problem again, inside the one-hour dedup window
+        assert await alert(aconn, "gemini-down", "gemini unavailable", "m", policy=policy) is (
+            Outcome.DEDUPLICATED
+        )
+    # no room yet: it stays held (and is not sent twice later)
+    assert await flush_held(aconn, policy) is None
+    assert len(pushover.messages) == 2
+    await asyncio.sleep(1.1)
+    assert await flush_held(aconn, policy) is Outcome.SENT
+    digest = pushover.messages[-1]
+    assert digest["title"] == "ai-worker: 1 alert(s) held back"
+    assert "gemini unavailable (x3)" in digest["message"]
+    rows = alerts(db)
+    held = next(r for r in rows if r["dedup_key"] == "gemini-down")
+    sent = next(r for r in rows if r["dedup_key"] == "digest")
+    assert (held["status"], held["delivered_with"]) == ("rate_limited", sent["id"])
+    assert sent["status"] == "sent"
+    # delivered once: nothing is held any more
+    assert await flush_held(aconn, policy) is None
+    assert len(pushover.messages) == 3
+
+
+async def test_digest_without_pushover_is_recorded(
+    aconn: psycopg.AsyncConnection[Any], db: psycopg.Connection[Any]
+) -> None:
+    policy = AlertPolicy(dedup_seconds=3600, rate_limit=0, rate_window_seconds=600)
+    assert await alert(aconn, "k", "T", "m", policy=policy) is Outcome.RATE_LIMITED
+    room = AlertPolicy(dedup_seconds=3600, rate_limit=5, rate_window_seconds=600)
+    assert await flush_held(aconn, room) is Outcome.DISABLED
+    rows = alerts(db)
+    assert [r["status"] for r in rows] == ["rate_limited", "disabled"]
+    assert rows[0]["delivered_with"] == rows[1]["id"]
+
+
+async def test_a_crashed_task_alerts(
+    pushover: FakePushover, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from worker.task_runs import recorded_run
+
+    async with AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False) as pool:
+        with pytest.raises(ZeroDivisionError):
+            async with recorded_run(pool, "poll", 42):
+                raise ZeroDivisionError("division by zero in the poll")
+    [row] = alerts(db)
+    assert row["dedup_key"] == "task:poll:ZeroDivisionError"
+    assert row["title"] == "ai-worker task poll crashed: ZeroDivisionError"
+    assert "division by zero in the poll" in row["message"]
+    assert pushover.messages[0]["title"] == row["title"]
+
+
+async def test_a_failed_batch_submission_alerts(
+    pushover: FakePushover, aconn: psycopg.AsyncConnection[Any], db: psycopg.Connection[Any]
+) -> None:
+    import uuid
+
+    from worker.errors import ErrorKind, ProviderError
+    from worker.submit import abandon_intent
+
+    err = ProviderError("upload failed", kind=ErrorKind.RETRYABLE, provider="gemini")
+    await abandon_intent(aconn, uuid.uuid4(), "gemini", err)
+    [row] = alerts(db)
+    assert row["title"] == "gemini: batch submission failed (retryable)"
+    assert "upload failed" in row["message"] and row["status"] == "sent"
+    # A quota failure stops the provider, which raises its own (critical) alert instead.
+    quota = ProviderError("no credit", kind=ErrorKind.QUOTA, provider="mistral")
+    await abandon_intent(aconn, uuid.uuid4(), "mistral", quota)
+    titles = [r["title"] for r in alerts(db)]
+    assert not any("mistral: batch submission failed" in t for t in titles)
+    assert any("mistral stopped" in t for t in titles), titles

@@ -4,12 +4,14 @@ the real pipeline, through the official SDKs, against the emulator's real limits
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.fixtures.pipeline import adrain, batch_ids, insert_questions, one_round, status_counts
+from tests.fixtures.settings import configure
 from tests.integration.test_failure_modes import comment_counts, only
 from worker import metrics, poll, submit
 from worker.config import get_settings
@@ -119,9 +121,12 @@ async def test_gemini_generic_429_on_create_backs_off_and_never_stops_the_provid
     opened_app: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "2")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "3")
-    monkeypatch.setenv("BREAKER_PROBE_TIMEOUT_SECONDS", "3")
+    configure(
+        monkeypatch,
+        BREAKER_FAILURE_THRESHOLD="2",
+        BREAKER_COOLDOWN_SECONDS="3",
+        BREAKER_PROBE_TIMEOUT_SECONDS="3",
+    )
     only(db, gemini=True)
     db.execute("UPDATE ai_commentary_settings SET quota_disables_feature = true")
     insert_questions(db, 6)
@@ -188,8 +193,9 @@ async def test_the_failure_reason_reaches_the_batch_row_errors_and_alert(
     assert {(r["status"], r["attempts"]) for r in requests(db, "chatgpt")} == {("waiting", 0)}
     assert all(expected in r["last_error"] for r in requests(db, "chatgpt"))
     async with opened_app.connector.pool.connection() as conn:
-        families = {f.name: f for f in await metrics._batches(conn)}
-    (sample,) = families["ai_worker_batch_failures_total"].samples
+        scrape = metrics.Scrape(now=datetime.now(UTC), db=(None, 0))
+        families = {f.name: f for f in await metrics._batches(conn, scrape)}
+    (sample,) = families["ai_worker_batch_failures"].samples  # exported with _total
     assert sample.labels == {"provider": "openai", "stage": "comment", "cause": "limit"}
     assert sample.value == 1
 

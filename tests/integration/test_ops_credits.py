@@ -10,6 +10,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.fixtures.pipeline import point_env_at_emulator
+from tests.fixtures.settings import configure
 from worker import credits
 from worker.config import get_settings
 from worker.emulator import Emulator
@@ -111,9 +112,12 @@ async def test_thresholds_are_configurable(
     db: psycopg.Connection[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OPENROUTER_CREDIT_WARN_USD", "50")
-    monkeypatch.setenv("OPENROUTER_CREDIT_CRITICAL_USD", "20")
-    monkeypatch.setenv("OPENROUTER_ALERT_REPEAT_HOURS", "0")  # every check alerts
+    configure(
+        monkeypatch,
+        OPENROUTER_CREDIT_WARN_USD="50",
+        OPENROUTER_CREDIT_CRITICAL_USD="20",
+        OPENROUTER_ALERT_REPEAT_HOURS="0",  # every check alerts
+    )
     openrouter.configure(openrouter_total_credits=100.0, openrouter_total_usage=60.0)
     assert [a["kind"] for a in (await credits.run_credit_check(pool))["alerts"]] == [
         "credit_warning"
@@ -132,7 +136,7 @@ async def test_daily_usage_alert(
     db: psycopg.Connection[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OPENROUTER_DAILY_USAGE_ALERT_USD", "2.5")
+    configure(monkeypatch, OPENROUTER_DAILY_USAGE_ALERT_USD="2.5")
     # Yesterday's last check left the cumulative usage at $10.
     db.execute(
         "INSERT INTO provider_credit_checks (checked_at, total_credits, total_usage,"

@@ -17,8 +17,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.fixtures.pipeline import drain, insert_questions
-from worker import metrics
+from tests.fixtures.pipeline import drain, insert_questions, set_models
+from worker import health, metrics
 from worker.emulator import Emulator
 
 SAMPLE = re.compile(
@@ -65,17 +65,18 @@ def fetch(db_url: str, *paths: str) -> list[httpx.Response]:
     """Start the endpoint server on a free port, GET the paths, stop it."""
 
     async def run() -> list[httpx.Response]:
-        server = await metrics.serve(0, "127.0.0.1", url=db_url)
+        server = await health.serve(0, "127.0.0.1", url=db_url)
         try:
             port = server.sockets[0].getsockname()[1]
             # /ready needs the LISTEN probe connected.
+            probe = health.probe_of(server)
             for _ in range(50):
-                if metrics._SERVERS[id(server)].probe.listening.is_set():
+                if probe is not None and probe.listening.is_set():
                     break
                 await asyncio.sleep(0.05)
             return await _get(port, *paths)
         finally:
-            await metrics.shutdown(server)
+            await health.shutdown(server)
 
     return asyncio.run(run())
 
@@ -128,31 +129,44 @@ def test_metrics_after_a_pipeline_run(
     assert value(samples, "ai_worker_errors_total", kind="auth") == 1
     assert types["ai_worker_errors_total"] == "counter"
 
-    # Tokens and cost today equal the ledger.
+    # Tokens and cost are counters over the whole ledger (rate() works; nothing resets daily).
     ledger = db.execute(
         "SELECT sum(input_tokens) AS i, sum(output_tokens) AS o, sum(cost_usd) AS c"
         " FROM ai_cost_ledger"
     ).fetchone()
     assert ledger is not None and ledger["c"] > 0
-    assert value(samples, "ai_worker_tokens_today", direction="input") == ledger["i"]
-    assert value(samples, "ai_worker_tokens_today", direction="output") == ledger["o"]
-    assert abs(value(samples, "ai_worker_cost_usd_today") - float(ledger["c"])) < 1e-9
-    assert value(samples, "ai_worker_cost_usd_today", provider="perplexity", pricing="realtime") > 0
-    assert value(samples, "ai_worker_cost_usd_today", provider="gemini", pricing="batch") > 0
+    assert (
+        types["ai_worker_tokens_total"] == "counter"
+        and types["ai_worker_cost_usd_total"] == "counter"
+    )
+    assert not [n for n in types if n.endswith("_today")]
+    assert (
+        value(samples, "ai_worker_tokens_total", source="commentary", direction="input")
+        == ledger["i"]
+    )
+    assert (
+        value(samples, "ai_worker_tokens_total", source="commentary", direction="output")
+        == ledger["o"]
+    )
+    cost = value(samples, "ai_worker_cost_usd_total", source="commentary")
+    assert abs(cost - float(ledger["c"])) < 1e-9
+    assert value(samples, "ai_worker_cost_usd_total", provider="perplexity", pricing="realtime") > 0
+    assert value(samples, "ai_worker_cost_usd_total", provider="gemini", pricing="batch") > 0
 
     # Resilience tables (0011) are installed: breaker state and stops are exported.
     assert "ai_worker_breaker_open" in types and "ai_worker_provider_stopped" in types
     # Realtime lane (0010): ai_jobs counts by status.
-    assert "ai_worker_ai_jobs_due" in samples
+    assert value(samples, "ai_worker_realtime_due_jobs") == 0
 
     # In-process provider call histogram: cumulative buckets.
     assert (
         value(samples, "ai_worker_provider_call_seconds_bucket", provider="openai", le="0.5") >= 1
     )
-    b05 = value(samples, "ai_worker_provider_call_seconds_bucket", provider="openai", le="5")
-    b10 = value(samples, "ai_worker_provider_call_seconds_bucket", provider="openai", le="10")
+    b05 = value(samples, "ai_worker_provider_call_seconds_bucket", provider="openai", le="5.0")
+    b10 = value(samples, "ai_worker_provider_call_seconds_bucket", provider="openai", le="10.0")
     assert b10 >= b05 + 1
-    assert value(samples, "ai_worker_provider_calls_total", outcome="TimeoutError") >= 1
+    # outcomes are a closed set, never exception text
+    assert value(samples, "ai_worker_provider_calls_total", outcome="timeout") >= 1
     # The pipeline's own provider calls were timed (batch create, status polls, instant chat).
     for provider, operation in (
         ("openai", "batch_submit"),
@@ -197,10 +211,9 @@ def test_breaker_stop_and_queue_metrics(db: psycopg.Connection[Any], db_url: str
     assert value(samples, "ai_worker_breaker_open", provider="openai") == 1
     assert value(samples, "ai_worker_breaker_open", provider="gemini") == 0
     assert value(samples, "ai_worker_breaker_state", provider="openai", state="open") == 1
-    assert (
-        value(samples, "ai_worker_provider_stopped", provider="mistral", reason="out of credit")
-        == 1
-    )
+    # The stop is labelled by provider and kind; its free-text reason stays out of the labels.
+    assert value(samples, "ai_worker_provider_stopped", provider="mistral", kind="quota") == 1
+    assert "out of credit" not in resp.text
     assert all(lab["provider"] != "deepseek" for lab, _ in samples["ai_worker_provider_stopped"])
     assert value(samples, "ai_worker_questions", status="pending") == 2
     assert 590 < value(samples, "ai_worker_oldest_pending_age_seconds") < 700
@@ -251,13 +264,43 @@ def test_database_down_is_reported_not_raised() -> None:
     assert health.status_code == 200
 
 
-def test_label_values_are_escaped() -> None:
-    fam = metrics.Family("x_total", "counter", "help with \\ and\nnewline")
-    fam.add(1.5, kind='a "quoted"\nvalue\\')
-    text = fam.render()
-    assert 'x_total{kind="a \\"quoted\\"\\nvalue\\\\"} 1.5' in text
-    assert "# HELP x_total help with \\\\ and\\nnewline" in text
-    parse(text)
+FIXED_LABELS = {
+    "provider",
+    "operation",
+    "outcome",
+    "status",
+    "queue",
+    "state",
+    "provider_status",
+    "stage",
+    "direction",
+    "kind",
+    "error_kind",
+    "model",
+    "source",
+    "pricing",
+    "collector",
+    "level",
+    "le",
+}
+
+
+def test_no_free_text_labels(db: psycopg.Connection[Any], db_url: str) -> None:
+    """Every label is from a closed set; error text never becomes a label value."""
+    db.execute(
+        "INSERT INTO provider_stops (provider, kind, reason) VALUES"
+        " ('openrouter', 'auth', 'openrouter: auth status=403 the key was revoked at 12:01')"
+    )
+    db.execute(
+        "INSERT INTO worker_errors (fingerprint, kind, provider, message) VALUES"
+        " ('x', 'rate_limit', 'openai', 'Rate limit reached for gpt-4o in org-123')"
+    )
+    (resp,) = fetch(db_url, "/metrics")
+    samples, _ = parse(resp.text)
+    names = {k for series in samples.values() for labels, _ in series for k in labels}
+    assert names <= FIXED_LABELS, names - FIXED_LABELS
+    assert "revoked" not in resp.text and "org-123" not in resp.text
+    assert value(samples, "ai_worker_provider_stopped", provider="openrouter", kind="auth") == 1
 
 
 @pytest.fixture
@@ -298,6 +341,7 @@ def test_worker_run_serves_endpoints(db_url: str, free_port: int) -> None:
         r = httpx.get(f"http://127.0.0.1:{free_port}/metrics", timeout=10)
         samples, _ = parse(r.text)
         assert value(samples, "ai_worker_workers_fresh") >= 1
+        assert value(samples, "ai_worker_processes") == 1  # one process, four queue workers
         assert value(samples, "ai_worker_database_up") == 1
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -311,31 +355,190 @@ def test_worker_run_serves_endpoints(db_url: str, free_port: int) -> None:
         httpx.get(f"http://127.0.0.1:{free_port}/health", timeout=2)
 
 
-def test_grafana_dashboard_uses_exported_metrics() -> None:
+IN_PROCESS = ("ai_worker_provider_call", "ai_worker_metrics_scrapes", "process_")
+SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus
+
+
+def _family(name: str, types: dict[str, str]) -> str:
+    """The exported family of a series name (histogram series end in _bucket/_sum/_count)."""
+    if name in types:
+        return name
+    base = re.sub(r"_(bucket|sum|count)$", "", name)
+    assert base in types, f"{name} is not exported"
+    return base
+
+
+def test_grafana_panels_match_the_exported_names_and_labels(
+    pipeline: Emulator, db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """Every panel query names series /metrics exports, with labels they carry; a query that
+    deduplicates the processes' identical database series keeps every label (dropping one,
+    as the tokens panel once dropped `source`, undercounts); a realtime lane row shows
+    throughput, latency, errors and the queue."""
     import json
     from pathlib import Path
 
+    # A run on both lanes (one realtime provider failing), plus the rarer states, so that
+    # every family on the dashboard has samples to check the labels against.
+    db.execute("UPDATE ai_realtime_settings SET backoff_base_seconds = 0.05, max_attempts = 1")
+    set_models(db, deepseek=False)  # DeepSeek fails here; the commentary must not wait on it
+    pipeline.configure(http_faults=[{"provider": "deepseek", "kind": "server", "count": None}])
+    insert_questions(db, 5)
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text) VALUES"
+        " ('chat', 'openai', 'gpt-4.1-mini', 'Hallo'), ('chat', 'gemini', 'gemini-2.5-flash', 'Hi'),"
+        " ('chat', 'deepseek', 'deepseek-chat', 'Fehler')"
+    )
+    assert drain(90) == 0
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text, next_attempt_at) VALUES"
+        " ('chat', 'openai', 'gpt-4.1-mini', 'später', now() + interval '1 hour')"
+    )
+    db.execute(
+        "INSERT INTO provider_stops (provider, kind, reason) VALUES ('mistral', 'quota', 'x')"
+    )
+    db.execute(
+        "INSERT INTO provider_credit_checks (total_credits, total_usage, remaining_usd,"
+        " usage_today_usd, level) VALUES (10, 6, 4, 1.5, 'ok')"
+    )
+    db.execute(
+        "INSERT INTO ai_commentary_batch_jobs (provider, state, status, stage, request_count,"
+        " submitted_at, batch_id) VALUES ('openai', 'in_flight', 'in_progress', 'comment', 7,"
+        " now(), 'batch_live')"
+    )
+    db.execute(
+        "INSERT INTO worker_alerts (dedup_key, title, message, status) VALUES ('k', 't', 'm', 'sent')"
+    )
+    db.execute(
+        "INSERT INTO worker_errors (fingerprint, kind, provider, message) VALUES ('f', 'x', 'openai', 'm')"
+    )
+    metrics.observe_provider_call("openai", "batch_submit", 0.2)
+    (resp,) = fetch(db_url, "/metrics")
+    samples, types = parse(resp.text)
+    labels: dict[str, set[str]] = {}
+    for name, series in samples.items():
+        labels.setdefault(_family(name, types), set()).update(k for lab, _ in series for k in lab)
+    for name, series in samples.items():
+        if name.endswith("_bucket"):
+            labels[name] = {k for lab, _ in series for k in lab}
+
     root = Path(__file__).resolve().parents[2]
     dash = json.loads((root / "grafana" / "ai-worker-dashboard.json").read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    assert len(exprs) >= 20
-    used = {
-        re.sub(r"_(bucket|sum|count)$", "", m)
-        for e in exprs
-        for m in re.findall(r"\bai_worker_\w+", e)
-    }
-    source = Path(metrics.__file__).read_text()
-    exported = set(re.findall(r'"(ai_worker_\w+)"', source))
-    assert used <= exported, used - exported
+    panels = dash["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    assert len(exprs) >= 30
+    for expr in exprs:
+        used = re.findall(r"\b((?:ai_worker|process)_\w+)(\{[^}]*\})?", expr)
+        assert used, expr
+        expr_labels: set[str] = set()
+        for name, selector in used:
+            fam = _family(name, types)
+            have = labels.get(name, labels.get(fam, set()))
+            assert name in samples or fam in samples, f"{name} has no samples to check: {expr}"
+            expr_labels |= have
+            for label in re.findall(r"(\w+)\s*(?:=~|!=|!~|=)", selector):
+                assert label in have | SCRAPE_LABELS, f"{name} has no label {label}: {expr}"
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            wanted = {g.strip() for g in group.split(",") if g.strip()}
+            assert wanted <= expr_labels | SCRAPE_LABELS, f"unknown label in by ({group}): {expr}"
+        # The innermost deduplication of a database series keeps all of its labels (ages
+        # excepted: their max over a label is the meaning), or fixes them with a matcher.
+        pattern = r"\bmax(?: by \(([^)]*)\))? \((?:\w+\()?(ai_worker_\w+)(\{[^}]*\})?"
+        for group, name, selector in re.findall(pattern, expr):
+            if name.startswith(IN_PROCESS) or name.endswith("_age_seconds"):
+                continue
+            kept = {g.strip() for g in group.split(",") if g.strip()}
+            kept |= set(re.findall(r"(\w+)\s*=(?!~)", selector))
+            have = labels.get(name, labels.get(_family(name, types), set()))
+            assert have <= kept, f"max by ({group}) drops {have - kept} of {name}: {expr}"
+        # In-process series are summed over the processes, never deduplicated with max.
+        assert not re.search(
+            r"\bmax(?: by \([^)]*\))? \((?:\w+\()?ai_worker_provider_call", expr
+        ), expr
+
     # The main series of the issue are on the dashboard.
+    text = " ".join(exprs)
     for name in (
         "ai_worker_questions",
         "ai_worker_batches_in_flight",
         "ai_worker_errors_total",
-        "ai_worker_cost_usd_today",
+        "ai_worker_cost_usd_total",
+        "ai_worker_tokens_total",
         "ai_worker_breaker_open",
         "ai_worker_queue_depth",
         "ai_worker_oldest_pending_age_seconds",
         "ai_worker_provider_call_seconds",
     ):
-        assert name in used, name
+        assert name in text, name
+    assert "_today" not in text
+    # A realtime lane row: throughput, latency, errors, queue.
+    start = next(
+        i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Realtime lane"
+    )
+    row = []
+    for p in panels[start + 1 :]:
+        if p["type"] == "row":
+            break
+        row.append(" ".join(t["expr"] for t in p["targets"]))
+    needs = {
+        "throughput": "rate(ai_worker_realtime_jobs_finished_total",
+        "latency": "ai_worker_realtime_call_seconds_bucket",
+        "errors": "ai_worker_realtime_failed_calls_total",
+        "queue": "ai_worker_realtime_jobs{",
+    }
+    for what, series in needs.items():
+        assert any(series in e for e in row), what
+    # the realtime figures reflect the run: two completed, one failed (deepseek), one queued
+    assert value(samples, "ai_worker_realtime_jobs_finished_total", status="completed") == 2
+    assert (
+        value(
+            samples, "ai_worker_realtime_jobs_finished_total", provider="deepseek", status="failed"
+        )
+        == 1
+    )
+    assert value(samples, "ai_worker_realtime_job_failures_total", error_kind="retryable") == 1
+    assert value(samples, "ai_worker_realtime_jobs", status="pending") == 1
+    assert value(samples, "ai_worker_realtime_call_seconds_count") == 2
+    assert value(samples, "ai_worker_realtime_call_seconds_bucket", le="+Inf") == 2
+
+
+def test_realtime_counters_fold_old_rows_once_and_only_grow(
+    db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """Finished jobs older than the fold margin are read once and kept per process; later
+    scrapes read only recent rows, so the counters keep growing even when old rows go."""
+
+    def finish(n: int, status: str, ago: str) -> None:
+        db.execute(
+            "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+            " SELECT 'chat', 'openai', 'gpt-4.1-mini', 'x' FROM generate_series(1, %s)",
+            (n,),
+        )
+        db.execute(
+            "UPDATE ai_jobs SET status = %s, latency_ms = 200, attempts = 1,"
+            " error_kind = CASE WHEN %s = 'failed' THEN 'retryable' END,"
+            " completed_at = now() - %s::interval WHERE completed_at IS NULL AND status = 'pending'",
+            (status, status, ago),
+        )
+
+    def finished(samples: Samples, status: str) -> float:
+        return value(samples, "ai_worker_realtime_jobs_finished_total", status=status)
+
+    finish(30, "completed", "2 hours")
+    finish(4, "failed", "1 hour")
+    finish(5, "completed", "10 seconds")
+    (resp,) = fetch(db_url, "/metrics")
+    samples, _ = parse(resp.text)
+    assert finished(samples, "completed") == 35 and finished(samples, "failed") == 4
+    assert value(samples, "ai_worker_realtime_call_seconds_count") == 35
+    assert value(samples, "ai_worker_realtime_call_seconds_bucket", le="0.25") == 35
+    assert value(samples, "ai_worker_realtime_call_seconds_bucket", le="0.1") == 0
+    assert value(samples, "ai_worker_realtime_failed_calls_total") == 39
+
+    finish(2, "completed", "1 second")
+    db.execute("DELETE FROM ai_jobs WHERE completed_at < now() - interval '90 minutes'")
+    (resp,) = fetch(db_url, "/metrics")
+    samples, _ = parse(resp.text)
+    assert finished(samples, "completed") == 37  # 30 deleted rows were already counted
+    assert finished(samples, "failed") == 4
+    assert value(samples, "ai_worker_realtime_job_failures_total", error_kind="retryable") == 4

@@ -14,6 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.fixtures.pipeline import point_env_at_emulator
+from tests.fixtures.settings import configure
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.realtime.drain import reset_clients, run_drain
@@ -81,8 +82,7 @@ async def test_breaker_counts_every_failed_call_and_opens_at_the_fifth(
     pool: AsyncConnectionPool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "5")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "600")
+    configure(monkeypatch, BREAKER_FAILURE_THRESHOLD="5", BREAKER_COOLDOWN_SECONDS="600")
     db.execute("UPDATE ai_realtime_settings SET provider_concurrency = '{\"openai\": 10}'")
     rt.configure(latency_ms=100, http_faults=[{"kind": "server", "provider": "openai", "count": 4}])
     insert_jobs(db, 4, max_attempts=1)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.fixtures.pipeline import point_env_at_emulator
+from tests.fixtures.settings import configure
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.errors import ErrorKind, ProviderError
@@ -55,11 +56,15 @@ def test_sdk_is_used_behind_a_proxy_or_when_asked(monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("all_proxy", raising=False)
     monkeypatch.delenv("REALTIME_HTTP_CLIENT", raising=False)
+    get_settings.cache_clear()
     assert lean_chat_enabled()
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert not lean_chat_enabled()
     monkeypatch.delenv("HTTPS_PROXY")
-    monkeypatch.setenv("REALTIME_HTTP_CLIENT", "sdk")
+    monkeypatch.setenv("https_proxy", "http://proxy.internal:3128")  # as httpx reads it
+    assert not lean_chat_enabled()
+    monkeypatch.delenv("https_proxy")
+    configure(monkeypatch, REALTIME_HTTP_CLIENT="SDK")
     assert not lean_chat_enabled()
 
 

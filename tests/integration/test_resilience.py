@@ -14,6 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.fixtures.pipeline import insert_questions
+from tests.fixtures.settings import configure
 from tests.integration import test_alerts
 from tests.integration.test_alerts import FakePushover
 from worker import resilience
@@ -37,9 +38,12 @@ def perr(kind: ErrorKind, provider: str = "openai", status: int | None = 500) ->
 
 @pytest.fixture
 def breaker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "3")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "0.4")
-    monkeypatch.setenv("BREAKER_PROBE_TIMEOUT_SECONDS", "0.4")
+    configure(
+        monkeypatch,
+        BREAKER_FAILURE_THRESHOLD="3",
+        BREAKER_COOLDOWN_SECONDS="0.4",
+        BREAKER_PROBE_TIMEOUT_SECONDS="0.4",
+    )
 
 
 @pytest.fixture

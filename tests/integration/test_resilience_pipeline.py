@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from tests.fixtures.pipeline import drain, insert_questions, status_counts
+from tests.fixtures.settings import configure
 from tests.integration import test_alerts
 from tests.integration.test_alerts import FakePushover
 from worker.emulator import Emulator
@@ -121,8 +122,7 @@ def test_transient_faults_open_the_breaker_not_a_stop(
 ) -> None:
     """Mistral answering 503 on every call opens its breaker (never a stop, no feature
     switch-off); the other providers finish their work meanwhile."""
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "2")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "30")
+    configure(monkeypatch, BREAKER_FAILURE_THRESHOLD="2", BREAKER_COOLDOWN_SECONDS="30")
     insert_questions(db, 4)
     pipeline.configure(http_faults=[{"provider": "mistral", "kind": "unavailable", "count": None}])
 
@@ -149,7 +149,7 @@ def test_transient_faults_open_the_breaker_not_a_stop(
 def test_breaker_recovers_through_one_probe_after_the_cooldown(
     pipeline: Emulator, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "0.5")
+    configure(monkeypatch, BREAKER_COOLDOWN_SECONDS="0.5")
     insert_questions(db, 3)
     db.execute(
         "INSERT INTO provider_health (provider, state, consecutive_failures, opened_at)"

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.fixtures.pipeline import drain, insert_questions, set_models, status_counts
+from tests.fixtures.settings import configure
 from worker import budget
 from worker.emulator import Emulator
 from worker.emulator.limits import estimate_openai_line_tokens
@@ -79,7 +80,7 @@ def test_a_too_generous_limit_is_learned_from_token_limit_failures(
     """The table says 10x what the account may queue: batches fail token_limit_exceeded,
     the learned limit shrinks below the real one, and nothing is failed or charged."""
     limit = 10_000
-    monkeypatch.setenv("TOKEN_LIMIT_HOLD_SECONDS", "1")
+    configure(monkeypatch, TOKEN_LIMIT_HOLD_SECONDS="1")
     pipeline.configure(
         state_seconds=0.15,
         openai_enqueued_tokens_per_model=limit,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
+from tests.fixtures.settings import configure
 from worker.breaker import (
     BreakerConfig,
     Health,
@@ -118,14 +120,24 @@ def test_threshold_one_opens_on_first_failure() -> None:
     assert after_failure(Health(), at(0), cfg).state is State.OPEN
 
 
-def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "7")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "2.5")
-    monkeypatch.setenv("BREAKER_PROBE_TIMEOUT_SECONDS", "9")
-    assert BreakerConfig.from_env() == BreakerConfig(7, 2.5, 9)
-    monkeypatch.setenv("BREAKER_FAILURE_THRESHOLD", "zero")
-    monkeypatch.setenv("BREAKER_COOLDOWN_SECONDS", "-1")
-    assert BreakerConfig.from_env() == BreakerConfig()  # invalid -> defaults, not a crash
+def test_config_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(
+        monkeypatch,
+        BREAKER_FAILURE_THRESHOLD="7",
+        BREAKER_COOLDOWN_SECONDS="2.5",
+        BREAKER_PROBE_TIMEOUT_SECONDS="9",
+    )
+    assert BreakerConfig.current() == BreakerConfig(7, 2.5, 9)
+
+
+def test_an_invalid_breaker_setting_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a silent fallback to the default: the worker stops at start and says which."""
+    for name, bad in (("BREAKER_FAILURE_THRESHOLD", "zero"), ("BREAKER_COOLDOWN_SECONDS", "-1")):
+        with monkeypatch.context() as mp:
+            configure(mp, **{name: bad})
+            with pytest.raises(ValidationError) as err:
+                BreakerConfig.current()
+            assert err.value.errors()[0]["loc"] == (name.lower(),)
 
 
 def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,9 +146,14 @@ def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "BREAKER_COOLDOWN_SECONDS",
         "BREAKER_PROBE_TIMEOUT_SECONDS",
     ):
-        monkeypatch.delenv(name, raising=False)
-    cfg = BreakerConfig.from_env()
-    assert (cfg.failure_threshold, cfg.cooldown_seconds) == (5, 60.0)
+        monkeypatch.setenv(name, "")  # empty means unset
+    configure(monkeypatch)
+    cfg = BreakerConfig.current()
+    assert (cfg.failure_threshold, cfg.cooldown_seconds, cfg.probe_timeout_seconds) == (
+        5,
+        60.0,
+        60.0,
+    )
 
 
 def test_failed_calls_reported_together_each_count_and_open_at_the_threshold() -> None:

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from dotenv import dotenv_values
 
-from worker.config import Settings
-from worker.credits import CreditSettings
+from worker.config import PLATFORM_VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / ".env.example"
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 LINE = re.compile(r"^([A-Z][A-Z0-9_]*)=(\S*)\s+# default (\S+) · (\S.*)$")
-# Calls whose first argument names an environment variable: os.environ.get / os.getenv /
-# worker.config.env / the breaker and alert `read(...)` helpers.
-READERS = {"get", "getenv", "env", "read"}
+# Calls whose first argument names an environment variable: os.environ.get / os.getenv.
+# (Everything else is a field of worker.config.Settings; tests/unit/test_config.py checks
+# that no other module reads os.environ.)
+READERS = {"get", "getenv"}
 
 
 def documented() -> dict[str, tuple[str, str]]:
@@ -59,25 +59,10 @@ def read_by_code() -> dict[str, str | None]:
                 name = _const_str(node.slice)
                 if name and ENV_NAME.match(name):
                     found.setdefault(name, None)
-            elif isinstance(node, ast.For) and "os.environ" in ast.unparse(node):
-                # `for var, header in (("OPENAI_ORG_ID", ...), ...): os.environ.get(var)`
-                for elt in getattr(node.iter, "elts", []):
-                    first = elt.elts[0] if isinstance(elt, ast.Tuple) else elt
-                    name = _const_str(first)
-                    if name and ENV_NAME.match(name):
-                        found.setdefault(name, None)
-            elif isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id.endswith("_VARS") for t in node.targets
-            ):
-                # a tuple of variable names checked in a loop (e.g. the proxy variables);
-                # the lower-case spellings are the same variables
-                for elt in getattr(node.value, "elts", []):
-                    name = _const_str(elt)
-                    if name and ENV_NAME.match(name):
-                        found.setdefault(name, None)
-    for cls in (Settings, CreditSettings):
-        for field, info in cls.model_fields.items():
-            found[field.upper()] = None if info.default is None else str(info.default)
+    for field, info in Settings.model_fields.items():
+        found[field.upper()] = None if info.default is None else str(info.default)
+    for name in PLATFORM_VARIABLES:
+        found.setdefault(name, None)
     return found
 
 
@@ -107,7 +92,7 @@ def test_documented_defaults_match_the_code() -> None:
             continue
         secret = default.startswith("*")  # SecretStr defaults are None anyway
         assert secret or _same(shown, default), f"{name}: .env.example says {shown}, code {default}"
-    for name, field in {**Settings.model_fields, **CreditSettings.model_fields}.items():
+    for name, field in Settings.model_fields.items():
         if field.default is None:
             assert docs[name.upper()][0] == "unset", name
 
@@ -126,7 +111,6 @@ def test_a_copied_env_example_changes_no_setting(
         return {k: v for k, v in model.model_dump().items()}
 
     assert dump(Settings()) == dump(Settings(_env_file=None))
-    assert dump(CreditSettings()) == dump(CreditSettings(_env_file=None))
 
     from worker.cli import load_env_file
 

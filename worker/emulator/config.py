@@ -47,6 +47,9 @@ class FaultRule:
     limits the rule to request paths containing that substring (e.g. ``"/batches"``).
     ``count`` = fire for the next N matching requests, then the rule is spent; ``None`` =
     fire forever with ``probability`` (a seeded dice roll per matching request).
+    ``echo_key``: the error body repeats the API key the request carried, in the message, as a
+    ``Bearer`` header line and inside a URL, as careless gateways and proxies do (the worker
+    must never store or print it).
     """
 
     kind: str
@@ -55,6 +58,7 @@ class FaultRule:
     probability: float = 1.0
     path: str | None = None
     retry_after: float = 1.0
+    echo_key: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:

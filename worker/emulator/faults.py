@@ -33,6 +33,10 @@ Mistral, flat envelope ``{"object":"error", message, type, param, code}``:
                monthly usage limit and billing [chosen: no real body was ever captured]
   auth         401 ``{"message":"Unauthorized","request_id":...}``
   server       500 type=internal_server_error;  unavailable 503 type=service_unavailable
+
+Any of these with the rule flag ``echo_key`` (:func:`echo_key`): the message also repeats the
+API key the request carried, plainly, as ``Authorization: Bearer`` and inside a URL, as some
+gateways and proxies do; the worker must never store or print it.
 """
 
 from __future__ import annotations
@@ -229,6 +233,20 @@ def fault_reply(provider: str, kind: str, retry_after: float = 1.0, model: str =
     return _openai_error(
         503, "The engine is currently overloaded, please try again later.", "server_error", None
     )
+
+
+def echo_key(reply: ErrorReply, key: str) -> ErrorReply:
+    """``reply`` with the received API key repeated in its message (fault flag ``echo_key``):
+    plainly, as the request's ``Authorization`` header and inside a URL, the three ways
+    gateways have been seen to echo it."""
+    echo = (
+        f" [gateway debug: received key {key}; Authorization: Bearer {key};"
+        f" upstream https://gateway.example/v1/chat?key={key}&trace=1]"
+    )
+    err = reply.body.get("error")
+    target = err if isinstance(err, dict) else reply.body
+    target["message"] = f"{target.get('message') or ''}{echo}"
+    return reply
 
 
 def moderation_reply(provider: str, model: str = "") -> ErrorReply:

@@ -39,7 +39,12 @@ from urllib.parse import urlsplit
 from worker.emulator.answer_faults import is_answer_fault
 from worker.emulator.compat_api import CompatApi
 from worker.emulator.config import EmulatorConfig
-from worker.emulator.faults import bad_request_reply, fault_reply, missing_key_reply
+from worker.emulator.faults import (
+    bad_request_reply,
+    echo_key,
+    fault_reply,
+    missing_key_reply,
+)
 from worker.emulator.gemini_api import GeminiApi
 from worker.emulator.limits import response_lost
 from worker.emulator.mistral_api import MistralApi
@@ -141,7 +146,10 @@ class App:
             if is_answer_fault(req.provider, rule.kind):
                 req.answer_fault = rule.kind  # the handler answers, then spoils the answer
             else:
-                return Response.error(fault_reply(req.provider, rule.kind, rule.retry_after))
+                reply = fault_reply(req.provider, rule.kind, rule.retry_after)
+                if rule.echo_key:
+                    reply = echo_key(reply, _api_key(req))
+                return Response.error(reply)
         if cfg.latency_ms > 0 and _REALTIME.search(req.path):
             time.sleep(cfg.latency_ms / 1000.0)
         router = self.routers[req.provider]

@@ -1,15 +1,14 @@
 """Build provider adapters from configuration.
 
 Which provider (and which API - batch or realtime) serves a model is data: a
-:class:`ProviderConfig` says how to reach a provider, a :class:`ModelRoute` says which
-provider/API a model name goes to. Nothing else in the worker needs to know adapter
-classes.
+:class:`ProviderConfig` says how to reach a provider; which provider and API answer a
+model is the settings row's route (:class:`worker.settings_row.ModelRoute`). Nothing else
+in the worker needs to know adapter classes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -36,9 +35,6 @@ OPENAI_COMPATIBLE: Mapping[str, tuple[str | None, JsonMode]] = {
     "ollama": ("http://127.0.0.1:11434/v1", "json_schema"),
 }
 
-#: OpenRouter attributes traffic to an app by these optional headers.
-OPENROUTER_DEFAULT_HEADERS: Mapping[str, str] = {"X-Title": "pg-ai-worker"}
-
 CHAT_PROVIDERS = (*OPENAI_COMPATIBLE, "gemini", "mistral")
 
 
@@ -53,16 +49,6 @@ class ProviderConfig(BaseModel):
     timeout: float = Field(default=60.0, gt=0)
     extra_headers: dict[str, str] | None = None
     json_mode: JsonMode | None = None  # None: the provider's default (OPENAI_COMPATIBLE)
-
-
-class ModelRoute(BaseModel):
-    """Which provider and API answer a configured model name."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str
-    provider: str
-    api: Literal["batch", "instant"]
 
 
 def build_batch_provider(
@@ -92,15 +78,13 @@ def build_chat_provider(
     if name not in OPENAI_COMPATIBLE:
         raise ConfigError(f"no chat API for provider {name!r} (have {sorted(CHAT_PROVIDERS)})")
     default_url, default_mode = OPENAI_COMPATIBLE[name]
-    headers = dict(OPENROUTER_DEFAULT_HEADERS) if name == "openrouter" else {}
-    headers.update(extra_headers or {})
     return OpenAICompatibleChat(
         api_key,
         base_url or default_url,
         timeout,
         name=name,
         json_mode=json_mode or default_mode,
-        extra_headers=headers or None,
+        extra_headers=extra_headers or None,
     )
 
 

@@ -86,6 +86,7 @@ from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
 from worker.realtime.storable import storable, unstorable
 from worker.realtime.vectors import Float4Array, Float4ArrayBinaryDumper, flatten
+from worker.redact import redact_opt
 
 log = logging.getLogger(__name__)
 
@@ -670,7 +671,7 @@ class Drain:
             "embeddings": embeddings,
             "emb_offset": offsets,
             "emb_length": lengths,
-            "error": [o.error for o in batch],
+            "error": [redact_opt(o.error) for o in batch],
             "error_kind": [o.error_kind for o in batch],
             "failed_call": [o.failed_call for o in batch],
             "throttle": [o.throttle for o in batch],

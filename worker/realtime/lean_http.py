@@ -86,6 +86,8 @@ class _Conn:
 
 
 def _ssl_context() -> ssl.SSLContext:
+    # The CA variables as httpx (trust_env) reads them, from the process environment, so
+    # this client and the SDKs trust the same CAs (worker.config.PLATFORM_VARIABLES).
     cafile = os.environ.get("SSL_CERT_FILE")
     capath = os.environ.get("SSL_CERT_DIR")
     if not cafile and not capath:

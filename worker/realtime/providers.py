@@ -19,11 +19,12 @@ The one exception is the hot path, chat on OpenAI and the OpenAI-compatible endp
 goes through :class:`~worker.realtime.lean_http.LeanClient` (plain JSON over pooled
 HTTP/1.1 keep-alive), because the SDK's per-call CPU (~1.5 ms) capped a worker process at
 about 600 calls/s (see that module). The request body is the same dict the SDK would send,
-errors go through the same :func:`worker.error_policy.classify_http`, and the headers the
-SDK would add from the environment that matter to the provider (``OPENAI_ORG_ID``,
-``OPENAI_PROJECT_ID``, OpenRouter's attribution headers) are sent too. The SDK is used
-instead when a proxy is configured (``HTTP(S)_PROXY``/``ALL_PROXY``: the lean client does
-not do proxies) or when ``REALTIME_HTTP_CLIENT=sdk``. Embeddings keep the SDK: one request
+errors go through the same :func:`worker.error_policy.classify_http`, and both send the
+same extra headers (:meth:`worker.config.Settings.provider_headers`: ``OPENAI_ORG_ID``,
+``OPENAI_PROJECT_ID``, OpenRouter's attribution headers). The SDK is used instead when
+httpx would use a proxy (``HTTP(S)_PROXY``/``ALL_PROXY``, read by the same
+``urllib.request.getproxies``: the lean client does not do proxies) or when
+``REALTIME_HTTP_CLIENT=sdk``. Embeddings keep the SDK: one request
 carries up to 2048 texts, so its overhead does not matter there, and it decodes base64.
 
 ``mock`` answers locally and deterministically (same input, same output), for development
@@ -32,9 +33,8 @@ without cost.
 
 from __future__ import annotations
 
-import json
-import os
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,9 +44,10 @@ from google.genai import types
 from mistralai.client import Mistral
 from openai import AsyncOpenAI, omit
 
-from worker.config import Settings, env, get_settings
+from worker.config import Settings, get_settings
 from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
+from worker.providers import mock
 from worker.providers.answer_rules import check_answer, schema_instruction
 from worker.providers.gemini_batch import make_genai_client
 from worker.providers.mistral_batch import make_mistral_client
@@ -70,28 +71,22 @@ EMBEDDING_GROUP_LIMITS: dict[str, int] = {
 #: Token budget of one embeddings request (OpenAI allows 300k; stay well below).
 EMBEDDING_GROUP_TOKENS = 100_000
 
-MOCK_EMBEDDING_DIMS = 256
+MOCK_EMBEDDING_DIMS = mock.EMBEDDING_DIMS
 
 #: SDK clients per OpenAI-compatible provider (see RealtimeClients.openai_compat).
 CLIENT_SHARDS = 8
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
-_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+#: The proxy schemes httpx takes from ``urllib.request.getproxies()`` (its own source).
+_PROXY_SCHEMES = ("http", "https", "all")
 
 
-def lean_chat_enabled() -> bool:
+def lean_chat_enabled(settings: Settings | None = None) -> bool:
     """Whether OpenAI-compatible chat goes through the lean client (see the module doc)."""
-    if env("REALTIME_HTTP_CLIENT", "lean").lower() == "sdk":
+    if (settings or get_settings()).realtime_http_client == "sdk":
         return False
-    return not any(os.environ.get(v) for v in _PROXY_VARS)
-
-
-def openrouter_headers() -> dict[str, str]:
-    """OpenRouter's optional attribution headers (``OPENROUTER_REFERER``/``OPENROUTER_TITLE``)."""
-    return {
-        "HTTP-Referer": env("OPENROUTER_REFERER", "https://github.com/pg-ai-worker"),
-        "X-Title": env("OPENROUTER_TITLE", "pg-ai-worker"),
-    }
+    proxies = urllib.request.getproxies()  # what httpx (trust_env) would use
+    return not any(proxies.get(scheme) for scheme in _PROXY_SCHEMES)
 
 
 def estimate_tokens(text: str) -> int:
@@ -125,7 +120,7 @@ class RealtimeClients:
         self.settings = settings or get_settings()
         self._openai: dict[str, list[AsyncOpenAI]] = {}
         self._lean: dict[str, LeanClient] = {}
-        self.lean_chat = lean_chat_enabled()
+        self.lean_chat = lean_chat_enabled(self.settings)
         self._turn = 0
         self._gemini: genai.Client | None = None
         self._mistral: Mistral | None = None
@@ -154,7 +149,7 @@ class RealtimeClients:
                     base_url=self.settings.base_url(provider) or default_url,
                     timeout=self.settings.provider_timeout_seconds,
                     max_retries=0,
-                    default_headers=openrouter_headers() if provider == "openrouter" else None,
+                    default_headers=self.settings.provider_headers(provider) or None,
                 )
                 for _ in range(CLIENT_SHARDS)
             ]
@@ -169,16 +164,10 @@ class RealtimeClients:
             if provider not in OPENAI_COMPATIBLE:
                 raise ConfigError(f"no OpenAI-compatible API for provider {provider!r}")
             default_url, _mode = OPENAI_COMPATIBLE[provider]
-            headers = {"Authorization": f"Bearer {self._key(provider)}"}
-            if provider == "openrouter":
-                headers.update(openrouter_headers())
-            if provider == "openai":  # what AsyncOpenAI takes from the environment
-                for var, header in (
-                    ("OPENAI_ORG_ID", "OpenAI-Organization"),
-                    ("OPENAI_PROJECT_ID", "OpenAI-Project"),
-                ):
-                    if os.environ.get(var):
-                        headers[header] = os.environ[var]
+            headers = {
+                "Authorization": f"Bearer {self._key(provider)}",
+                **self.settings.provider_headers(provider),
+            }
             url = self.settings.base_url(provider) or default_url or OPENAI_DEFAULT_URL
             try:
                 client = LeanClient(url, headers)
@@ -484,27 +473,15 @@ def _lean_reply(provider: str, resp: Response, messages: list[dict[str, str]]) -
 
 def mock_chat(model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
     """Deterministic answer seeded by model and messages (schema-valid JSON for JSON jobs)."""
-    from worker.emulator.content import generate_json, plain_answer, seed_from
-
-    joined = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-    seed = seed_from("mock", model, joined)
-    if prompt.json_output:
-        schema = prompt.json_schema or {
-            "type": "object",
-            "properties": {"answer": {"type": "string"}},
-            "required": ["answer"],
-        }
-        text = json.dumps(generate_json(schema, seed), ensure_ascii=False)
-    else:
-        text = plain_answer(seed)
-    return Reply(text, estimate_tokens(joined), estimate_tokens(text))
+    text = mock.chat_answer(
+        model, messages, json_output=prompt.json_output, json_schema=prompt.json_schema
+    )
+    return Reply(text, estimate_tokens(mock.conversation_text(messages)), estimate_tokens(text))
 
 
 def mock_embed(model: str, texts: Sequence[str]) -> Embedded:
-    from worker.emulator.content import embed
-
     return Embedded(
-        [embed(model, t, MOCK_EMBEDDING_DIMS) for t in texts],
+        mock.embeddings(model, texts, MOCK_EMBEDDING_DIMS),
         sum(estimate_tokens(t) for t in texts),
     )
 

@@ -169,3 +169,159 @@ SELECT kind, provider, distinct_errors, occurrences, last_seen_at
 FROM ops_errors_24h
 ORDER BY occurrences DESC, kind
 LIMIT 10;
+
+-- name: ops_realtime_open
+-- The realtime lane's queue: open ai_jobs by provider and status (partial index ai_jobs_due_idx).
+SELECT coalesce(provider, '') AS provider, status, count(*) AS n
+FROM ai_jobs WHERE status IN ('pending', 'retrying', 'processing')
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_realtime_due
+SELECT count(*) AS due,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_age_seconds
+FROM ai_jobs WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now();
+
+-- The all-time counters below read finished rows in a range of their finishing time,
+-- [from, to): worker.metrics folds everything older than a few minutes into per-process
+-- totals once and afterwards reads only the recent range (index range scans of
+-- ai_jobs_finished_idx / the comments' updated_at), so a scrape does not rescan the table.
+
+-- name: ops_realtime_totals
+-- Finished realtime jobs per provider: completed, failed, their failed provider calls
+-- (attempts) and rate-limit waits (throttled).
+SELECT coalesce(provider, '') AS provider,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       coalesce(sum(attempts), 0) AS failed_calls,
+       coalesce(sum(throttled), 0) AS throttled
+FROM ai_jobs
+WHERE completed_at >= %(from)s AND completed_at < %(to)s AND status IN ('completed', 'failed')
+GROUP BY 1 ORDER BY 1;
+
+-- name: ops_realtime_open_calls
+-- Failed calls and rate-limit waits of the jobs still open (read at every scrape).
+SELECT coalesce(provider, '') AS provider,
+       coalesce(sum(attempts), 0) AS failed_calls,
+       coalesce(sum(throttled), 0) AS throttled
+FROM ai_jobs WHERE status IN ('pending', 'retrying', 'processing')
+GROUP BY 1 ORDER BY 1;
+
+-- name: ops_realtime_failures
+SELECT coalesce(provider, '') AS provider, coalesce(error_kind, 'unknown') AS error_kind,
+       count(*) AS n
+FROM ai_jobs
+WHERE status = 'failed' AND completed_at >= %(from)s AND completed_at < %(to)s
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_realtime_latency
+-- Completed jobs per provider by latency bucket (width_bucket over the upper bounds, shifted
+-- by a nanosecond so that bucket i holds bounds[i] < x <= bounds[i+1]): the successful
+-- provider call, and the whole wait from insert to completion.
+WITH d AS (
+    SELECT coalesce(provider, '') AS provider, latency_ms / 1000.0 AS call_s,
+           extract(epoch FROM completed_at - created_at)::float8 AS wait_s
+    FROM ai_jobs
+    WHERE status = 'completed' AND completed_at >= %(from)s AND completed_at < %(to)s
+)
+SELECT provider, 'call' AS what, width_bucket(call_s::float8, %(bounds)s::float8[]) AS b,
+       count(*) AS n, sum(call_s)::float8 AS total
+FROM d WHERE call_s IS NOT NULL GROUP BY 1, 2, 3
+UNION ALL
+SELECT provider, 'turnaround', width_bucket(wait_s, %(bounds)s::float8[]), count(*), sum(wait_s)
+FROM d GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;
+
+-- name: ops_realtime_spend
+SELECT coalesce(provider, '') AS provider, coalesce(model, '') AS model_name,
+       count(*) AS requests,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM ai_jobs
+WHERE cost_usd IS NOT NULL AND completed_at >= %(from)s AND completed_at < %(to)s
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- name: ops_spend_range
+-- The ledger in a range of recorded_at (a regenerated comment counts again: it was paid again).
+SELECT provider, model_name, batch_priced, count(*) AS requests,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cost_usd), 0) AS cost_usd
+FROM ai_cost_ledger
+WHERE recorded_at >= %(from)s AND recorded_at < %(to)s
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: ops_scrape_clock
+SELECT now() AS now, (SELECT oid::bigint FROM pg_database WHERE datname = current_database()) AS db;
+
+-- name: ops_alerts_by_status
+SELECT status, count(*) AS n FROM worker_alerts GROUP BY 1 ORDER BY 1;
+
+-- name: ops_processes
+SELECT count(*) AS registered,
+       count(*) FILTER (WHERE last_heartbeat > now() - make_interval(secs => %(fresh_seconds)s))
+           AS fresh
+FROM worker_processes;
+
+-- name: process_beat
+INSERT INTO worker_processes (id, hostname, pid, queues)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat = now();
+
+-- name: process_gone
+DELETE FROM worker_processes
+WHERE id = %(id)s OR last_heartbeat < now() - interval '1 day';
+
+-- name: ops_process_list
+SELECT id, hostname, pid, queues, started_at,
+       extract(epoch FROM now() - last_heartbeat)::float8 AS heartbeat_age_seconds
+FROM worker_processes ORDER BY started_at;
+
+-- name: ops_alerts_24h
+SELECT id, dedup_key, title, message, priority, status, suppressed, created_at, sent_at,
+       delivery_error, delivered_with,
+       extract(epoch FROM now() - created_at)::float8 AS age_seconds
+FROM worker_alerts
+WHERE created_at > now() - interval '24 hours'
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: ops_failed_questions
+-- The question's own reason (bad input) first, else its last failed request's.
+SELECT q.id, left(q.question, 80) AS question, q.ai_commentary_status AS status,
+       CASE WHEN q.ai_commentary_error IS NULL THEN r.model_key END AS model_key,
+       coalesce(q.ai_commentary_error, r.last_error) AS last_error
+FROM questions q
+LEFT JOIN LATERAL (
+    SELECT model_key, last_error FROM ai_commentary_requests
+    WHERE question_id = q.id AND last_error IS NOT NULL
+    ORDER BY updated_at DESC LIMIT 1) r ON true
+WHERE q.ai_commentary_status = 'failed'
+ORDER BY q.id
+LIMIT %(limit)s;
+
+-- name: ops_failed_questions_count
+SELECT count(*) AS n FROM questions WHERE ai_commentary_status = 'failed';
+
+-- name: ops_failed_jobs
+SELECT id, kind, provider, model, error_kind, error, attempts,
+       extract(epoch FROM now() - coalesce(completed_at, updated_at))::float8 AS age_seconds
+FROM ai_jobs
+WHERE status = 'failed' AND coalesce(completed_at, updated_at) > now() - interval '24 hours'
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: ops_failed_jobs_count
+SELECT count(*) AS n FROM ai_jobs
+WHERE status = 'failed' AND coalesce(completed_at, updated_at) > now() - interval '24 hours';
+
+-- name: ops_failed_batches
+SELECT id, provider, stage, model_key, batch_id, state, status AS provider_status, request_count,
+       failure_cause, coalesce(failure_reason, error) AS error,
+       extract(epoch FROM now() - coalesce(finished_at, updated_at))::float8 AS age_seconds
+FROM ai_commentary_batch_jobs
+WHERE (state IN ('failed', 'expired', 'cancelled', 'abandoned')
+       OR status IN ('failed', 'expired', 'cancelled', 'cancelling'))
+  AND coalesce(finished_at, updated_at) > now() - interval '24 hours'
+ORDER BY coalesce(finished_at, updated_at) DESC
+LIMIT %(limit)s;

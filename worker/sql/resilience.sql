@@ -135,3 +135,13 @@ WHERE id = %(id)s;
 -- queueing lock, so a submit already waiting does not swallow it.
 SELECT worker_defer_job('submit', 'submit', %(lock)s, '{}'::jsonb,
                         clock_timestamp() + make_interval(secs => %(delay)s));
+
+-- name: alert_held
+-- Alerts held back by the rate limit and not yet delivered in a digest, oldest first.
+SELECT id, dedup_key, title, suppressed, created_at
+FROM worker_alerts
+WHERE status = 'rate_limited' AND delivered_with IS NULL
+ORDER BY id;
+
+-- name: alert_carried
+UPDATE worker_alerts SET delivered_with = %(by)s WHERE id = ANY(%(ids)s);
