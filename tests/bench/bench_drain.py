@@ -35,6 +35,8 @@ import httpx
 import psycopg
 
 from tests.bench.common import (
+    ENABLED,
+    MODELS,
     emit,
     emulator_env,
     emulator_process,
@@ -59,12 +61,6 @@ OPENAI_LIMIT = int(2_000_000 * SCALE)  # gpt-4.1-mini / gpt-4o-mini tier 1
 GEMINI_LIMIT = int(3_000_000 * SCALE)  # gemini-2.5-flash tier 1
 GEMINI_CONCURRENT = max(2, round(100 * SCALE))
 
-MODELS = {
-    "chatgpt": {"provider": "openai", "model": "gpt-4.1-mini", "mode": "batch"},
-    "gemini": {"provider": "gemini", "model": "gemini-2.5-flash", "mode": "batch"},
-    "mistral": {"provider": "mistral", "model": "mistral-small-latest", "mode": "batch"},
-}
-ENABLED = {"chatgpt": True, "gemini": True, "mistral": True}
 LIMITED = {("openai", "gpt-4.1-mini"): OPENAI_LIMIT, ("gemini", "gemini-2.5-flash"): GEMINI_LIMIT}
 
 INSERT = (

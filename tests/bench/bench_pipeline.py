@@ -18,6 +18,8 @@ import time
 import psycopg
 
 from tests.bench.common import (
+    ENABLED,
+    MODELS,
     emit,
     emulator_env,
     emulator_process,
@@ -30,12 +32,6 @@ from tests.bench.common import (
 N = int(os.environ.get("BENCH_PIPELINE_QUESTIONS", "20000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 ONE_JOB_SAMPLE = 1000
-MODELS = {
-    "chatgpt": {"provider": "openai", "model": "gpt-4.1-mini", "mode": "batch"},
-    "gemini": {"provider": "gemini", "model": "gemini-2.5-flash", "mode": "batch"},
-    "mistral": {"provider": "mistral", "model": "mistral-small-latest", "mode": "batch"},
-}
-ENABLED = {"chatgpt": True, "gemini": True, "mistral": True}
 
 INSERT = (
     "INSERT INTO questions (question, option_a, option_b, option_c, option_d, option_e,"

@@ -21,6 +21,14 @@ from psycopg import sql
 from worker.database import resolve_database_url, with_database
 from worker.migrate import migrate
 
+# The three batch models every pipeline benchmark runs (comments + a summary by chatgpt).
+MODELS = {
+    "chatgpt": {"provider": "openai", "model": "gpt-4.1-mini", "mode": "batch"},
+    "gemini": {"provider": "gemini", "model": "gemini-2.5-flash", "mode": "batch"},
+    "mistral": {"provider": "mistral", "model": "mistral-small-latest", "mode": "batch"},
+}
+ENABLED = {"chatgpt": True, "gemini": True, "mistral": True}
+
 
 def emit(
     figure: str,
