@@ -197,6 +197,13 @@ async def _supervised_worker(
         finally:
             if unsubscribe is not None:
                 unsubscribe()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # We were cancelled (SIGTERM) and Procrastinate's shutdown then failed or
+            # returned instead of re-raising (e.g. the database is gone and unregistering
+            # the worker timed out): stop, never restart a worker we were told to stop.
+            log.warning("worker for queue %s stopped while shutting down (%s)", queue, reason)
+            raise asyncio.CancelledError
         if time.monotonic() - started > 30:
             backoff = 0.2
         log.warning("worker for queue %s stopped (%s); restarting in %.1fs", queue, reason, backoff)

@@ -232,3 +232,38 @@ def test_run_refuses_a_server_where_listen_never_delivers(deaf_url: str, tmp_pat
 )
 def test_supabase_transaction_pooler_is_recognised_by_address(url: str, expected: bool) -> None:
     assert looks_like_transaction_pooler(url) is expected
+
+
+def test_sigterm_while_the_database_is_gone_still_exits(db_url: str, tmp_path: Path) -> None:
+    """A worker told to stop while its database has vanished must exit, not restart its
+    queue workers forever (Procrastinate's shutdown fails on the missing database and does
+    not re-raise the cancellation)."""
+    env = dict(os.environ, DATABASE_URL=db_url, LOG_LEVEL="WARNING", SHUTDOWN_GRACEFUL_SECONDS="5")
+    proc = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            wait_for(
+                lambda: (
+                    conn.execute("SELECT count(*) = 4 FROM procrastinate_workers").fetchone()[0]  # type: ignore[index]
+                    or None
+                ),
+                60,
+                "four queue workers registered",
+            )
+        name = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+        admin = psycopg.conninfo.make_conninfo(db_url, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(str(name))
+                )
+            )
+        time.sleep(1.0)
+        # A liveness bound, not a timing target: shutdown waits for the pool's 30 s
+        # connection timeout once; before the fix the process never exited.
+        code = proc.terminate(180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the worker did not exit after SIGTERM: " + proc.log_tail()) from None
+    assert code is not None, proc.log_tail()
+    assert "restarting in" not in proc.log_tail(20000).split("stopped while shutting down")[-1]
