@@ -18,7 +18,7 @@ install_log_redaction()
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from worker.tasks import app  # the app with its tasks registered
+        from worker.queue.tasks import app  # the app with its tasks registered
 
         return app
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

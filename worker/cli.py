@@ -292,7 +292,8 @@ def _main(argv: list[str]) -> int:
 
         return int(demo.main(args.questions))
     if args.command == "status":
-        from worker import preflight, status
+        from worker import preflight
+        from worker.ops import status
 
         preflight.check_schema(_database_url())
         return int(status.main(as_json=args.json))
@@ -375,7 +376,7 @@ def _psql(dbname: str | None) -> int:
 def _run(args: Any, default_processes: int) -> int:
     import asyncio
 
-    from worker import runner
+    from worker.queue import runner
 
     url = _database_url()
     runner.wait_for_database(url)  # Ctrl-C while waiting: KeyboardInterrupt, exit 130

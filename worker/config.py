@@ -22,7 +22,7 @@ Exceptions, read from the process environment on purpose and listed in
   the same server.
 
 Per-run configuration (which models, batch size, delays, attempts) lives in the database
-rows ``ai_commentary_settings`` / ``ai_realtime_settings`` (:mod:`worker.settings_row`,
+rows ``ai_commentary_settings`` / ``ai_realtime_settings`` (:mod:`worker.commentary.settings_row`,
 :mod:`worker.realtime.model`). In particular attempts are per-run policy, not process
 settings: ``ai_commentary_settings.max_attempts`` for questions, ``ai_jobs.max_attempts``
 (or the route's) for realtime jobs; the former ``MAX_ATTEMPTS`` variable, read by nothing,
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     pushover_user_key: SecretStr | None = None
     pushover_api_token: SecretStr | None = None
     pushover_url: str = "https://api.pushover.net/1/messages.json"
-    # worker.alerts: the same key at most once per dedup window; at most ALERT_RATE_LIMIT
+    # worker.ops.alerts: the same key at most once per dedup window; at most ALERT_RATE_LIMIT
     # messages per ALERT_RATE_WINDOW_SECONDS (more are held for a digest); HTTP timeout.
     alert_dedup_seconds: float = Field(default=3600.0, ge=0)
     alert_rate_limit: int = Field(default=5, ge=0)
@@ -111,14 +111,14 @@ class Settings(BaseSettings):
     # The day boundary of ai_commentary_settings.daily_budget_usd (an IANA zone name).
     budget_timezone: str = "UTC"
 
-    # Circuit breakers (worker.breaker): consecutive counted failures that open a
+    # Circuit breakers (worker.ops.breaker): consecutive counted failures that open a
     # provider's breaker; open -> one half-open probe after the cooldown; an unresolved
     # probe is handed out again after the probe timeout.
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=60.0, ge=0)
     breaker_probe_timeout_seconds: float = Field(default=60.0, ge=0)
 
-    # OpenRouter credit monitor (worker.credits, hourly).
+    # OpenRouter credit monitor (worker.ops.credits, hourly).
     openrouter_credit_warn_usd: float = Field(default=5.0, ge=0)
     openrouter_credit_critical_usd: float = Field(default=1.0, ge=0)
     # None or 0: no daily-usage alert.
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     # lines count as missing; polled again with the usual backoff meanwhile.
     results_grace_seconds: float = Field(default=600.0, ge=0)
     # A batch the provider refused for its token queue keeps its token reservation this long
-    # (the provider keeps counting it for a while too; worker.budget).
+    # (the provider keeps counting it for a while too; worker.commentary.budget).
     token_limit_hold_seconds: float = Field(default=10.0, ge=0)
     metrics_port: int | None = None
     # Connections: one LISTEN connection per process plus a pool of at most

@@ -6,7 +6,7 @@
      ├── SetupError           a set-up mistake (database unreachable, not migrated, ...):
                               one line that names the fix (worker.preflight)
      └── ProviderError        any failure talking to an AI provider, already classified
-                              (see worker.error_policy for how SDK exceptions map here)
+                              (see worker.providers.error_policy for how SDK exceptions map here)
 
 Provider SDK and HTTP exceptions are translated at the adapter boundary with
 ``raise ProviderError(...) from exc`` so callers never import an SDK to decide what to do.

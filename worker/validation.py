@@ -44,7 +44,7 @@ BATCH_PROVIDERS = ("openai", "gemini", "mistral")
 MODEL_KEY_PATTERN = "^[a-z0-9_]+$"
 MAX_MODEL_KEY_CHARS = 63
 RESERVED_MODEL_KEYS = ("summary",)
-# The placeholders a user_prompt_template may use (worker.prompts.user_prompt fills them).
+# The placeholders a user_prompt_template may use (worker.commentary.prompts.user_prompt fills them).
 TEMPLATE_FIELDS = (
     "question",
     "option_a",

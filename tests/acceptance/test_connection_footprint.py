@@ -27,7 +27,7 @@ import pytest
 from tests.fixtures.pipeline import DEFAULT_MODELS, insert_questions, point_env_at_emulator
 from tests.fixtures.worker_proc import WorkerProcess, wait_for
 from worker.emulator import Emulator
-from worker.wakeups import check_delivery, looks_like_transaction_pooler
+from worker.queue.wakeups import check_delivery, looks_like_transaction_pooler
 
 IDLE_LIMIT = 4
 BUSY_LIMIT = 6

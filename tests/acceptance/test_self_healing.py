@@ -31,7 +31,7 @@ from tests.fixtures.worker_proc import (
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.migrate import migrate
-from worker.routing import reset_providers
+from worker.providers.routing import reset_providers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,7 +61,7 @@ LIVE_WORKERS = (
     "SELECT count(*) AS n FROM procrastinate_workers"
     " WHERE last_heartbeat > now() - interval '4 seconds'"
 )
-# One listening connection per process serves every queue (worker/wakeups.py).
+# One listening connection per process serves every queue (worker/queue/wakeups.py).
 LISTENERS = (
     "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'ai-worker-listen'"
     " AND datname = current_database() AND query ILIKE 'LISTEN%'"

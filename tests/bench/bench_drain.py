@@ -121,7 +121,7 @@ def ideal_seconds(st: dict[str, Any], turnaround: float) -> tuple[float, str]:
 async def measure_turnaround(base: str) -> float:
     """Seconds from create to a terminal status of one small OpenAI batch (tight polling)."""
     from tests.integration.test_adapters import requests
-    from worker.providers.openai_batch import OpenAIBatch
+    from worker.providers.openai import OpenAIBatch
 
     p = OpenAIBatch("bench", f"{base}/openai/v1", 10.0)
     t0 = time.monotonic()
@@ -219,12 +219,12 @@ async def run_old(base: str) -> dict[str, Any]:
     """The old system's strategy on the same emulator: 40 questions per run, one batch per
     model per run, runs back to back, failed batches resubmitted at once (an attempt
     each), a question failed after 3 attempts. Summaries follow a question's 3 comments."""
-    from worker import prompts
+    from worker.commentary import prompts
+    from worker.commentary.schemas import COMMENTARY_SCHEMA, SUMMARY_SCHEMA
     from worker.providers.base import ChatRequest
-    from worker.providers.gemini_batch import GeminiBatch
-    from worker.providers.mistral_batch import MistralBatch
-    from worker.providers.openai_batch import OpenAIBatch
-    from worker.schemas import COMMENTARY_SCHEMA, SUMMARY_SCHEMA
+    from worker.providers.gemini import GeminiBatch
+    from worker.providers.mistral import MistralBatch
+    from worker.providers.openai import OpenAIBatch
 
     configure(base, **EMULATOR_LIMITS)
     adapters: dict[str, Any] = {

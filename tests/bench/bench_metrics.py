@@ -1,6 +1,6 @@
 """Scrape cost of /metrics on a large realtime history: every scrape reading the whole
 ai_jobs table (the first scrape of a process does exactly that) against later scrapes that
-read only the rows finished since the fold margin (worker.metrics.RangeTotals).
+read only the rows finished since the fold margin (worker.ops.metrics.RangeTotals).
 
     .venv/bin/python -m tests.bench.bench_metrics [--rows 200000] [--scrapes 7]
 """
@@ -14,7 +14,7 @@ import time
 import psycopg
 
 from tests.bench.common import emit, fresh_database, median
-from worker import metrics
+from worker.ops import metrics
 
 
 def main() -> int:

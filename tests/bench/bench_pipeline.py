@@ -182,7 +182,7 @@ def one_job_per_question_ai_rate(base: str) -> float:
     models (realtime chat on the emulator, structured output) and writes the comments."""
     import tempfile
 
-    from worker.schemas import COMMENTARY_SCHEMA
+    from worker.commentary.schemas import COMMENTARY_SCHEMA
 
     n = ONE_JOB_SAMPLE // 2
     with fresh_database("onejobai") as url, tempfile.TemporaryDirectory() as d:

@@ -171,7 +171,7 @@ class Bench:
     @contextlib.asynccontextmanager
     async def worker(self) -> AsyncIterator[None]:
         """The real Procrastinate worker of queue ``realtime`` (concurrency 1), in-process."""
-        from worker.queue_app import app
+        from worker.queue.app import app
 
         task = asyncio.create_task(
             app.run_worker_async(
@@ -253,7 +253,7 @@ class Bench:
     async def client_only(self, n: int, latency_ms: float, concurrency: int) -> float:
         """Requests/s of a bare HTTP client (no database, no drain) at this latency and
         concurrency: what the emulator allows at all."""
-        from worker.realtime.lean_http import LeanClient
+        from worker.providers.lean_http import LeanClient
 
         self.emu.configure(latency_ms=latency_ms)
         client = LeanClient(self.emu.env()["OPENAI_BASE_URL"], {"Authorization": "Bearer k"})
@@ -386,7 +386,7 @@ async def main_async(url: str, quick: bool, in_process: bool) -> None:
         os.environ[k] = v
     os.environ["PROVIDER_TIMEOUT_SECONDS"] = "30"
     get_settings.cache_clear()
-    from worker.queue_app import app
+    from worker.queue.app import app
     from worker.realtime.drain import reset_clients
 
     reset_clients()

@@ -182,11 +182,11 @@ def _backlog_tokens_per_model() -> int:
     """The emulator's queue count of one model's comment requests for all N questions."""
     import json as _json
 
-    from worker import prompts
+    from worker.commentary import prompts
+    from worker.commentary.schemas import COMMENTARY_SCHEMA
     from worker.emulator.limits import estimate_openai_line_tokens
     from worker.providers.base import ChatRequest
     from worker.providers.jsonl import request_line_encoder
-    from worker.schemas import COMMENTARY_SCHEMA
 
     q = prompts.QuestionText(
         question=f"Chaos {N}: Welches Organ produziert Insulin?",

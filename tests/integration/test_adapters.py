@@ -20,9 +20,9 @@ except ImportError as exc:  # pragma: no cover - only while the emulator is bein
 
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.base import BatchProvider, BatchState, BatchStatus, ChatRequest, ResultLine
-from worker.providers.gemini_batch import GeminiBatch
-from worker.providers.mistral_batch import MistralBatch
-from worker.providers.openai_batch import OpenAIBatch
+from worker.providers.gemini import GeminiBatch
+from worker.providers.mistral import MistralBatch
+from worker.providers.openai import OpenAIBatch
 from worker.providers.registry import OPENAI_COMPATIBLE, build_chat_provider
 
 pytestmark = pytest.mark.timeout(60)

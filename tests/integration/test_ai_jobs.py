@@ -13,8 +13,8 @@ import pytest
 from tests.fixtures.pipeline import drain, point_env_at_emulator
 from worker.config import get_settings
 from worker.emulator import Emulator
+from worker.providers.routing import reset_providers
 from worker.realtime.drain import reset_clients
-from worker.routing import reset_providers
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import pytest
 from pydantic import ValidationError
 
 from tests.fixtures.settings import configure
-from worker.alerts import AlertPolicy, Outcome, Priority, alert, flush_held, send_pushover
 from worker.config import get_settings
+from worker.ops.alerts import AlertPolicy, Outcome, Priority, alert, flush_held, send_pushover
 
 
 class FakePushover:
@@ -359,7 +359,7 @@ async def test_a_crashed_task_alerts(
 ) -> None:
     from psycopg_pool import AsyncConnectionPool
 
-    from worker.task_runs import recorded_run
+    from worker.queue.task_runs import recorded_run
 
     async with AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False) as pool:
         with pytest.raises(ZeroDivisionError):
@@ -377,8 +377,8 @@ async def test_a_failed_batch_submission_alerts(
 ) -> None:
     import uuid
 
+    from worker.commentary.submit import abandon_intent
     from worker.errors import ErrorKind, ProviderError
-    from worker.submit import abandon_intent
 
     err = ProviderError("upload failed", kind=ErrorKind.RETRYABLE, provider="gemini")
     await abandon_intent(aconn, uuid.uuid4(), "gemini", err)

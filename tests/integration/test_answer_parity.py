@@ -2,13 +2,13 @@
 
 Each emulator fault kind is injected for one provider at a time; then
 
-* the commentary lane's instant adapter (``worker.routing.providers().chat(p).complete``,
+* the commentary lane's instant adapter (``worker.providers.routing.providers().chat(p).complete``,
   the official SDKs, OpenAI's with its default retries) and
 * the realtime lane (``worker.realtime.execute.run_chat``) through the lean HTTP client and
   through the official SDK (Gemini and Mistral have only the SDK path)
 
 are asked the same JSON question. Each lane's result is reduced to an outcome class: the
-commentary lane's through :func:`worker.error_policy.disposition` of the line's or the
+commentary lane's through :func:`worker.providers.error_policy.disposition` of the line's or the
 error's kind (what ``submit._instant_round`` acts on), the realtime lane's from the job's
 :class:`~worker.realtime.model.Outcome` (status failed / retrying / waiting for a stopped
 provider). The classes must be equal, and equal to what the fault means.
@@ -25,14 +25,14 @@ import pytest
 from tests.fixtures.pipeline import point_env_at_emulator
 from worker.config import get_settings
 from worker.emulator import Emulator
-from worker.error_policy import disposition
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.answer_rules import schema_problem
 from worker.providers.base import ChatRequest
+from worker.providers.error_policy import disposition
+from worker.providers.routing import providers, reset_providers
 from worker.realtime import execute
 from worker.realtime.model import Job, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients
-from worker.routing import providers, reset_providers
 
 MODELS = {
     "openai": "gpt-4.1-mini",

@@ -8,7 +8,7 @@ Bad questions go in as rows; bad model output comes from the emulator where it c
 (broken result lines, schema violations) and otherwise from the real result stream of a
 real emulator batch with one thing changed (non-JSON answers, a truncated file, unknown
 ids, duplicates, unencodable text). The policy for bad questions is documented in
-``worker.question_input``.
+``worker.commentary.question_input``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from tests.fixtures.pipeline import (
     set_models,
     status_counts,
 )
-from worker import custom_ids, submit
+from worker.commentary import custom_ids, submit
 from worker.emulator import Emulator
 from worker.emulator.content import unit_fraction
 from worker.providers.base import BatchStatus, ChatRequest, ResultLine
 from worker.providers.jsonl import recover_id
-from worker.providers.openai_batch import OpenAIBatch
+from worker.providers.openai import OpenAIBatch
 
 pytestmark = pytest.mark.timeout(120)
 

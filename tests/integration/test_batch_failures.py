@@ -13,9 +13,10 @@ import pytest
 from tests.fixtures.pipeline import adrain, batch_ids, insert_questions, one_round, status_counts
 from tests.fixtures.settings import configure
 from tests.integration.test_failure_modes import comment_counts, only
-from worker import metrics, poll, submit
+from worker.commentary import poll, submit
 from worker.config import get_settings
 from worker.emulator import Emulator
+from worker.ops import metrics
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -25,13 +25,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from tests.fixtures.pipeline import drain, point_env_at_emulator
-from worker import maintenance, submit
+from worker.commentary import submit
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.migrate import migrate
+from worker.ops import maintenance
+from worker.providers.routing import reset_providers
 from worker.queries import q
 from worker.realtime.drain import reset_clients
-from worker.routing import reset_providers
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -84,7 +85,7 @@ def _readme_block(marker: str) -> str:
 
 
 async def _claim(url: str) -> list[uuid.UUID]:
-    """One real claim (worker.submit.claim): the questions it set processing, in order."""
+    """One real claim (worker.commentary.submit.claim): the questions it set processing, in order."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         settings = await submit.load_settings(conn)
         before = await (await conn.execute("SELECT now()")).fetchone()

@@ -13,11 +13,11 @@ from google import genai
 from google.genai import types
 from mistralai.client import Mistral
 
-from worker.breaker import counts_toward_breaker
 from worker.emulator import Emulator
-from worker.error_policy import classify
 from worker.errors import ErrorKind, ProviderError
-from worker.resilience import STOP_KINDS
+from worker.ops.breaker import counts_toward_breaker
+from worker.ops.resilience import STOP_KINDS
+from worker.providers.error_policy import classify
 
 K = ErrorKind
 MSG: Any = [{"role": "user", "content": "Welches Organ produziert Insulin?"}]
@@ -110,9 +110,9 @@ def test_sdk_exception_classifies(emulator: Emulator, provider: str, fault: str)
 async def test_adapter_raises_the_classified_error(emulator: Emulator, provider: str) -> None:
     """The instant adapters translate at their boundary: the caller gets a ProviderError
     with the right kind, never an SDK exception."""
+    from worker.commentary.schemas import COMMENTARY_SCHEMA
     from worker.providers.base import ChatRequest
     from worker.providers.instant import GeminiChat, MistralChat, OpenAICompatibleChat
-    from worker.schemas import COMMENTARY_SCHEMA
 
     chat: Any
     if provider == "openai":

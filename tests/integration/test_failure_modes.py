@@ -22,10 +22,11 @@ from tests.fixtures.pipeline import (
     status_counts,
     submitted_twice,
 )
-from worker import custom_ids, ingest, maintenance, poll, submit
+from worker.commentary import custom_ids, ingest, poll, submit
 from worker.emulator import Emulator
+from worker.ops import maintenance
 from worker.providers.base import BatchState, BatchStatus, ResultLine
-from worker.routing import providers
+from worker.providers.routing import providers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -430,7 +431,7 @@ def test_13_no_temp_files_are_left_behind(
 async def test_14_results_are_matched_by_id_whatever_their_order(
     pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
 ) -> None:
-    from worker.submit import load_settings
+    from worker.commentary.submit import load_settings
 
     ids = insert_questions(db, 20)
     owner = "test-owner"

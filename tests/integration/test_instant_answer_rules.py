@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures.pipeline import drain, insert_questions, set_models, status_counts
 from tests.integration.test_resilience_pipeline import run_until
 from worker.emulator import Emulator
-from worker.routing import reset_providers
+from worker.providers.routing import reset_providers
 
 N = 4
 

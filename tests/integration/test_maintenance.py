@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from tests.fixtures.pipeline import insert_questions
-from worker import maintenance
+from worker.ops import maintenance
 
 
 async def test_overdue_batch_gets_a_poll_despite_a_zombie_doing_poll_job(

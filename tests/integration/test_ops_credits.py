@@ -11,9 +11,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.fixtures.pipeline import point_env_at_emulator
 from tests.fixtures.settings import configure
-from worker import credits
 from worker.config import get_settings
 from worker.emulator import Emulator
+from worker.ops import credits
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ async def test_alerts_at_warning_and_critical_thresholds(
     out = await credits.run_credit_check(pool)
     assert out["level"] == "warning"
     assert [a["kind"] for a in out["alerts"]] == ["credit_warning"]
-    # Pushover is not configured: recorded by worker.alerts as 'disabled'.
+    # Pushover is not configured: recorded by worker.ops.alerts as 'disabled'.
     assert out["alerts"][0]["delivered"] == "disabled"
     assert _alerts(db) == [
         {
@@ -99,7 +99,7 @@ async def test_alerts_at_warning_and_critical_thresholds(
     assert (await credits.run_credit_check(pool))["level"] == "ok"
     openrouter.configure(openrouter_total_credits=104.0)  # $4.75 left
     out = await credits.run_credit_check(pool)
-    # A new drop is raised again; worker.alerts folds it into the alert of an hour ago.
+    # A new drop is raised again; worker.ops.alerts folds it into the alert of an hour ago.
     assert out["alerts"] == [
         {"kind": "credit_warning", "severity": "warning", "delivered": "deduplicated"}
     ]

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from tests.fixtures.pipeline import drain, insert_questions, set_models
-from worker import health, metrics
 from worker.emulator import Emulator
+from worker.ops import health, metrics
 
 SAMPLE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>[-+0-9.eE]+|NaN|[+-]Inf)$"

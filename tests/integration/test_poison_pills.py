@@ -25,12 +25,12 @@ from psycopg import errors
 
 from tests.fixtures.database import create_db, drop_db
 from tests.fixtures.pipeline import DEFAULT_MODELS, adrain, drain, set_models, status_counts
-from worker import prompts, request_check, submit
+from worker.commentary import prompts, request_check, submit
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.migrate import migrate
+from worker.queue.task_runs import recorded_run
 from worker.realtime.drain import reset_clients
-from worker.task_runs import recorded_run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,8 +28,8 @@ from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.errors import MigrationError
 from worker.migrate import migrate
+from worker.providers.routing import reset_providers
 from worker.queries import q
-from worker.routing import reset_providers
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -17,8 +17,8 @@ from tests.fixtures.pipeline import point_env_at_emulator
 from tests.fixtures.settings import configure
 from worker.config import get_settings
 from worker.emulator import Emulator
+from worker.providers.routing import reset_providers
 from worker.realtime.drain import reset_clients, run_drain
-from worker.routing import reset_providers
 
 
 @pytest.fixture
@@ -283,7 +283,7 @@ def test_sessions_expire_after_their_age_limit_and_can_be_required_to_exist(
 async def test_the_tick_deletes_old_rows_in_small_batches(
     db: psycopg.Connection[Any], opened_app: Any
 ) -> None:
-    from worker import maintenance
+    from worker.ops import maintenance
 
     db.execute(
         "INSERT INTO ai_jobs (kind, provider, model, input_text)"

@@ -17,11 +17,11 @@ from tests.fixtures.pipeline import insert_questions
 from tests.fixtures.settings import configure
 from tests.integration import test_alerts
 from tests.integration.test_alerts import FakePushover
-from worker import resilience
+from worker.commentary.ingest import IngestCounts
+from worker.commentary.submit import load_settings
 from worker.errors import ConfigError, ErrorKind, ProviderError
-from worker.ingest import IngestCounts
+from worker.ops import resilience
 from worker.providers.base import BatchState, BatchStatus
-from worker.submit import load_settings
 
 # The fake Pushover fixtures (Pushover is off unless a test asks for the fake).
 pushover = test_alerts.pushover
@@ -392,7 +392,7 @@ async def test_budget_counts_ai_jobs(
 async def test_exhausted_budget_stops_submit_from_claiming(
     pipeline: Any, db_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    from worker.submit import run_submit
+    from worker.commentary.submit import run_submit
 
     insert_questions(db, 4)
     db.execute("UPDATE ai_commentary_settings SET daily_budget_usd = 0")

@@ -35,7 +35,7 @@ def comments_per_model(db: psycopg.Connection[Any]) -> dict[str, int]:
 def run_until(condition: Callable[[], bool], timeout: float, slice_seconds: float = 1.5) -> bool:
     """Run the real runner in short slices until ``condition`` holds (the work cannot go
     idle while a provider is stopped: its questions stay in processing)."""
-    from worker import runner
+    from worker.queue import runner
 
     async def go() -> bool:
         deadline = time.monotonic() + timeout

@@ -21,12 +21,12 @@ from tests.fixtures.pipeline import insert_questions, point_env_at_emulator
 from tests.integration import test_alerts
 from tests.integration.test_alerts import FakePushover
 from tests.integration.test_resilience_pipeline import run_until
-from worker import status
 from worker.config import get_settings
 from worker.emulator import Emulator
+from worker.ops import status
+from worker.providers.routing import reset_providers
 from worker.realtime.drain import reset_clients
 from worker.redact import MARK, redact
-from worker.routing import reset_providers
 
 pushover = test_alerts.pushover
 pushover_off = test_alerts.pushover_off

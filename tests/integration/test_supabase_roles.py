@@ -34,7 +34,7 @@ from worker.config import get_settings
 from worker.database import with_database
 from worker.emulator import Emulator
 from worker.migrate import migrate
-from worker.routing import reset_providers
+from worker.providers.routing import reset_providers
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_SHAPE = ROOT / "tests" / "fixtures" / "production_shape.sql"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.fixtures.pipeline import drain, insert_questions, set_models, status_counts
 from tests.fixtures.settings import configure
-from worker import budget
+from worker.commentary import budget
 from worker.emulator import Emulator
 from worker.emulator.limits import estimate_openai_line_tokens
 from worker.providers.base import ChatRequest
@@ -122,7 +122,7 @@ async def test_no_questions_claimed_while_the_budget_is_full(
     insert_questions(db, 20)
     from psycopg_pool import AsyncConnectionPool
 
-    from worker.submit import run_submit
+    from worker.commentary.submit import run_submit
 
     async with AsyncConnectionPool(
         db_url, min_size=1, max_size=3, open=False, kwargs={"autocommit": True}
@@ -134,8 +134,8 @@ async def test_no_questions_claimed_while_the_budget_is_full(
 
 def test_estimator_error_against_the_emulator_count() -> None:
     """The cheap estimate is within 10% of the emulator's queue count on real prompts."""
-    from worker import prompts
-    from worker.schemas import COMMENTARY_SCHEMA
+    from worker.commentary import prompts
+    from worker.commentary.schemas import COMMENTARY_SCHEMA
 
     encode = request_line_encoder("openai", MODEL)
     errors = []
@@ -267,7 +267,7 @@ def _billed_usd(db: psycopg.Connection[Any], stats: dict[str, Any]) -> Decimal:
 async def _rounds_until_paused(pool: Any, db: psycopg.Connection[Any]) -> dict[str, Any]:
     """submit + poll every live batch, until submit pauses for the budget or has nothing."""
     from tests.fixtures.pipeline import batch_ids
-    from worker import poll, submit
+    from worker.commentary import poll, submit
 
     report: dict[str, Any] = {}
     for _ in range(200):
@@ -346,7 +346,7 @@ async def test_a_stopped_provider_still_collects_the_batches_it_was_paid_for(
     pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
 ) -> None:
     from tests.fixtures.pipeline import batch_ids
-    from worker import poll, submit
+    from worker.commentary import poll, submit
 
     pool = opened_app.connector.pool
     _only_chatgpt(db)
@@ -380,7 +380,7 @@ async def test_a_batch_the_provider_no_longer_knows_is_resolved_as_lost(
     pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
 ) -> None:
     from tests.fixtures.pipeline import batch_ids
-    from worker import poll, submit
+    from worker.commentary import poll, submit
 
     pool = opened_app.connector.pool
     _only_chatgpt(db)
@@ -416,7 +416,8 @@ async def test_an_ambiguous_create_whose_lookup_fails_is_left_for_the_reconciler
     """Create answered nothing and listing batches fails too: the intent is not abandoned
     (the batch may exist and be billed); the tick's reconciler adopts it later, once."""
     from tests.fixtures.pipeline import batch_ids
-    from worker import maintenance, submit
+    from worker.commentary import submit
+    from worker.ops import maintenance
 
     pool = opened_app.connector.pool
     set_models(db, chatgpt=False, gemini=True, mistral=False, perplexity=False, deepseek=False)
@@ -458,9 +459,9 @@ async def test_a_404_for_everything_is_a_misconfiguration_not_a_lost_batch(
     """A wrong base URL answers 404 for the batch and for the listing too: nothing is
     resolved as lost (resubmitting would pay twice for a batch that still runs)."""
     from tests.fixtures.pipeline import batch_ids
-    from worker import poll, submit
+    from worker.commentary import poll, submit
     from worker.config import get_settings
-    from worker.routing import reset_providers
+    from worker.providers.routing import reset_providers
 
     pool = opened_app.connector.pool
     _only_chatgpt(db)

@@ -10,13 +10,13 @@ import pytest
 from worker.emulator.config import FAULT_KINDS, PROVIDERS, FaultRule
 from worker.emulator.content import schema_in_text
 from worker.emulator.faults import fault_reply
-from worker.error_policy import DISPOSITIONS, Disposition, classify_http, disposition
 from worker.errors import ErrorKind as K
 from worker.providers.answer_rules import (
     check_answer,
     schema_instruction,
     schema_problem,
 )
+from worker.providers.error_policy import DISPOSITIONS, Disposition, classify_http, disposition
 
 SCHEMA = {
     "type": "object",

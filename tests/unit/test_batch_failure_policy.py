@@ -1,4 +1,4 @@
-"""worker.error_policy for batch-level failures (issue 12, build 4): which causes spend the
+"""worker.providers.error_policy for batch-level failures (issue 12, build 4): which causes spend the
 questions' attempts, and Gemini's generic 429 on batch endpoints."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import google.genai.errors as genai_errors
 import httpx2
 import pytest
 
+from worker.commentary.ingest import line_charges_attempt
 from worker.emulator.limits import GEMINI_GENERIC_429
-from worker.error_policy import BatchCause, classify, classify_batch_failure, redact
 from worker.errors import ErrorKind
-from worker.ingest import line_charges_attempt
 from worker.providers.base import ResultLine
+from worker.providers.error_policy import BatchCause, classify, classify_batch_failure, redact
 from worker.providers.jsonl import parse_openai_line
 
 GENERIC = {"code": 429, "message": GEMINI_GENERIC_429, "status": "RESOURCE_EXHAUSTED"}
@@ -140,7 +140,7 @@ def test_status_code_zero_line_is_a_retryable_failure() -> None:
 
 
 def test_the_gemini_client_is_pinned_to_v1beta() -> None:
-    from worker.providers.gemini_batch import GEMINI_API_VERSION, make_genai_client
+    from worker.providers.gemini import GEMINI_API_VERSION, make_genai_client
 
     client = make_genai_client("k", "http://127.0.0.1:9", 1.0)
     assert GEMINI_API_VERSION == "v1beta"

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from tests.fixtures.settings import configure
-from worker.breaker import (
+from worker.errors import ErrorKind
+from worker.ops.breaker import (
     BreakerConfig,
     Health,
     State,
@@ -20,7 +21,6 @@ from worker.breaker import (
     probe_due,
     take_probe,
 )
-from worker.errors import ErrorKind
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 CFG = BreakerConfig(failure_threshold=3, cooldown_seconds=60, probe_timeout_seconds=30)

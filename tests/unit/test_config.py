@@ -18,11 +18,12 @@ import pytest
 from pydantic import ValidationError
 
 from tests.fixtures.settings import configure
-from worker import alerts, breaker, credits, maintenance, resilience, runner
 from worker.config import PLATFORM_VARIABLES, Settings, get_settings
+from worker.ops import alerts, breaker, credits, maintenance, resilience
 from worker.providers.instant import OpenAICompatibleChat
+from worker.providers.routing import Providers
+from worker.queue import runner
 from worker.realtime.providers import RealtimeClients
-from worker.routing import Providers
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "worker"
@@ -30,8 +31,8 @@ WORKER = ROOT / "worker"
 #: The only environment reads outside worker/config.py (see its module doc for why).
 ALLOWED_READS = {
     ("worker/database.py", "DATABASE_URL"),
-    ("worker/realtime/lean_http.py", "SSL_CERT_FILE"),
-    ("worker/realtime/lean_http.py", "SSL_CERT_DIR"),
+    ("worker/providers/lean_http.py", "SSL_CERT_FILE"),
+    ("worker/providers/lean_http.py", "SSL_CERT_DIR"),
 }
 
 

@@ -1,4 +1,4 @@
-"""worker.error_policy: every row builds a REAL SDK / HTTP exception object.
+"""worker.providers.error_policy: every row builds a REAL SDK / HTTP exception object.
 
 openai 3.54, google-genai 3.4 and mistralai 3.7 all use the ``httpx2`` fork internally, so
 their exceptions are built around ``httpx2.Response``/``httpx2.Request`` objects.
@@ -20,7 +20,8 @@ import mistralai.client.errors as mistral_errors
 import openai
 import pytest
 
-from worker.error_policy import (
+from worker.errors import ErrorKind, ProviderError
+from worker.providers.error_policy import (
     classify,
     classify_http,
     classify_rpc_status,
@@ -28,7 +29,6 @@ from worker.error_policy import (
     parse_duration,
     retry_after_seconds,
 )
-from worker.errors import ErrorKind, ProviderError
 
 K = ErrorKind
 

@@ -7,10 +7,10 @@ import asyncio
 import uuid
 from typing import Any
 
-from worker import prompts
-from worker.schemas import COMMENTARY_SCHEMA, parse_commentary
-from worker.settings_row import CommentarySettings
-from worker.submit import build_requests
+from worker.commentary import prompts
+from worker.commentary.schemas import COMMENTARY_SCHEMA, parse_commentary
+from worker.commentary.settings_row import CommentarySettings
+from worker.commentary.submit import build_requests
 
 FIVE = dict(
     question="Welches Organ produziert Insulin?",

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.budget import named_limit
+from worker.commentary.budget import named_limit
 from worker.errors import ErrorKind, ProviderError
 from worker.providers import idempotent
 

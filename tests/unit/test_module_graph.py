@@ -146,8 +146,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_the_graph_sees_module_level_imports_only() -> None:
     graph = import_graph()
-    assert "worker.queries" in graph["worker.poll"]  # `from worker.queries import q`
-    assert "worker.metrics" in graph["worker.poll"]  # `from worker import metrics`
+    assert "worker.queries" in graph["worker.commentary.poll"]  # `from worker.queries import q`
+    assert "worker.ops.metrics" in graph["worker.commentary.poll"]  # `from worker import metrics`
     # worker.cli imports the emulator inside a function: not a module-level edge
     assert not any(is_emulator(m) for m in graph["worker.cli"])
 
@@ -180,8 +180,8 @@ PROBE = textwrap.dedent(
     from worker.providers.base import ChatRequest
     from worker.realtime.providers import mock_chat, mock_embed
     from worker.realtime.sessions import Prompt
-    from worker.routing import Providers
-    from worker.schemas import COMMENTARY_SCHEMA
+    from worker.providers.routing import Providers
+    from worker.commentary.schemas import COMMENTARY_SCHEMA
 
     request = ChatRequest(custom_id="c1", system_prompt="S", user_prompt="Frage",
                           json_schema=COMMENTARY_SCHEMA, schema_name="commentary")

@@ -1,4 +1,4 @@
-"""worker.question_input: which questions are refused, which answers are unknown, and how
+"""worker.commentary.question_input: which questions are refused, which answers are unknown, and how
 text is cleaned before it is sent (the policy is in the module docstring)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from worker.question_input import (
+from worker.commentary.question_input import (
     MAX_QUESTION_CHARS,
     answer_problem,
     check_question,

@@ -71,7 +71,7 @@ def _failed(provider: str = "openai") -> Outcome:
 async def test_success_is_reported_once_a_second_but_at_once_after_a_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker import resilience
+    from worker.ops import resilience
 
     calls: list[tuple[str, str]] = []
 
@@ -155,7 +155,7 @@ def test_measured_fast_calls_enlarge_the_lane_and_its_refill_batch() -> None:
 async def test_the_breaker_hears_each_failed_call_after_the_last_success(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker import resilience
+    from worker.ops import resilience
 
     counts: list[int] = []
 

@@ -1,4 +1,4 @@
-"""The realtime lane's lean HTTP/1.1 client (worker.realtime.lean_http) against a scripted
+"""The realtime lane's lean HTTP/1.1 client (worker.providers.lean_http) against a scripted
 local server: keep-alive reuse, the answer framings, stale and dropped connections."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worker.error_policy import classify
 from worker.errors import ErrorKind, ProviderError
-from worker.realtime.lean_http import LeanClient, Response, TransportError
+from worker.providers.error_policy import classify
+from worker.providers.lean_http import LeanClient, Response, TransportError
 from worker.realtime.providers import _lean_reply
 
 

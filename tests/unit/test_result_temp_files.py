@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker import poll
+from worker.commentary import poll
 from worker.providers.base import BatchState, BatchStatus, ResultLine
 from worker.providers.jsonl import temp_path
 

@@ -8,9 +8,10 @@ from importlib import resources
 
 import pytest
 
-from worker import prompts, validation
+from worker import validation
+from worker.commentary import prompts
+from worker.commentary.settings_row import parse_settings
 from worker.realtime.model import RealtimeSettings
-from worker.settings_row import parse_settings
 
 SQL = resources.files("worker.schema").joinpath("0017_validation.sql").read_text("utf-8")
 

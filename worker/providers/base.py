@@ -82,7 +82,7 @@ class BatchStatus:
     inline_results: list[dict[str, Any]] | None = field(default=None, repr=False)
     # The provider's batch-level failure reason (OpenAI ``errors.data[0]``, Mistral
     # ``errors[]``, Gemini the operation's ``error``): classified by
-    # worker.error_policy.classify_batch_failure.
+    # worker.providers.error_policy.classify_batch_failure.
     failure_code: str | None = None
     failure_message: str | None = None
 
@@ -100,7 +100,7 @@ class ResultLine:
     input_tokens: int = 0
     output_tokens: int = 0
     model_version: str | None = None
-    # For ok=False: what to do about it, decided by worker.error_policy from the line's
+    # For ok=False: what to do about it, decided by worker.providers.error_policy from the line's
     # HTTP status / error body / finish reason (None when ok).
     error_kind: ErrorKind | None = None
 

@@ -7,7 +7,7 @@
 
 All ask for schema-constrained JSON, return a :class:`ResultLine` (text, usage, model
 version; ``ok=False`` for a refusal/truncation/empty answer that did arrive) and translate
-every SDK failure with :func:`worker.error_policy.classify` (via ``translate_errors``).
+every SDK failure with :func:`worker.providers.error_policy.classify` (via ``translate_errors``).
 Request bodies and response parsing are shared with the batch adapters (``jsonl``), so a
 prompt sent realtime and in a batch is byte-for-byte the same request.
 """
@@ -23,15 +23,15 @@ from mistralai.client import Mistral
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
-from worker.error_policy import translate_errors
 from worker.providers.base import ChatRequest, ResultLine, secret_value
-from worker.providers.gemini_batch import make_genai_client
+from worker.providers.error_policy import translate_errors
+from worker.providers.gemini import make_genai_client
 from worker.providers.jsonl import (
     openai_chat_body,
     parse_chat_completion,
     parse_generate_content,
 )
-from worker.providers.mistral_batch import make_mistral_client
+from worker.providers.mistral import make_mistral_client
 
 JsonMode = Literal["json_schema", "json_object"]
 

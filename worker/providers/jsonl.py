@@ -47,7 +47,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, TypeVar
 
-from worker.error_policy import classify_http, classify_rpc_status, kind_for_result_code
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.answer_rules import (
     AnswerProblem,
@@ -55,6 +54,7 @@ from worker.providers.answer_rules import (
     schema_instruction,
 )
 from worker.providers.base import BatchLimits, ChatRequest, ResultLine
+from worker.providers.error_policy import classify_http, classify_rpc_status, kind_for_result_code
 
 T = TypeVar("T")
 JsonDict = dict[str, Any]

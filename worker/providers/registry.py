@@ -2,7 +2,7 @@
 
 Which provider (and which API - batch or realtime) serves a model is data: a
 :class:`ProviderConfig` says how to reach a provider; which provider and API answer a
-model is the settings row's route (:class:`worker.settings_row.ModelRoute`). Nothing else
+model is the settings row's route (:class:`worker.commentary.settings_row.ModelRoute`). Nothing else
 in the worker needs to know adapter classes.
 """
 
@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from worker.errors import ConfigError
 from worker.providers.base import BatchProvider, ChatProvider
-from worker.providers.gemini_batch import GeminiBatch
+from worker.providers.gemini import GeminiBatch
 from worker.providers.instant import GeminiChat, JsonMode, MistralChat, OpenAICompatibleChat
-from worker.providers.mistral_batch import MistralBatch
-from worker.providers.openai_batch import OpenAIBatch
+from worker.providers.mistral import MistralBatch
+from worker.providers.openai import OpenAIBatch
 
 BATCH_PROVIDERS: Mapping[str, Callable[..., BatchProvider]] = {
     "openai": OpenAIBatch,

@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from worker.error_log import record_error
+from worker.ops.error_log import record_error
 from worker.queries import q
 from worker.realtime.model import KIND_CHAT, Job, RealtimeSettings, Template
 

@@ -65,12 +65,12 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from worker import wakeups
 from worker.config import get_settings
 from worker.database import resolve_database_url
-from worker.error_log import record_error
 from worker.errors import ProviderError
+from worker.ops.error_log import record_error
 from worker.queries import q
+from worker.queue import wakeups
 from worker.realtime import shutdown
 from worker.realtime.claim import claim, load_settings, load_templates
 from worker.realtime.embeddings import (
@@ -409,7 +409,7 @@ class Drain:
     async def _gates(self, conn: AsyncConnection[Any]) -> tuple[set[str], set[str]]:
         """(providers to leave alone, providers whose half-open probe this drain just
         took). A provider whose probe job this drain still runs stays left alone."""
-        from worker import resilience
+        from worker.ops import resilience
 
         probes: set[str] = set()
         if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
@@ -427,7 +427,7 @@ class Drain:
         """Exactly one job per provider whose half-open probe this drain took (the breaker
         hands one probe to one caller across all processes); an unused probe is given
         back at once."""
-        from worker import breaker
+        from worker.ops import breaker
 
         out: list[Job] = []
         for provider in sorted(probes):
@@ -543,7 +543,7 @@ class Drain:
                     q("rt_release_throttled"), {"ids": waiting, "at": at, "owner": self.owner}
                 )
                 if any(i in self.probe_held for i in waiting):
-                    from worker import breaker
+                    from worker.ops import breaker
 
                     await breaker.return_probe(conn, provider)
                     self._probe_done(waiting)
@@ -746,7 +746,7 @@ class Drain:
         """Bookkeeping after a flush: token settlement, provider health, error log. Never
         per job: once per provider and error kind per flush, and a provider's success at most
         once per :data:`SUCCESS_REPORT_SECONDS` while it keeps succeeding."""
-        from worker import breaker, resilience
+        from worker.ops import breaker, resilience
 
         await self.limiter.settle(conn)
         ok: set[str] = set()
@@ -802,7 +802,7 @@ class Drain:
 
     async def _listen(self) -> None:
         """A notification wakes the claim loop: from the process's one listening connection
-        when ``python -m worker run`` runs one (:mod:`worker.wakeups`), else on a dedicated
+        when ``python -m worker run`` runs one (:mod:`worker.queue.wakeups`), else on a dedicated
         connection of the drain's own."""
         hub = wakeups.current
         if hub is not None:

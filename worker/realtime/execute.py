@@ -16,7 +16,7 @@ Failure policy (:func:`outcome_for_error`):
   shrink further the job fails.
 * ``invalid_request``/``content_refused`` (refusals, moderation, safety blocks)/
   ``truncated``: fail at once; retrying cannot help. (The kinds come from
-  :data:`worker.error_policy.DISPOSITIONS`, which the commentary lane uses too.)
+  :data:`worker.providers.error_policy.DISPOSITIONS`, which the commentary lane uses too.)
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import time
 from datetime import UTC, datetime
 
 from worker import validation
-from worker.error_policy import DISPOSITIONS, Disposition
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.answer_rules import schema_problem
+from worker.providers.error_policy import DISPOSITIONS, Disposition
 from worker.realtime.model import Job, Outcome, RealtimeSettings, Template
 from worker.realtime.providers import RealtimeClients, monotonic_ms
 from worker.realtime.sessions import build_prompt, shrink

@@ -7,7 +7,7 @@ OpenAI-compatible endpoints (OpenRouter with its ``HTTP-Referer``/``X-Title`` he
 Perplexity, DeepSeek, Ollama), ``genai.Client(...).aio`` for Gemini and
 ``Mistral(...).chat.complete_async`` / ``embeddings.create_async`` for Mistral - pointed at
 the base URLs of :func:`worker.config.get_settings`. Every SDK failure is translated with
-:func:`worker.error_policy.classify`, and every answer that arrives is judged by
+:func:`worker.providers.error_policy.classify`, and every answer that arrives is judged by
 :func:`worker.providers.answer_rules.check_answer` - the rules the commentary lane applies:
 a truncated answer raises ``truncated``, a refusal or blocked prompt ``content_refused``.
 
@@ -16,10 +16,10 @@ at once and the job goes back to the queue with our own backoff, which honours
 ``retry-after`` and is visible in the table.
 
 The one exception is the hot path, chat on OpenAI and the OpenAI-compatible endpoints: it
-goes through :class:`~worker.realtime.lean_http.LeanClient` (plain JSON over pooled
+goes through :class:`~worker.providers.lean_http.LeanClient` (plain JSON over pooled
 HTTP/1.1 keep-alive), because the SDK's per-call CPU (~1.5 ms) capped a worker process at
 about 600 calls/s (see that module). The request body is the same dict the SDK would send,
-errors go through the same :func:`worker.error_policy.classify_http`, and both send the
+errors go through the same :func:`worker.providers.error_policy.classify_http`, and both send the
 same extra headers (:meth:`worker.config.Settings.provider_headers`: ``OPENAI_ORG_ID``,
 ``OPENAI_PROJECT_ID``, OpenRouter's attribution headers). The SDK is used instead when
 httpx would use a proxy (``HTTP(S)_PROXY``/``ALL_PROXY``, read by the same
@@ -45,14 +45,14 @@ from mistralai.client import Mistral
 from openai import AsyncOpenAI, omit
 
 from worker.config import Settings, get_settings
-from worker.error_policy import classify, classify_http
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers import mock
 from worker.providers.answer_rules import check_answer, schema_instruction
-from worker.providers.gemini_batch import make_genai_client
-from worker.providers.mistral_batch import make_mistral_client
+from worker.providers.error_policy import classify, classify_http
+from worker.providers.gemini import make_genai_client
+from worker.providers.lean_http import LeanClient, Response
+from worker.providers.mistral import make_mistral_client
 from worker.providers.registry import OPENAI_COMPATIBLE
-from worker.realtime.lean_http import LeanClient, Response
 from worker.realtime.sessions import Prompt
 
 #: Providers without an embeddings API (jobs fail at once with invalid_request).

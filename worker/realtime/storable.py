@@ -4,7 +4,7 @@ A provider answer may hold what Postgres ``text`` and ``jsonb`` cannot: NUL (``\
 as the JSON escape ``\\u0000``) and lone UTF-16 surrogates. One such answer used to fail the
 writer's whole flush - every job in it - on every retry, and the drain run with it; the
 jobs were claimed again after their lease and paid for again. :func:`storable` cleans the
-texts of an outcome as :func:`worker.question_input.clean_text` does for the commentary
+texts of an outcome as :func:`worker.commentary.question_input.clean_text` does for the commentary
 lane (NUL and other control characters removed, surrogates replaced by U+FFFD; tab,
 newline and carriage return kept). :func:`unstorable` is the last resort of the writer: an
 outcome that still cannot be written becomes a failed job with the reason.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from worker.question_input import clean_text
+from worker.commentary.question_input import clean_text
 from worker.realtime.model import Outcome
 
 

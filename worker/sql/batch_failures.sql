@@ -1,4 +1,4 @@
--- Batch-level failure causes and late results (schema/0018; worker/poll.py).
+-- Batch-level failure causes and late results (schema/0018; worker/commentary/poll.py).
 
 -- name: batch_failure
 UPDATE ai_commentary_batch_jobs

@@ -1,4 +1,4 @@
--- Token budgets and money reservations (worker.budget, schema/0019).
+-- Token budgets and money reservations (worker.commentary.budget, schema/0019).
 
 -- name: budget_lock
 -- One packer per provider at a time: the reservation it writes is seen by the next one.

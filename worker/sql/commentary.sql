@@ -183,7 +183,7 @@ LIMIT %(limit)s
 FOR UPDATE OF r SKIP LOCKED;
 
 -- name: fail_questions
--- Bad input (issue #5 item 8, worker.question_input): a question that cannot be sent fails
+-- Bad input (issue #5 item 8, worker.commentary.question_input): a question that cannot be sent fails
 -- at once with its reason; its waiting requests fail too and are never sent. Never waits
 -- for a lock (SKIP LOCKED): submits of other models may judge the same question at the same
 -- time, each fails the requests it holds, and one of them fails the question. Returns the

@@ -182,7 +182,7 @@ SELECT count(*) AS due,
 FROM ai_jobs WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now();
 
 -- The all-time counters below read finished rows in a range of their finishing time,
--- [from, to): worker.metrics folds everything older than a few minutes into per-process
+-- [from, to): worker.ops.metrics folds everything older than a few minutes into per-process
 -- totals once and afterwards reads only the recent range (index range scans of
 -- ai_jobs_finished_idx / the comments' updated_at), so a scrape does not rescan the table.
 

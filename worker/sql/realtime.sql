@@ -174,5 +174,5 @@ SELECT least(
 SELECT worker_defer_job('realtime', 'drain', %(lock)s, '{}'::jsonb, %(scheduled_at)s);
 
 -- name: retention_apply
--- One batch of deletions per kind (schema/0023, worker/retention.py).
+-- One batch of deletions per kind (schema/0023, worker/ops/retention.py).
 SELECT worker_apply_retention();

@@ -1,4 +1,4 @@
--- Provider health (worker.breaker, worker.resilience) and alerts (worker.alerts).
+-- Provider health (worker.ops.breaker, worker.ops.resilience) and alerts (worker.ops.alerts).
 -- Times come from clock_timestamp(), not now(): callers may be inside a long transaction.
 
 -- name: active_stops
@@ -24,7 +24,7 @@ WHERE state <> 'closed';
 -- name: breaker_claim_probes
 -- Hand out the one half-open probe of each breaker whose cooldown has passed (or whose
 -- previous probe went stale). SKIP LOCKED: a breaker another caller is deciding about is
--- left to it, never waited on. Mirrors worker.breaker.probe_due.
+-- left to it, never waited on. Mirrors worker.ops.breaker.probe_due.
 -- Only among %(providers)s unless %(all)s.
 WITH due AS (
     SELECT provider FROM provider_health

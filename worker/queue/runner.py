@@ -34,10 +34,10 @@ from typing import Any
 
 from procrastinate.worker import Worker
 
-from worker import wakeups
 from worker.config import get_settings
 from worker.database import aconnect, resolve_database_url
-from worker.queue_app import (
+from worker.queue import wakeups
+from worker.queue.app import (
     ALL_QUEUES,
     QUEUE_MAINTENANCE,
     app,
@@ -160,7 +160,7 @@ async def _supervised_worker(
     queue: str, polling_interval: float, hub: wakeups.Wakeups | None = None
 ) -> None:
     """Run a worker for ``queue`` until cancelled, restarting it whenever it stops."""
-    from worker.maintenance import stalled_seconds
+    from worker.ops.maintenance import stalled_seconds
 
     stalled = stalled_seconds()
     backoff = 0.2
@@ -364,7 +364,7 @@ async def run_async(
             loop.add_signal_handler(sig, stop.set)
     metrics_server: asyncio.Server | None = None
     if settings.metrics_port is not None:
-        from worker import health
+        from worker.ops import health
 
         try:
             metrics_server = await health.serve(settings.metrics_port)
@@ -420,7 +420,7 @@ async def run_async(
         await _process_gone(process_id)
         await app.close_async()
         if metrics_server is not None:
-            from worker import health
+            from worker.ops import health
 
             await health.shutdown(metrics_server)
     if until_idle and not idle_ok and not stop.is_set():

@@ -413,10 +413,10 @@ async def resolve_lost(
     and a person is told. If the listing fails too or shows the batch (a wrong base URL or
     API version answers 404 for everything), nothing is resolved: returns None and the
     caller keeps polling, so a misconfiguration never resubmits batches that still run."""
-    from worker.alerts import alert
-    from worker.error_log import record_error
-    from worker.routing import providers
-    from worker.submit import defer
+    from worker.commentary.submit import defer
+    from worker.ops.alerts import alert
+    from worker.ops.error_log import record_error
+    from worker.providers.routing import providers
 
     try:
         found = (

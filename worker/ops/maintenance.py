@@ -16,7 +16,7 @@ safety net under LISTEN/NOTIFY and the healer of crashes.
 ``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
 - settles questions whose requests are all finished, and returns claimed questions
   without any request to pending;
-- deletes one batch of old finished rows of each kind (:mod:`worker.retention`);
+- deletes one batch of old finished rows of each kind (:mod:`worker.ops.retention`);
 - returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
 """
 
@@ -33,13 +33,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker import custom_ids
-from worker.alerts import flush_held
+from worker.commentary import custom_ids
 from worker.config import get_settings
-from worker.error_log import record_error
+from worker.ops.alerts import flush_held
+from worker.ops.error_log import record_error
+from worker.ops.retention import apply_retention
 from worker.queries import q
-from worker.queue_app import app
-from worker.retention import apply_retention
+from worker.queue.app import app
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,15 @@ async def wake_submit_if_needed(conn: AsyncConnection[Any]) -> None:
     )
     row = await cur.fetchone()
     if row and row[0]:
-        from worker.submit import defer
+        from worker.commentary.submit import defer
 
         await defer(conn, "submit", "submit")
 
 
 async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
     """Adopt or abandon intents whose submitter is gone (its advisory lock is free)."""
-    from worker.routing import providers
-    from worker.submit import abandon_intent, defer_poll
+    from worker.commentary.submit import abandon_intent, defer_poll
+    from worker.providers.routing import providers
 
     out = {"adopted": 0, "abandoned": 0}
     cur = conn.cursor(row_factory=dict_row)
@@ -147,7 +147,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
 
 
 async def restore_polls(conn: AsyncConnection[Any]) -> int:
-    from worker.submit import defer_poll
+    from worker.commentary.submit import defer_poll
 
     cur = await conn.execute(q("live_batches_without_poll"))
     ids = [r[0] for r in await cur.fetchall()]

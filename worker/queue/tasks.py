@@ -9,12 +9,12 @@ from __future__ import annotations
 from procrastinate import JobContext
 from psycopg_pool import AsyncConnectionPool
 
-from worker import credits, maintenance
-from worker import poll as poll_stage
-from worker import submit as submit_stage
-from worker.queue_app import QUEUE_MAINTENANCE, QUEUE_POLL, QUEUE_REALTIME, QUEUE_SUBMIT, app
+from worker.commentary import poll as poll_stage
+from worker.commentary import submit as submit_stage
+from worker.ops import credits, maintenance
+from worker.queue.app import QUEUE_MAINTENANCE, QUEUE_POLL, QUEUE_REALTIME, QUEUE_SUBMIT, app
+from worker.queue.task_runs import recorded_run
 from worker.realtime import drain as drain_stage
-from worker.task_runs import recorded_run
 
 __all__ = ["app", "credit_check", "drain", "poll", "submit", "tick"]
 

@@ -29,8 +29,8 @@ import psycopg
 import psycopg.errors
 
 from worker.database import aconnect, resolve_database_url
-from worker.metrics import HEARTBEAT_FRESH_SECONDS
-from worker.ops_reads import (
+from worker.ops.metrics import HEARTBEAT_FRESH_SECONDS
+from worker.ops.reads import (
     OPEN_BREAKER_STATES,
     active_stops,
     ai_job_counts,

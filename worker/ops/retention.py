@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from worker.error_log import record_error
+from worker.ops.error_log import record_error
 from worker.queries import q
 
 log = logging.getLogger(__name__)

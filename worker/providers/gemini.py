@@ -27,7 +27,6 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from worker.error_policy import GRPC_CODES, translate_errors
 from worker.errors import ProviderError
 from worker.providers import idempotent
 from worker.providers.base import (
@@ -39,6 +38,7 @@ from worker.providers.base import (
     SubmittedBatch,
     secret_value,
 )
+from worker.providers.error_policy import GRPC_CODES, translate_errors
 from worker.providers.jsonl import (
     MalformedCallback,
     check_batch_size,

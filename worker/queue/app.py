@@ -5,7 +5,7 @@ The connection pool is created when the app opens, from ``DATABASE_URL`` (or the
 server, see :mod:`worker.database`), so importing this module never connects. Task code
 borrows connections from the same pool: one pool per process.
 
-Import order: the pipeline modules may import this one; the tasks (:mod:`worker.tasks`)
+Import order: the pipeline modules may import this one; the tasks (:mod:`worker.queue.tasks`)
 import the pipeline and this app; nothing here imports back.
 """
 
@@ -64,11 +64,11 @@ def _pool_factory(**kwargs: Any) -> psycopg_pool.AsyncConnectionPool:
     )
 
 
-# The task definitions (worker.tasks) register themselves on `app` when imported. This
+# The task definitions (worker.queue.tasks) register themselves on `app` when imported. This
 # module does not import them (they import the pipeline, which imports this app: a cycle);
 # Procrastinate imports `import_paths` itself before a worker runs or a task is looked up by
 # name (`App.perform_import_paths`), and `worker.app` loads them too.
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(pool_factory=_pool_factory),
-    import_paths=["worker.tasks"],
+    import_paths=["worker.queue.tasks"],
 )

@@ -33,15 +33,15 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from worker import breaker
-from worker.alerts import Priority, alert
+from worker.commentary.settings_row import CommentarySettings
 from worker.config import get_settings
-from worker.error_log import record_error
 from worker.errors import ConfigError, ErrorKind, ProviderError
+from worker.ops import breaker
+from worker.ops.alerts import Priority, alert
+from worker.ops.error_log import record_error
 from worker.providers.base import BatchState
 from worker.queries import q
 from worker.redact import redact
-from worker.settings_row import CommentarySettings
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ async def budget_exhausted(conn: AsyncConnection[Any], settings: CommentarySetti
             await cur.execute(q("spent_today_usd"), {"tz": budget_timezone()})
             row = await cur.fetchone()
         spent = Decimal(row["spent"] if row else 0)
-        # Money follows the token reservations (worker.budget): batches in flight count at
+        # Money follows the token reservations (worker.commentary.budget): batches in flight count at
         # their estimated cost until ingested, so the budget is overshot by one batch at most.
         reserved = Decimal(row["reserved"] if row else 0)
         if spent + reserved < budget:
@@ -155,7 +155,7 @@ def _as_provider_error(provider: str, exc: BaseException) -> ProviderError | Non
         return exc
     if isinstance(exc, ConfigError):
         return None  # our configuration, recorded by the caller; says nothing of the provider
-    from worker.error_policy import classify
+    from worker.providers.error_policy import classify
 
     return classify(exc, provider) if isinstance(exc, Exception) else None
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.question_input import clean_text
+from worker.commentary.question_input import clean_text
 
 Letter = Literal["A", "B", "C", "D", "E"]
 M = TypeVar("M", bound=BaseModel)

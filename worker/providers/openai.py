@@ -18,7 +18,6 @@ from openai import AsyncOpenAI
 from openai.types import Batch
 from pydantic import SecretStr
 
-from worker.error_policy import translate_errors
 from worker.providers import idempotent
 from worker.providers.base import (
     BatchLimits,
@@ -28,6 +27,7 @@ from worker.providers.base import (
     SubmittedBatch,
     secret_value,
 )
+from worker.providers.error_policy import translate_errors
 from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,

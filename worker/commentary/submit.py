@@ -28,19 +28,20 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from worker import budget, custom_ids, ingest, metrics, prompts, question_input, request_check
+from worker.commentary import budget, custom_ids, ingest, prompts, question_input, request_check
+from worker.commentary.schemas import COMMENTARY_SCHEMA, COMMENTARY_SCHEMA_FOUR, SUMMARY_SCHEMA
+from worker.commentary.settings_row import CommentarySettings, parse_settings
 from worker.config import get_settings
-from worker.error_log import record_error
-from worker.error_policy import Disposition, disposition
 from worker.errors import ConfigError, ErrorKind, ProviderError, WorkerError
+from worker.ops import metrics
+from worker.ops.error_log import record_error
 from worker.providers import idempotent
 from worker.providers.base import ChatRequest, ResultLine
+from worker.providers.error_policy import Disposition, disposition
 from worker.providers.jsonl import chunk_requests, request_line_encoder
+from worker.providers.routing import providers
 from worker.queries import q
 from worker.redact import redact
-from worker.routing import providers
-from worker.schemas import COMMENTARY_SCHEMA, COMMENTARY_SCHEMA_FOUR, SUMMARY_SCHEMA
-from worker.settings_row import CommentarySettings, parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ async def claim(
 
 def _question(row: dict[str, Any]) -> prompts.QuestionText:
     # Bad input (issue #5 item 8): text is cleaned before it is sent, and an official
-    # answer outside A-E goes to the summary as unknown (worker.question_input).
+    # answer outside A-E goes to the summary as unknown (worker.commentary.question_input).
     clean = question_input.clean_text
     return prompts.QuestionText(
         question=clean(row["question"]),
@@ -207,7 +208,7 @@ async def _take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[
         await cur.execute(q("take_waiting"), {"model_key": model_key, "limit": limit})
         rows = list(await cur.fetchall())
         # Bad input (issue #5 item 8): questions that cannot be sent fail here, with a
-        # reason, and are never sent (worker.question_input). Take again if none was left.
+        # reason, and are never sent (worker.commentary.question_input). Take again if none was left.
         good = await question_input.reject_bad_questions(conn, rows, model_key)
         if good or not rows:
             return good
@@ -217,7 +218,7 @@ async def submit_batch_model(
     pool: AsyncConnectionPool, settings: CommentarySettings, model_key: str
 ) -> tuple[int, int]:
     """Send the waiting requests of one batch-mode model as provider batches, packed up to
-    the free token budget (worker.budget), the provider's request/byte limits and what the
+    the free token budget (worker.commentary.budget), the provider's request/byte limits and what the
     daily budget has left. Requests that do not fit stay waiting, unclaimed; a finished
     batch's poll defers submit again. Returns (batches created, requests sent)."""
     route = settings.route(model_key)
@@ -266,7 +267,7 @@ async def _pack_intents(
 ) -> list[tuple[uuid.UUID, list[ChatRequest]]]:
     """Inside the caller's transaction: take the waiting requests that fit the budgets,
     record one intent (with its reservation) per provider-sized chunk, mark them submitted."""
-    from worker import resilience
+    from worker.ops import resilience
 
     provider = providers().batch(provider_name)
     await budget.lock(conn, provider_name)
@@ -402,7 +403,7 @@ async def create_provider_batch(
                     batch_job_id=job_id,
                     fingerprint=f"submit-unresolved:{provider_name}",
                 )
-                from worker import resilience
+                from worker.ops import resilience
 
                 await resilience.on_provider_error(conn, provider_name, exc)
                 return False
@@ -422,7 +423,7 @@ async def create_provider_batch(
                 },
             )
             await defer_poll(conn, job_id, get_settings().poll_min_seconds)
-        from worker import resilience
+        from worker.ops import resilience
 
         await resilience.on_provider_success(conn, provider_name)
         log.info(
@@ -461,11 +462,11 @@ async def abandon_intent(
         batch_job_id=job_id,
         fingerprint=f"submit:{provider_name}:{kind}",
     )
-    from worker import resilience
+    from worker.ops import resilience
 
     if not (isinstance(exc, ProviderError) and exc.kind in resilience.STOP_KINDS):
         # A stop (quota, auth) raises its own critical alert; anything else alerts here.
-        from worker.alerts import alert
+        from worker.ops.alerts import alert
 
         await alert(
             conn,
@@ -571,7 +572,7 @@ async def _instant_round(
     results = await asyncio.gather(*(call(r) for r in requests))
     if any(r.ok for r in results):
         async with pool.connection() as conn:
-            from worker import resilience
+            from worker.ops import resilience
 
             await resilience.on_provider_success(conn, route.provider)
     total = len(results)
@@ -617,7 +618,7 @@ async def _instant_round(
             lines=_aiter(results),
             missing_reason="instant call returned nothing",
         )
-        from worker import resilience
+        from worker.ops import resilience
 
         if stopped:
             await resilience.on_provider_error(conn, route.provider, stopped[0])
@@ -649,7 +650,7 @@ async def run_submit(pool: AsyncConnectionPool) -> dict[str, Any]:
             return {"error": redact(str(exc))}
         if not settings.feature_enabled:
             return {"feature_enabled": False}
-        from worker import resilience
+        from worker.ops import resilience
 
         if await resilience.budget_exhausted(conn, settings):
             return {"budget_exhausted": True}
@@ -747,7 +748,7 @@ async def claim_size(conn: AsyncConnection[Any], settings: CommentarySettings) -
     capacity = await budget.claim_capacity(conn, routes)
     size = settings.batch_size if capacity is None else capacity
     if settings.daily_budget_usd is not None:
-        from worker import resilience
+        from worker.ops import resilience
 
         affordable = await budget.affordable_questions(
             conn, settings.daily_budget_usd, resilience.budget_timezone(), routes + summary

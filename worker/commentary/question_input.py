@@ -4,7 +4,7 @@ Policy (issue #5 item 8)
 ------------------------
 Every provider call costs money, for up to five models plus the summary. A question that
 cannot get a useful answer is therefore stopped *before* anything is sent, at the point
-where its requests are taken for a batch or an instant call (``worker.submit._take``):
+where its requests are taken for a batch or an instant call (``worker.commentary.submit._take``):
 
 * **Not sendable, fails at once** (:func:`check_question` returns the reason). The
   question is set ``failed`` with ``ai_commentary_error = 'bad question: <reason>'``, its
@@ -26,7 +26,7 @@ where its requests are taken for a batch or an instant call (``worker.submit._ta
     paid for, not at the summary after five comments.
   - the rendered request (system prompt plus user prompt: template, subject, question,
     options, for the summary the comments) is longer than
-    :data:`worker.request_check.MAX_REQUEST_CHARS`: checked on the exact text about to be
+    :data:`worker.commentary.request_check.MAX_REQUEST_CHARS`: checked on the exact text about to be
     sent, the last net under the limits above.
 
 * **Sent, with a warning** (:func:`answer_problem`): ``correct_answer`` outside A-E, or
@@ -45,7 +45,7 @@ where its requests are taken for a batch or an instant call (``worker.submit._ta
 
   - NUL (``\\x00``) is removed. Postgres text cannot hold NUL at all (the insert fails on
     the application's side), so this only matters for text from elsewhere, e.g. model
-    output going back into the database (``worker.ingest``).
+    output going back into the database (``worker.commentary.ingest``).
   - Lone UTF-16 surrogates (``\\udcff``; JSON ``"\\udcff"`` escapes decode to them) are
     replaced by U+FFFD. Postgres cannot store them either (UTF-8), and encoding a request or
     a COPY row with one raises.
@@ -66,7 +66,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from worker.error_log import record_error
+from worker.ops.error_log import record_error
 from worker.queries import q
 from worker.redact import redact
 

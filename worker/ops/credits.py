@@ -13,7 +13,7 @@ Reads ``GET {OPENROUTER_BASE_URL}/credits`` (``{"data": {"total_credits": X,
 An alert of a kind is raised once and then again only after
 ``OPENROUTER_ALERT_REPEAT_HOURS`` (default 24) — or at once when the balance level gets
 worse (warning -> critical); the daily-usage alert at most once per day. Each alert goes to
-:func:`worker.alerts.alert` (recorded in ``worker_alerts``, pushed via Pushover when
+:func:`worker.ops.alerts.alert` (recorded in ``worker_alerts``, pushed via Pushover when
 configured) and is also kept in the check's ``alerts`` column.
 
 Without ``OPENROUTER_API_KEY`` the check is skipped. An unreadable endpoint records a row
@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import Settings, get_settings
-from worker.error_log import record_error
+from worker.ops.error_log import record_error
 from worker.queries import q
 from worker.redact import redact
 
@@ -98,11 +98,11 @@ async def fetch_credits(base_url: str, api_key: str, timeout: float) -> tuple[De
 
 
 async def _deliver(conn: AsyncConnection[Any], a: dict[str, Any]) -> str:
-    """Hand an alert to worker.alerts; returns its outcome ("unavailable" without it)."""
+    """Hand an alert to worker.ops.alerts; returns its outcome ("unavailable" without it)."""
     try:
-        from worker.alerts import Priority, alert
+        from worker.ops.alerts import Priority, alert
     except ImportError:
-        log.warning("credit alert (worker.alerts unavailable): %s", a["message"])
+        log.warning("credit alert (worker.ops.alerts unavailable): %s", a["message"])
         return "unavailable"
     priority = Priority.HIGH if a["severity"] == "critical" else Priority.NORMAL
     outcome = await alert(

@@ -5,7 +5,7 @@ Issue #11: a 5 MB ``subject`` was not counted by the question checks and became 
 run, for every question, every run. Here each request of a take is built and measured on
 the exact text that would be sent (system prompt plus user prompt); a question whose
 request cannot be built, or is larger than :data:`MAX_REQUEST_CHARS`, fails with the reason
-(``worker.question_input.fail_questions``: the question's ``ai_commentary_error``, its
+(``worker.commentary.question_input.fail_questions``: the question's ``ai_commentary_error``, its
 requests' ``last_error``, one ``worker_errors`` row naming it) and the others are sent.
 
 :data:`MAX_REQUEST_CHARS` (200,000 characters, ~60 K tokens) is twice what a valid
@@ -22,10 +22,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from worker import custom_ids
+from worker.commentary import custom_ids
+from worker.commentary.question_input import fail_questions
+from worker.commentary.settings_row import CommentarySettings
 from worker.providers.base import ChatRequest
-from worker.question_input import fail_questions
-from worker.settings_row import CommentarySettings
 
 MAX_REQUEST_CHARS = 200_000
 

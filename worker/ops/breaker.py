@@ -6,7 +6,7 @@ process shares it.
 
 Only failures that say something about the provider count (``RETRYABLE`` / ``UNKNOWN``:
 rate limits, 5xx, timeouts, connection errors). Quota and auth stop the provider instead
-(:mod:`worker.resilience`); invalid requests, refused content and too-long inputs are the
+(:mod:`worker.ops.resilience`); invalid requests, refused content and too-long inputs are the
 request's fault and never count.
 
 The transitions are pure functions of (state, database clock) and tested without I/O; the

@@ -18,15 +18,15 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from worker import custom_ids
-from worker.error_log import record_error
-from worker.error_policy import FREE_LINE_CODES
+from worker.commentary import custom_ids
+from worker.commentary.question_input import clean_text
+from worker.commentary.schemas import OutputError, parse_commentary, parse_summary
+from worker.commentary.settings_row import CommentarySettings
+from worker.ops.error_log import record_error
 from worker.providers.base import ResultLine
+from worker.providers.error_policy import FREE_LINE_CODES
 from worker.queries import q
-from worker.question_input import clean_text
 from worker.redact import redact, redact_opt
-from worker.schemas import OutputError, parse_commentary, parse_summary
-from worker.settings_row import CommentarySettings
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
                 True,
                 None,
                 chosen,
-                *fields,  # already cleaned by worker.schemas before validation
+                *fields,  # already cleaned by worker.commentary.schemas before validation
                 line.input_tokens,
                 line.output_tokens,
                 line.model_version,
@@ -161,7 +161,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
 def line_charges_attempt(line: ResultLine) -> bool:
     """Whether a failed line spends an attempt: not when it only reports its batch's fate
     (``batch_expired``, ``batch_cancelled``, Mistral ``timeout_exceeded``); every other
-    failure is the request's own outcome (worker.error_policy.FREE_LINE_CODES)."""
+    failure is the request's own outcome (worker.providers.error_policy.FREE_LINE_CODES)."""
     return line.ok or line.error_code not in FREE_LINE_CODES
 
 

@@ -17,7 +17,7 @@ all-time sums, so ``rate()`` and ``increase()`` work; a counter read from rows c
 if maintenance deletes rows, which Prometheus treats as a reset); gauges are states. Batch failures are counted
 by cause (a closed set; the provider's reason is in ``failure_reason`` and ``status``).
 
-Served by :mod:`worker.health` (``/metrics``, ``/health``, ``/ready`` on one port).
+Served by :mod:`worker.ops.health` (``/metrics``, ``/health``, ``/ready`` on one port).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from prometheus_client.utils import floatToGoString
 
 from worker.database import aconnect
 from worker.errors import ProviderError
-from worker.ops_reads import OPEN_BREAKER_STATES, _rows, active_stops, breaker_states
+from worker.ops.reads import OPEN_BREAKER_STATES, _rows, active_stops, breaker_states
 
 log = logging.getLogger(__name__)
 
@@ -659,12 +659,12 @@ async def render_metrics(url: str | None = None) -> bytes:
 
 # Re-exported for callers that used to import the server from here.
 async def serve(port: int, host: str = "0.0.0.0", *, url: str | None = None) -> asyncio.Server:
-    from worker import health
+    from worker.ops import health
 
     return await health.serve(port, host, url=url)
 
 
 async def shutdown(server: asyncio.Server) -> None:
-    from worker import health
+    from worker.ops import health
 
     await health.shutdown(server)

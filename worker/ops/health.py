@@ -3,7 +3,7 @@
 ``serve(port)`` answers, over plain HTTP/1.1 (asyncio streams, one request per connection;
 prometheus-client's own server is a thread per request and cannot await the checks below):
 
-- ``GET /metrics``  Prometheus text format, rendered by prometheus-client (:mod:`worker.metrics`)
+- ``GET /metrics``  Prometheus text format, rendered by prometheus-client (:mod:`worker.ops.metrics`)
 - ``GET /health``   liveness: 200 while the process's event loop answers
 - ``GET /ready``    readiness: 200 when the database answers, LISTEN/NOTIFY round-trips and a
                     worker heartbeat is fresh; 503 with the failing check otherwise
@@ -228,7 +228,7 @@ def _json(obj: Any) -> str:
 async def _handle(
     state: _ServerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    from worker import metrics
+    from worker.ops import metrics
 
     try:
         try:

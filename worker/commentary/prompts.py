@@ -31,7 +31,7 @@ USER_DE_V1 = (
 )
 
 # A question with four options (option_e empty) is sent as four options: no empty "E)" line,
-# and the prompt, the system prompt and the answer schema (worker.schemas) all say A to D.
+# and the prompt, the system prompt and the answer schema (worker.commentary.schemas) all say A to D.
 USER_DE_V1_FOUR = (
     "Frage:\n{question}\n\n"
     "A) {option_a}\n"

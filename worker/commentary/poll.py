@@ -8,7 +8,7 @@ Waiting does not consume attempts; the delay grows from seconds to minutes.
 
 A terminal batch is ingested whatever its state: cancelled and expired batches keep the
 results they have. Requests left without a result spend an attempt only when the batch's
-cause is theirs (worker.error_policy.classify_batch_failure: limits, provider errors,
+cause is theirs (worker.providers.error_policy.classify_batch_failure: limits, provider errors,
 expiry and cancellation are free retries); the provider's reason goes on the batch row
 (``failure_cause``, ``failure_reason``), into worker_errors, the alert and the requests'
 error. A batch that succeeded with results not readable yet (Gemini without a responses
@@ -27,17 +27,17 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker import metrics
+from worker.commentary.ingest import IngestCounts, ingest_lines
+from worker.commentary.settings_row import CommentarySettings
 from worker.config import get_settings
-from worker.error_log import record_error
-from worker.error_policy import BatchCause, BatchFailure, classify_batch_failure
 from worker.errors import ConfigError, ErrorKind, ProviderError
-from worker.ingest import IngestCounts, ingest_lines
+from worker.ops import metrics
+from worker.ops.error_log import record_error
 from worker.providers.base import BatchState, BatchStatus, ResultLine
+from worker.providers.error_policy import BatchCause, BatchFailure, classify_batch_failure
+from worker.providers.routing import providers
 from worker.queries import q
 from worker.redact import redact, redact_opt
-from worker.routing import providers
-from worker.settings_row import CommentarySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,7 +76,7 @@ def next_delay(poll_count: int) -> float:
 
 
 async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, Any]:
-    from worker.submit import defer, defer_poll, load_settings
+    from worker.commentary.submit import defer, defer_poll, load_settings
 
     async with pool.connection() as conn:
         try:
@@ -93,7 +93,7 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 return {"skipped": "locked by another poller or unknown"}
             if job["state"] != "in_flight":
                 return {"skipped": f"state {job['state']}"}
-            from worker import resilience
+            from worker.ops import resilience
 
             if job["provider"] in await resilience.blocked_providers(
                 conn, providers=[job["provider"]], include_stops=False
@@ -110,7 +110,7 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                     status = await provider.status(job["batch_id"])
             except ProviderError as exc:
                 if exc.status_code == 404:
-                    from worker import budget
+                    from worker.commentary import budget
 
                     lost = await budget.resolve_lost(conn, job, exc)
                     if lost is not None:
@@ -211,7 +211,7 @@ async def results_pending(
     """A finished batch whose results are not readable yet: poll it again with backoff and
     return None, or - once RESULTS_GRACE_SECONDS have passed since this was first seen -
     return how long it waited (the caller then ingests what there is)."""
-    from worker.submit import defer_poll
+    from worker.commentary.submit import defer_poll
 
     delay = next_delay(job["poll_count"])
     cur = await conn.execute(
@@ -238,7 +238,7 @@ async def finish(
 ) -> IngestCounts:
     """Ingest a terminal batch: whatever results exist (cancelled and expired batches
     included), then everything else as missing - charged an attempt only when the batch's
-    cause is the requests' (worker.error_policy.classify_batch_failure).
+    cause is the requests' (worker.providers.error_policy.classify_batch_failure).
 
     ``late``: the results stayed unreadable past the grace period (why); the lines not read
     are then missing without an attempt spent, and the batch row says why. Without it, an
@@ -318,7 +318,7 @@ async def finish(
             "error": redact_opt(error),
         },
     )
-    from worker import resilience
+    from worker.ops import resilience
 
     await resilience.on_batch_finished(
         conn,
@@ -364,12 +364,12 @@ async def record_failure(
         fingerprint=f"batch-{failure.cause}:{job['provider']}:{status.failure_code or ''}",
     )
     if failure.cause == BatchCause.LIMIT:
-        from worker import budget
+        from worker.commentary import budget
 
         # The provider's queue was fuller than the budget table said: learn a smaller one.
         await budget.on_token_limit_failure(conn, job, failure.reason or "limit")
     if failure.cause == BatchCause.PROVIDER:
-        from worker import resilience
+        from worker.ops import resilience
 
         await resilience.on_provider_error(
             conn,

@@ -24,7 +24,6 @@ from mistralai.client.models import BatchJob
 from mistralai.client.types import UNSET
 from pydantic import SecretStr
 
-from worker.error_policy import translate_errors
 from worker.providers import idempotent
 from worker.providers.base import (
     BatchLimits,
@@ -34,6 +33,7 @@ from worker.providers.base import (
     SubmittedBatch,
     secret_value,
 )
+from worker.providers.error_policy import translate_errors
 from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,

@@ -36,7 +36,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from worker.config import Settings, get_settings
-from worker.error_log import record_error
+from worker.ops.error_log import record_error
 from worker.queries import q
 from worker.redact import redact, redact_opt
 
