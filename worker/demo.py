@@ -31,6 +31,7 @@ from psycopg import sql
 from worker.config import get_settings
 from worker.database import connect, resolve_database_url, with_database
 from worker.migrate import migrate
+from worker.queries import q
 
 DEMO_DB = "ai_worker_demo"
 FILENAME = "demo-sample.json"
@@ -47,7 +48,7 @@ def load_questions() -> list[dict[str, Any]]:
 
 def _ensure_database(server_url: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,)).fetchone()
+        exists = conn.execute(q("demo_database_exists"), (DEMO_DB,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
     return with_database(server_url, DEMO_DB)
@@ -123,25 +124,14 @@ def main(n: int | None = None) -> int:
         enabled["deepseek"] = False  # one instant model keeps the demo table readable
     questions = load_questions()[: n or None]
     with connect(url, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE ai_commentary_settings SET feature_enabled = true, batch_size = 100,"
-            " processing_delay_minutes = 0, models_enabled = %s",
-            (json.dumps(enabled),),
-        )
-        conn.execute("DELETE FROM questions WHERE filename = %s", (FILENAME,))
-        row = conn.execute("SELECT now() AS t").fetchone()
+        conn.execute(q("demo_settings"), (json.dumps(enabled),))
+        conn.execute(q("demo_clear"), (FILENAME,))
+        row = conn.execute(q("demo_now")).fetchone()
         run_started: datetime = row["t"] if row else datetime.now()
         ids: list[Any] = []
         with conn.cursor() as cur:
-            for q in questions:  # one by one: the ids keep the sample file's order
-                cur.execute(
-                    "INSERT INTO questions (question, option_a, option_b, option_c, option_d,"
-                    " option_e, correct_answer, comment, subject, filename, ai_commentary_status)"
-                    " VALUES (%(question)s, %(option_a)s, %(option_b)s, %(option_c)s,"
-                    " %(option_d)s, %(option_e)s, %(correct_answer)s, %(comment)s, %(subject)s,"
-                    " %(filename)s, 'pending') RETURNING id",
-                    {**q, "filename": FILENAME},
-                )
+            for question in questions:  # one by one: the ids keep the sample file's order
+                cur.execute(q("demo_insert_question"), {**question, "filename": FILENAME})
                 got = cur.fetchone()
                 ids.append(got["id"] if got else None)
     models_on = [m for m, on in enabled.items() if on]
@@ -192,38 +182,13 @@ def report(
 ) -> None:
     order = {qid: i for i, qid in enumerate(ids)}
     with connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT q.id, q.subject, q.question, q.option_a, q.option_b, q.option_c, q.option_d,"
-            " q.option_e, q.correct_answer, q.ai_commentary_status AS status,"
-            " q.ai_commentary_error AS error FROM questions q WHERE q.id = ANY(%s)",
-            (ids,),
-        ).fetchall()
-        comments = conn.execute(
-            "SELECT c.question_id, c.model_key, c.provider, c.model_name, c.batch_priced,"
-            " c.chosen_answer, c.general_comment, c.comment_a, c.comment_b, c.comment_c,"
-            " c.comment_d, c.comment_e FROM ai_answer_comments c"
-            " WHERE c.question_id = ANY(%s) ORDER BY c.model_key",
-            (ids,),
-        ).fetchall()
+        rows = conn.execute(q("demo_questions"), (ids,)).fetchall()
+        comments = conn.execute(q("demo_comments"), (ids,)).fetchall()
         summaries = {
-            s["question_id"]: s
-            for s in conn.execute(
-                "SELECT * FROM ai_commentary_summaries WHERE question_id = ANY(%s)", (ids,)
-            ).fetchall()
+            s["question_id"]: s for s in conn.execute(q("demo_summaries"), (ids,)).fetchall()
         }
-        spend = conn.execute(
-            "SELECT count(*) AS requests, coalesce(sum(l.input_tokens + l.output_tokens), 0)"
-            " AS tokens, coalesce(sum(l.cost_usd), 0) AS cost,"
-            " coalesce(sum(worker_cost_usd(l.provider, l.model_name, l.input_tokens,"
-            "   l.output_tokens, false)), 0) AS list_cost"
-            " FROM ai_cost_ledger l WHERE l.question_id = ANY(%s)",
-            (ids,),
-        ).fetchone()
-        batches = conn.execute(
-            "SELECT provider, count(*) AS n FROM ai_commentary_batch_jobs"
-            " WHERE created_at >= %s GROUP BY 1 ORDER BY 1",
-            (run_started,),
-        ).fetchall()
+        spend = conn.execute(q("demo_spend"), (ids,)).fetchone()
+        batches = conn.execute(q("demo_batches"), (run_started,)).fetchall()
     rows.sort(key=lambda r: order.get(r["id"], 0))
     by_q: dict[Any, dict[str, dict[str, Any]]] = {}
     for c in comments:

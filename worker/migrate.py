@@ -88,14 +88,12 @@ def project_migrations(directory: Path = SQL_DIR) -> list[Migration]:
 
 
 def _applied(conn: psycopg.Connection[Any]) -> dict[str, Applied]:
-    rows = conn.execute(
-        "SELECT filename, checksum, applied_at FROM worker_schema_migrations ORDER BY filename"
-    ).fetchall()
+    rows = conn.execute(q("applied_migrations")).fetchall()
     return {r["filename"]: Applied(r["filename"], r["checksum"], r["applied_at"]) for r in rows}
 
 
 def _procrastinate_installed(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present").fetchone()
+    row = conn.execute(q("procrastinate_present")).fetchone()
     return bool(row and row["present"])
 
 
@@ -153,7 +151,7 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
     done: list[str] = []
     with connect(url, autocommit=True) as conn:
         conn.add_notice_handler(_server_notice)
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        conn.execute(q("advisory_lock"), (_LOCK_KEY,))
         try:
             with conn.transaction():
                 before = _snapshot(conn)
@@ -170,7 +168,7 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
                         _record_created(conn, before, PROCRASTINATE_ENTRY)
                         _secure(conn)
                     conn.execute(
-                        "INSERT INTO worker_schema_migrations (filename, checksum) VALUES (%s, %s)",
+                        q("record_migration"),
                         (PROCRASTINATE_ENTRY, Migration("", schema_text).checksum),
                     )
                 done.append(PROCRASTINATE_ENTRY)
@@ -192,8 +190,7 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
                         _record_created(conn, before, m.filename)
                         _secure(conn)
                         conn.execute(
-                            "INSERT INTO worker_schema_migrations (filename, checksum) "
-                            "VALUES (%s, %s)",
+                            q("record_migration"),
                             (m.filename, m.checksum),
                         )
                 except psycopg.Error as exc:
@@ -203,16 +200,14 @@ def migrate(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
             with conn.transaction():
                 _secure(conn)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            conn.execute(q("advisory_unlock"), (_LOCK_KEY,))
     return done
 
 
 def status(url: str | None = None, directory: Path = SQL_DIR) -> list[tuple[str, str]]:
     """(filename, state) for every known migration: applied <date> | pending | CHANGED."""
     with connect(url, autocommit=True) as conn:
-        present = conn.execute(
-            "SELECT to_regclass('worker_schema_migrations') IS NOT NULL AS present"
-        ).fetchone()
+        present = conn.execute(q("migrations_ledger_present")).fetchone()
         applied = _applied(conn) if present and present["present"] else {}
     out: list[tuple[str, str]] = []
     proc = applied.get(PROCRASTINATE_ENTRY)
@@ -249,7 +244,5 @@ def missing_objects(url: str | None = None, directory: Path = SQL_DIR) -> list[s
 
 
 def _ledger_present(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass('worker_schema_migrations') IS NOT NULL AS present"
-    ).fetchone()
+    row = conn.execute(q("migrations_ledger_present")).fetchone()
     return bool(row and row["present"])

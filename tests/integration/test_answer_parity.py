@@ -9,7 +9,7 @@ Each emulator fault kind is injected for one provider at a time; then
 
 are asked the same JSON question. Each lane's result is reduced to an outcome class: the
 commentary lane's through :func:`worker.providers.error_policy.disposition` of the line's or the
-error's kind (what ``submit._instant_round`` acts on), the realtime lane's from the job's
+error's kind (what ``commentary.instant._instant_round`` acts on), the realtime lane's from the job's
 :class:`~worker.realtime.model.Outcome` (status failed / retrying / waiting for a stopped
 provider). The classes must be equal, and equal to what the fault means.
 """

@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from tests.fixtures.pipeline import drain, point_env_at_emulator
-from worker.commentary import submit
+from worker.commentary import claim
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.migrate import migrate
@@ -85,11 +85,11 @@ def _readme_block(marker: str) -> str:
 
 
 async def _claim(url: str) -> list[uuid.UUID]:
-    """One real claim (worker.commentary.submit.claim): the questions it set processing, in order."""
+    """One real claim (worker.commentary.claim.claim): the questions it set processing, in order."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        settings = await submit.load_settings(conn)
+        settings = await claim.load_settings(conn)
         before = await (await conn.execute("SELECT now()")).fetchone()
-        await submit.claim(conn, settings)
+        await claim.claim(conn, settings)
         cur = await conn.execute(
             "SELECT id FROM questions WHERE ai_commentary_claimed_at >= %s"
             " AND ai_commentary_status = 'processing' ORDER BY id",

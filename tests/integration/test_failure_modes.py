@@ -431,7 +431,7 @@ def test_13_no_temp_files_are_left_behind(
 async def test_14_results_are_matched_by_id_whatever_their_order(
     pipeline: Emulator, db: psycopg.Connection[Any], opened_app: Any
 ) -> None:
-    from worker.commentary.submit import load_settings
+    from worker.commentary.claim import load_settings
 
     ids = insert_questions(db, 20)
     owner = "test-owner"

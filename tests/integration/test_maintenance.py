@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from tests.fixtures.pipeline import insert_questions
-from worker.ops import maintenance
+from worker.commentary import tick
 
 
 async def test_overdue_batch_gets_a_poll_despite_a_zombie_doing_poll_job(
@@ -26,9 +26,9 @@ async def test_overdue_batch_gets_a_poll_despite_a_zombie_doing_poll_job(
         (f"poll:{job_id}", psycopg.types.json.Jsonb({"batch_job_id": str(job_id)})),
     )
     async with opened_app.connector.pool.connection() as conn:
-        assert await maintenance.restore_polls(conn) == 1
+        assert await tick.restore_polls(conn) == 1
         # once a poll waits, the tick does not pile up more
-        assert await maintenance.restore_polls(conn) == 0
+        assert await tick.restore_polls(conn) == 0
     row = db.execute(
         "SELECT count(*) AS n FROM procrastinate_jobs WHERE task_name = 'poll' AND status = 'todo'"
     ).fetchone()
@@ -43,7 +43,7 @@ async def test_a_batch_polled_recently_is_left_alone(
         " next_poll_at) VALUES ('openai', 'batch_y', 'in_flight', 'in_progress', 'chatgpt', now())"
     )
     async with opened_app.connector.pool.connection() as conn:
-        assert await maintenance.restore_polls(conn) == 0
+        assert await tick.restore_polls(conn) == 0
 
 
 async def test_instant_claims_are_released_only_when_their_owner_lock_is_free(
@@ -61,7 +61,7 @@ async def test_instant_claims_are_released_only_when_their_owner_lock_is_free(
         # the live call's session holds its owner lock (as submit_instant_model does)
         holder.execute("SELECT pg_advisory_lock(hashtext('instant:1:alive'))")
         async with opened_app.connector.pool.connection() as conn:
-            released = await maintenance.release_dead_instant_claims(conn)
+            released = await tick.release_dead_instant_claims(conn)
         assert released == 2
         rows = db.execute(
             "SELECT claimed_by, status, attempts, orphaned FROM ai_commentary_requests"
@@ -82,10 +82,10 @@ async def test_a_call_whose_worker_keeps_dying_fails_with_the_reason(
         " claimed_at, orphaned) SELECT id, 'perplexity', 'submitted', 'instant:9:dead',"
         " now() - interval '1 hour', CASE WHEN id = %s THEN %s ELSE 2 END"
         " FROM questions WHERE id = ANY(%s)",
-        (ids[0], maintenance.MAX_ORPHANED - 1, ids),
+        (ids[0], tick.MAX_ORPHANED - 1, ids),
     )
     async with opened_app.connector.pool.connection() as conn:
-        assert await maintenance.release_dead_instant_claims(conn) == 2
+        assert await tick.release_dead_instant_claims(conn) == 2
     rows = {
         r["question_id"]: r
         for r in db.execute(
@@ -93,8 +93,8 @@ async def test_a_call_whose_worker_keeps_dying_fails_with_the_reason(
         ).fetchall()
     }
     poison, unlucky = rows[ids[0]], rows[ids[1]]
-    assert (poison["status"], poison["orphaned"]) == ("failed", maintenance.MAX_ORPHANED)
-    assert f"{maintenance.MAX_ORPHANED} times" in poison["last_error"]
+    assert (poison["status"], poison["orphaned"]) == ("failed", tick.MAX_ORPHANED)
+    assert f"{tick.MAX_ORPHANED} times" in poison["last_error"]
     assert (unlucky["status"], unlucky["orphaned"]) == ("waiting", 3)
     q = db.execute(
         "SELECT ai_commentary_status, ai_commentary_error FROM questions WHERE id = %s",

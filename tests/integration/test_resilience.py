@@ -17,8 +17,8 @@ from tests.fixtures.pipeline import insert_questions
 from tests.fixtures.settings import configure
 from tests.integration import test_alerts
 from tests.integration.test_alerts import FakePushover
+from worker.commentary.claim import load_settings
 from worker.commentary.ingest import IngestCounts
-from worker.commentary.submit import load_settings
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.ops import resilience
 from worker.providers.base import BatchState, BatchStatus

@@ -416,8 +416,7 @@ async def test_an_ambiguous_create_whose_lookup_fails_is_left_for_the_reconciler
     """Create answered nothing and listing batches fails too: the intent is not abandoned
     (the batch may exist and be billed); the tick's reconciler adopts it later, once."""
     from tests.fixtures.pipeline import batch_ids
-    from worker.commentary import submit
-    from worker.ops import maintenance
+    from worker.commentary import submit, tick
 
     pool = opened_app.connector.pool
     set_models(db, chatgpt=False, gemini=True, mistral=False, perplexity=False, deepseek=False)
@@ -442,9 +441,9 @@ async def test_an_ambiguous_create_whose_lookup_fails_is_left_for_the_reconciler
     created = [b for b in pipeline.store.list_batches("gemini")]
     assert len(created) == 1  # created once, its answer lost
     pipeline.configure(lost_response_rate=0.0, http_faults=[])
-    monkeypatch.setattr(maintenance, "INTENT_GRACE_SECONDS", 0)
+    monkeypatch.setattr(tick, "INTENT_GRACE_SECONDS", 0)
     async with pool.connection() as conn:
-        out = await maintenance.reconcile_intents(conn)
+        out = await tick.reconcile_intents(conn)
     assert out["adopted"] == 1
     assert batch_ids(db) == [str(intent["id"])]
     assert len(pipeline.store.list_batches("gemini")) == 1

@@ -8,9 +8,9 @@ import uuid
 from typing import Any
 
 from worker.commentary import prompts
+from worker.commentary.requests import build_requests
 from worker.commentary.schemas import COMMENTARY_SCHEMA, parse_commentary
 from worker.commentary.settings_row import CommentarySettings
-from worker.commentary.submit import build_requests
 
 FIVE = dict(
     question="Welches Organ produziert Insulin?",

@@ -43,8 +43,12 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from worker.commentary.defer import defer
 from worker.config import get_settings
+from worker.ops.alerts import alert
+from worker.ops.error_log import record_error
 from worker.providers.base import ChatRequest
+from worker.providers.routing import providers
 from worker.queries import q
 
 log = logging.getLogger(__name__)
@@ -249,8 +253,7 @@ async def calibrate(conn: AsyncConnection[Any], provider: str, model: str) -> fl
         return None
     await conn.execute(q("budget_ensure"), params)
     cur2 = await conn.execute(
-        "SELECT correction_factor, calibration_samples FROM worker_token_budget"
-        " WHERE provider = %(provider)s AND model = %(model)s",
+        q("budget_correction"),
         params,
     )
     state = await cur2.fetchone()
@@ -413,11 +416,6 @@ async def resolve_lost(
     and a person is told. If the listing fails too or shows the batch (a wrong base URL or
     API version answers 404 for everything), nothing is resolved: returns None and the
     caller keeps polling, so a misconfiguration never resubmits batches that still run."""
-    from worker.commentary.submit import defer
-    from worker.ops.alerts import alert
-    from worker.ops.error_log import record_error
-    from worker.providers.routing import providers
-
     try:
         found = (
             await providers()

@@ -260,7 +260,7 @@ async def ingest_lines(
         if buffer:
             await _copy(conn, buffer)
         if counts.lines >= HASH_JOIN_FROM:
-            await conn.execute("SET LOCAL enable_nestloop = off")
+            await conn.execute(q("ingest_no_nestloop"))
         if counts.invalid_output:
             await record_error(
                 conn,
@@ -309,7 +309,7 @@ async def ingest_lines(
         counts.missing = len(missing)
         counts.question_ids = seen | set(missing)
         await conn.execute(q("settle_questions"), {"ids": list(counts.question_ids)})
-        await conn.execute("TRUNCATE worker_ingest_lines")
+        await conn.execute(q("ingest_lines_truncate"))
     if counts.duplicates:
         await record_error(
             conn,

@@ -27,11 +27,14 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from worker.commentary import budget
+from worker.commentary.claim import load_settings
+from worker.commentary.defer import defer, defer_poll
 from worker.commentary.ingest import IngestCounts, ingest_lines
 from worker.commentary.settings_row import CommentarySettings
 from worker.config import get_settings
 from worker.errors import ConfigError, ErrorKind, ProviderError
-from worker.ops import metrics
+from worker.ops import metrics, resilience
 from worker.ops.error_log import record_error
 from worker.providers.base import BatchState, BatchStatus, ResultLine
 from worker.providers.error_policy import BatchCause, BatchFailure, classify_batch_failure
@@ -76,8 +79,6 @@ def next_delay(poll_count: int) -> float:
 
 
 async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, Any]:
-    from worker.commentary.submit import defer, defer_poll, load_settings
-
     async with pool.connection() as conn:
         try:
             settings = await load_settings(conn)
@@ -93,8 +94,6 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 return {"skipped": "locked by another poller or unknown"}
             if job["state"] != "in_flight":
                 return {"skipped": f"state {job['state']}"}
-            from worker.ops import resilience
-
             if job["provider"] in await resilience.blocked_providers(
                 conn, providers=[job["provider"]], include_stops=False
             ):
@@ -110,8 +109,6 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                     status = await provider.status(job["batch_id"])
             except ProviderError as exc:
                 if exc.status_code == 404:
-                    from worker.commentary import budget
-
                     lost = await budget.resolve_lost(conn, job, exc)
                     if lost is not None:
                         return lost
@@ -211,8 +208,6 @@ async def results_pending(
     """A finished batch whose results are not readable yet: poll it again with backoff and
     return None, or - once RESULTS_GRACE_SECONDS have passed since this was first seen -
     return how long it waited (the caller then ingests what there is)."""
-    from worker.commentary.submit import defer_poll
-
     delay = next_delay(job["poll_count"])
     cur = await conn.execute(
         q("batch_results_pending"), {"id": job["id"], "raw_state": raw_state, "delay": delay}
@@ -318,8 +313,6 @@ async def finish(
             "error": redact_opt(error),
         },
     )
-    from worker.ops import resilience
-
     await resilience.on_batch_finished(
         conn,
         job,
@@ -364,13 +357,9 @@ async def record_failure(
         fingerprint=f"batch-{failure.cause}:{job['provider']}:{status.failure_code or ''}",
     )
     if failure.cause == BatchCause.LIMIT:
-        from worker.commentary import budget
-
         # The provider's queue was fuller than the budget table said: learn a smaller one.
         await budget.on_token_limit_failure(conn, job, failure.reason or "limit")
     if failure.cause == BatchCause.PROVIDER:
-        from worker.ops import resilience
-
         await resilience.on_provider_error(
             conn,
             job["provider"],

@@ -4,7 +4,7 @@ Policy (issue #5 item 8)
 ------------------------
 Every provider call costs money, for up to five models plus the summary. A question that
 cannot get a useful answer is therefore stopped *before* anything is sent, at the point
-where its requests are taken for a batch or an instant call (``worker.commentary.submit._take``):
+where its requests are taken for a batch or an instant call (``worker.commentary.claim.take``):
 
 * **Not sendable, fails at once** (:func:`check_question` returns the reason). The
   question is set ``failed`` with ``ai_commentary_error = 'bad question: <reason>'``, its

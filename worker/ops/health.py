@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from worker.database import aconnect
 from worker.queries import q
@@ -91,7 +92,7 @@ class ListenProbe:
         while True:
             try:
                 async with await aconnect(self._url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self.listening.set()
                     self.last_error = None
                     backoff = 0.5
@@ -101,7 +102,7 @@ class ListenProbe:
                             fut = self._waiters.pop(n.payload, None)
                             if fut is not None and not fut.done():
                                 fut.set_result(time.monotonic())
-                        await conn.execute("SELECT 1")
+                        await conn.execute(q("ping"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -120,7 +121,7 @@ class ListenProbe:
         self._waiters[token] = fut
         started = time.monotonic()
         try:
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, token))
+            await conn.execute(q("notify"), (CHANNEL, token))
             got = await asyncio.wait_for(fut, timeout)
             return Check(True, f"notification received in {1000 * (got - started):.0f} ms")
         except TimeoutError:

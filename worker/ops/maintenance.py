@@ -1,53 +1,29 @@
 """The periodic tick (every minute, deduplicated across workers by Procrastinate): the
-safety net under LISTEN/NOTIFY and the healer of crashes.
-
-- re-wakes ``submit`` when work waits (a lost notification costs at most a tick);
-- reconciles batch intents whose submitter died between "provider created the batch" and
-  "our commit": adopts the provider batch found by our intent id, or abandons the intent so
-  its requests wait for the next batch — never a second paid batch (failure mode 4);
-- defers a poll for any live batch that has none;
-- releases requests claimed by an instant call whose worker died: no ``submit`` job that
-  started before the claim is still running on a heartbeating worker (batches are judged
-  only by their state, never by a clock — failure mode 8). A release counts an attempt,
-  so a question that kills its worker every time ends ``failed`` after ``max_attempts``;
-- re-queues Procrastinate jobs left ``doing`` by a worker that stopped heartbeating;
-
-"Alive" means: a ``submit`` job in ``doing`` on a worker whose heartbeat is younger than
-``WORKER_STALLED_SECONDS`` (default 30; the runner heartbeats six times per window).
-- settles questions whose requests are all finished, and returns claimed questions
-  without any request to pending;
-- deletes one batch of old finished rows of each kind (:mod:`worker.ops.retention`);
-- returns blocked questions the eligibility policy no longer blocks to pending (schema/0021).
-"""
+safety net under LISTEN/NOTIFY and the healer of crashes. It runs the batch lane's steps
+(:mod:`worker.commentary.tick`), re-queues Procrastinate jobs left ``doing`` by a worker
+that stopped heartbeating (``WORKER_STALLED_SECONDS``, default 30), wakes a realtime drain
+when an ``ai_jobs`` row is due, sends held alerts as a digest and deletes one batch of old
+finished rows of each kind (:mod:`worker.ops.retention`)."""
 
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from procrastinate import exceptions as pexc
 from procrastinate.jobs import Status
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker.commentary import custom_ids
+from worker.commentary.tick import run_commentary_steps
 from worker.config import get_settings
 from worker.ops.alerts import flush_held
-from worker.ops.error_log import record_error
 from worker.ops.retention import apply_retention
 from worker.queries import q
 from worker.queue.app import app
 
 log = logging.getLogger(__name__)
-
-INTENT_GRACE_SECONDS = 5
-"""An intent younger than this is never judged (its submitter may not hold its lock yet)."""
-MAX_ORPHANED = 10
-"""Releases of one request by dead workers before it fails (schema/0014). Ten deaths of the
-worker running the same call are not bad luck any more."""
 
 
 def stalled_seconds() -> float:
@@ -58,147 +34,14 @@ def stalled_seconds() -> float:
 async def run_tick(pool: AsyncConnectionPool) -> dict[str, Any]:
     detail: dict[str, Any] = {}
     async with pool.connection() as conn:
-        detail["intents"] = await reconcile_intents(conn)
-        detail["polls_restored"] = await restore_polls(conn)
-        detail["instant_released"] = await release_dead_instant_claims(conn)
-        detail["settled"] = await settle_stragglers(conn)
-        detail["unblocked"] = await unblock_entitled(conn)
+        detail.update(await run_commentary_steps(conn))
         detail["stalled_jobs"] = await requeue_stalled_jobs()
-        await wake_submit_if_needed(conn)
         detail["drain_woken"] = await wake_drain_if_due(conn)
         digest = await flush_held(conn)
         if digest is not None:
             detail["alert_digest"] = digest.value
         detail["retention"] = await apply_retention(conn)
     return {k: v for k, v in detail.items() if v}
-
-
-async def wake_submit_if_needed(conn: AsyncConnection[Any]) -> None:
-    cur = await conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM questions WHERE ai_commentary_status = 'pending')"
-        " OR EXISTS (SELECT 1 FROM ai_commentary_requests WHERE status = 'waiting')"
-    )
-    row = await cur.fetchone()
-    if row and row[0]:
-        from worker.commentary.submit import defer
-
-        await defer(conn, "submit", "submit")
-
-
-async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
-    """Adopt or abandon intents whose submitter is gone (its advisory lock is free)."""
-    from worker.commentary.submit import abandon_intent, defer_poll
-    from worker.providers.routing import providers
-
-    out = {"adopted": 0, "abandoned": 0}
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        q("stale_intents"),
-        {"older_than": INTENT_GRACE_SECONDS},
-    )
-    for job in await cur.fetchall():
-        job_id: uuid.UUID = job["id"]
-        key = custom_ids.lock_key(job_id)
-        got = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-        row = await got.fetchone()
-        if not (row and row[0]):
-            continue  # its submitter is alive and still talking to the provider
-        try:
-            provider = providers().batch(job["provider"])
-            try:
-                found = await provider.find_by_intent(str(job_id), job["created_at"])
-            except Exception as exc:
-                await record_error(
-                    conn,
-                    "reconcile",
-                    f"could not look up intent: {exc}",
-                    provider=job["provider"],
-                    batch_job_id=job_id,
-                )
-                continue
-            if found is not None:
-                async with conn.transaction():
-                    await conn.execute(
-                        q("batch_created"),
-                        {
-                            "id": job_id,
-                            "batch_id": found.batch_id,
-                            "input_file_id": found.input_file_id,
-                            "raw_state": found.raw_state,
-                            "first_poll": 0,
-                        },
-                    )
-                    await defer_poll(conn, job_id, 0)
-                out["adopted"] += 1
-                log.warning("adopted provider batch %s for intent %s", found.batch_id, job_id)
-            else:
-                await abandon_intent(
-                    conn,
-                    job_id,
-                    job["provider"],
-                    RuntimeError(
-                        "the submitting worker stopped before the provider batch was created"
-                    ),
-                )
-                out["abandoned"] += 1
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-    return out
-
-
-async def restore_polls(conn: AsyncConnection[Any]) -> int:
-    from worker.commentary.submit import defer_poll
-
-    cur = await conn.execute(q("live_batches_without_poll"))
-    ids = [r[0] for r in await cur.fetchall()]
-    for job_id in ids:
-        await defer_poll(conn, job_id, 0)
-    return len(ids)
-
-
-async def release_dead_instant_claims(conn: AsyncConnection[Any]) -> int:
-    """Requests held by an instant call whose submit job is gone go back to waiting. That
-    does not spend an attempt (the request was not at fault); after ``MAX_ORPHANED`` such
-    releases it fails, so a question that crashes its worker cannot loop forever."""
-    cur = await conn.execute(q("instant_claim_owners"), {"grace": INTENT_GRACE_SECONDS})
-    owners = [r[0] for r in await cur.fetchall()]
-    ids: set[Any] = set()
-    for owner in owners:
-        got = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (owner,))
-        row = await got.fetchone()
-        if not (row and row[0]):
-            continue  # the call's session still holds its lock: it is alive
-        try:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    q("release_instant_owner"), {"owner": owner, "max_orphaned": MAX_ORPHANED}
-                )
-                released = {r[0] for r in await cur.fetchall()}
-                if released:
-                    await conn.execute(q("settle_questions"), {"ids": list(released)})
-            ids |= released
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (owner,))
-    return len(ids)
-
-
-async def unblock_entitled(conn: AsyncConnection[Any]) -> int:
-    """Blocked questions the policy (schema/0021) no longer blocks go back to pending: an
-    owner who became entitled gets their questions processed without a manual step, within
-    a tick, whatever the policy reads (a trigger on the app's tables could not know)."""
-    cur = await conn.execute(q("unblock_entitled"))
-    return len(await cur.fetchall())
-
-
-async def settle_stragglers(conn: AsyncConnection[Any]) -> int:
-    async with conn.transaction():
-        cur = await conn.execute(q("processing_ids_without_open_requests"))
-        ids = [r[0] for r in await cur.fetchall()]
-        if ids:
-            await conn.execute(q("settle_questions"), {"ids": ids})
-        cur = await conn.execute(q("settle_orphans"))
-        orphans = await cur.fetchall()
-    return len(ids) + len(orphans)
 
 
 async def requeue_stalled_jobs() -> int:

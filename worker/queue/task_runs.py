@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from worker.ops.error_log import record_error
+from worker.queries import q
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ async def recorded_run(
         try:
             async with pool.connection() as conn:
                 await conn.execute(
-                    "INSERT INTO worker_task_runs"
-                    " (task_name, job_id, worker_pid, started_at, finished_at, outcome, detail)"
-                    " VALUES (%s, %s, %s, %s, now(), %s, %s)",
+                    q("record_task_run"),
                     (task_name, job_id, os.getpid(), started, record.outcome, Jsonb(record.detail)),
                 )
         except Exception:

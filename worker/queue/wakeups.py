@@ -28,6 +28,7 @@ from psycopg import sql
 
 from worker.database import APPLICATION_NAME
 from worker.errors import ConfigError
+from worker.queries import q
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Wakeups:
                             got = True
                             self._dispatch(n.channel, n.payload)
                         if not got:  # quiet: prove the connection is still there
-                            await conn.execute("SELECT 1")
+                            await conn.execute(q("ping"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -143,7 +144,7 @@ async def check_delivery(url: str, timeout: float = DELIVERY_TIMEOUT_SECONDS) ->
         async with await psycopg.AsyncConnection.connect(
             url, autocommit=True, application_name=f"{APPLICATION_NAME}-probe"
         ) as sender:
-            await sender.execute("SELECT pg_notify(%s, 'probe')", (channel,))
+            await sender.execute(q("notify"), (channel, "probe"))
         async for _ in listener.notifies(timeout=timeout, stop_after=1):
             return
     raise ConfigError(

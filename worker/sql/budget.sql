@@ -157,3 +157,7 @@ SET status = 'waiting', claimed_by = NULL, claimed_at = NULL, batch_job_id = NUL
     last_error = %(error)s, updated_at = now()
 FROM job
 WHERE r.claimed_by = job.id::text AND r.status = 'submitted';
+
+-- name: budget_correction
+SELECT correction_factor, calibration_samples FROM worker_token_budget
+WHERE provider = %(provider)s AND model = %(model)s;

@@ -548,3 +548,40 @@ FROM procrastinate_jobs j
 WHERE j.task_name = 'submit' AND j.status = 'todo'
   AND j.queueing_lock LIKE 'submit-delayed@%%'
   AND j.scheduled_at > coalesce(%(due)s::timestamptz, now()) + interval '1 second';
+
+-- name: intent_state
+-- The intent row a submitter is about to create a provider batch for (still 'submitting'?).
+SELECT state, created_at FROM ai_commentary_batch_jobs WHERE id = %s;
+
+-- name: has_commentary_work
+-- The tick's safety net: any pending question or waiting request wakes submit.
+SELECT EXISTS (SELECT 1 FROM questions WHERE ai_commentary_status = 'pending')
+    OR EXISTS (SELECT 1 FROM ai_commentary_requests WHERE status = 'waiting');
+
+-- name: advisory_lock
+-- Liveness tokens: a batch intent's submitter holds the intent's lock (custom_ids.lock_key),
+-- an instant call's claim holds the lock of its owner text; the tick judges by them.
+SELECT pg_advisory_lock(%s);
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock(%s);
+
+-- name: try_advisory_lock
+SELECT pg_try_advisory_lock(%s);
+
+-- name: advisory_lock_text
+SELECT pg_advisory_lock(hashtext(%s));
+
+-- name: advisory_unlock_text
+SELECT pg_advisory_unlock(hashtext(%s));
+
+-- name: try_advisory_lock_text
+SELECT pg_try_advisory_lock(hashtext(%s));
+
+-- name: ingest_lines_truncate
+-- The session's staging table of result lines (ingest), emptied after each chunk.
+TRUNCATE worker_ingest_lines;
+
+-- name: ingest_no_nestloop
+-- The merge of a large chunk plans a nested loop over the staging table without statistics.
+SET LOCAL enable_nestloop = off;

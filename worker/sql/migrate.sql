@@ -64,3 +64,15 @@ WHERE o.name NOT IN ('worker_schema_migrations', 'worker_schema_objects', 'worke
                       AND has_table_privilege(to_regclass(o.name), 'DELETE'))
       END
 ORDER BY o.kind, o.name;
+
+-- name: applied_migrations
+SELECT filename, checksum, applied_at FROM worker_schema_migrations ORDER BY filename;
+
+-- name: procrastinate_present
+SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present;
+
+-- name: migrations_ledger_present
+SELECT to_regclass('worker_schema_migrations') IS NOT NULL AS present;
+
+-- name: record_migration
+INSERT INTO worker_schema_migrations (filename, checksum) VALUES (%s, %s);

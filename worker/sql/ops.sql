@@ -325,3 +325,14 @@ WHERE (state IN ('failed', 'expired', 'cancelled', 'abandoned')
   AND coalesce(finished_at, updated_at) > now() - interval '24 hours'
 ORDER BY coalesce(finished_at, updated_at) DESC
 LIMIT %(limit)s;
+
+-- name: record_task_run
+-- One row per task run (worker.queue.task_runs), written when the task ends.
+INSERT INTO worker_task_runs (task_name, job_id, worker_pid, started_at, finished_at, outcome, detail)
+VALUES (%s, %s, %s, %s, now(), %s, %s);
+
+-- name: ping
+SELECT 1;
+
+-- name: notify
+SELECT pg_notify(%s, %s);
