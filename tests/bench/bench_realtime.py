@@ -502,7 +502,7 @@ async def main_async(url: str, quick: bool, in_process: bool) -> None:
         )
 
         # (d) embeddings: grouped vs one request per text
-        from worker.realtime import providers as rt_providers
+        from worker.realtime import embeddings as rt_providers
 
         n_emb = 400 if quick else 600
         grouped, groupeds = await median_of(

@@ -20,10 +20,11 @@ except ImportError as exc:  # pragma: no cover - only while the emulator is bein
 
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.base import BatchProvider, BatchState, BatchStatus, ChatRequest, ResultLine
+from worker.providers.compat import OPENAI_COMPATIBLE
 from worker.providers.gemini import GeminiBatch
 from worker.providers.mistral import MistralBatch
 from worker.providers.openai import OpenAIBatch
-from worker.providers.registry import OPENAI_COMPATIBLE, build_chat_provider
+from worker.providers.registry import build_chat_provider
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -29,10 +29,10 @@ from worker.errors import ErrorKind, ProviderError
 from worker.providers.answer_rules import schema_problem
 from worker.providers.base import ChatRequest
 from worker.providers.error_policy import disposition
+from worker.providers.routing import Providers as RealtimeClients
 from worker.providers.routing import providers, reset_providers
 from worker.realtime import execute
 from worker.realtime.model import Job, RealtimeSettings, Template
-from worker.realtime.providers import RealtimeClients
 
 MODELS = {
     "openai": "gpt-4.1-mini",

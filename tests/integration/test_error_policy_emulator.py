@@ -112,11 +112,13 @@ async def test_adapter_raises_the_classified_error(emulator: Emulator, provider:
     with the right kind, never an SDK exception."""
     from worker.commentary.schemas import COMMENTARY_SCHEMA
     from worker.providers.base import ChatRequest
-    from worker.providers.instant import GeminiChat, MistralChat, OpenAICompatibleChat
+    from worker.providers.gemini import GeminiChat
+    from worker.providers.mistral import MistralChat
+    from worker.providers.openai import OpenAIChat
 
     chat: Any
     if provider == "openai":
-        chat = OpenAICompatibleChat("k", emulator.openai_base_url, 10, max_retries=0)
+        chat = OpenAIChat("k", emulator.openai_base_url, 10)
         model = "gpt-4.1-mini"
     elif provider == "gemini":
         chat = GeminiChat("k", emulator.gemini_base_url, 10)

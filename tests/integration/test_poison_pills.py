@@ -609,9 +609,10 @@ def test_a_deleted_realtime_settings_row_keeps_the_builtin_limits(
 def poison_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real emulator answer, with NUL and a lone surrogate put in for the input that
     asks for it (a model may emit ``\\u0000`` in its JSON; the emulator does not)."""
-    from worker.realtime.providers import RealtimeClients, Reply
+    from worker.providers.base import Reply
+    from worker.providers.routing import Providers
 
-    real = RealtimeClients.chat
+    real = Providers.converse
 
     async def chat(self: Any, provider: str, model: str, prompt: Any, keep: Any = None) -> Any:
         reply = await real(self, provider, model, prompt, keep)
@@ -619,7 +620,7 @@ def poison_answers(monkeypatch: pytest.MonkeyPatch) -> None:
             return Reply("Ant\x00wort \udcff", reply.input_tokens, reply.output_tokens)
         return reply
 
-    monkeypatch.setattr(RealtimeClients, "chat", chat)
+    monkeypatch.setattr(Providers, "converse", chat)
 
 
 def test_an_answer_with_nul_is_cleaned_and_the_flush_goes_on(

@@ -13,7 +13,8 @@ from tests.fixtures.settings import configure
 from worker.config import get_settings
 from worker.emulator import Emulator
 from worker.errors import ErrorKind, ProviderError
-from worker.realtime.providers import RealtimeClients, lean_chat_enabled
+from worker.providers.compat import lean_chat_enabled
+from worker.providers.routing import Providers as RealtimeClients
 from worker.realtime.sessions import Prompt
 
 COMPAT = {
@@ -108,7 +109,7 @@ async def test_lean_and_sdk_classify_failures_the_same(
             http_faults=[{"provider": provider, "kind": fault, "count": 1, "retry_after": 2.5}]
         )
         with pytest.raises(ProviderError) as info:
-            await clients.chat(provider, COMPAT[provider], prompt)
+            await clients.converse(provider, COMPAT[provider], prompt)
         errors.append(info.value)
     a, b = errors
     assert (a.kind, a.status_code, a.code, a.retry_after, a.message) == (
@@ -131,5 +132,5 @@ async def test_unreachable_endpoint_is_retryable_on_both_paths(
     prompt = Prompt(system=None, history=[], user="Hallo")
     for clients in (lean, sdk):
         with pytest.raises(ProviderError) as info:
-            await clients.chat("openai", COMPAT["openai"], prompt)
+            await clients.converse("openai", COMPAT["openai"], prompt)
         assert (info.value.kind, info.value.code) == (ErrorKind.RETRYABLE, "connection")

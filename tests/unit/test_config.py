@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from tests.fixtures.settings import configure
 from worker.config import PLATFORM_VARIABLES, Settings, get_settings
 from worker.ops import alerts, breaker, credits, maintenance, resilience
-from worker.providers.instant import OpenAICompatibleChat
+from worker.providers.openai import OpenAIChat
 from worker.providers.routing import Providers
+from worker.providers.routing import Providers as RealtimeClients
 from worker.queue import runner
-from worker.realtime.providers import RealtimeClients
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "worker"
@@ -179,7 +179,7 @@ def test_the_cli_says_which_setting_is_invalid_in_one_line(tmp_path: Path) -> No
 
 
 def _lean_headers(clients: RealtimeClients, provider: str) -> dict[str, str]:
-    raw = clients.lean(provider)._headers
+    raw = clients.chat(provider).lean_client()._headers
     return dict(line.split(": ", 1) for line in raw.strip().split("\r\n"))
 
 
@@ -206,10 +206,10 @@ def test_both_lanes_and_both_clients_send_the_same_provider_headers() -> None:
     }
     for provider, headers in expected.items():
         assert s.provider_headers(provider) == headers
-        lean, sdk = _lean_headers(rt, provider), _sdk_headers(rt.openai_compat(provider))
+        lean, sdk = _lean_headers(rt, provider), _sdk_headers(rt.chat(provider).sdk())
         chat = commentary.chat(provider)
-        assert isinstance(chat, OpenAICompatibleChat)
-        instant = _sdk_headers(chat._client)
+        assert isinstance(chat, OpenAIChat)
+        instant = _sdk_headers(chat.sdk())
         for name, value in headers.items():
             assert lean[name] == sdk[name] == instant[name] == value, (provider, name)
     assert s.provider_headers("gemini") == {}

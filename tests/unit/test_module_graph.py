@@ -178,7 +178,6 @@ PROBE = textwrap.dedent(
 
     # the mock provider answers on both lanes without the emulator
     from worker.providers.base import ChatRequest
-    from worker.realtime.providers import mock_chat, mock_embed
     from worker.realtime.sessions import Prompt
     from worker.providers.routing import Providers
     from worker.commentary.schemas import COMMENTARY_SCHEMA
@@ -186,9 +185,9 @@ PROBE = textwrap.dedent(
     request = ChatRequest(custom_id="c1", system_prompt="S", user_prompt="Frage",
                           json_schema=COMMENTARY_SCHEMA, schema_name="commentary")
     line = asyncio.run(Providers().chat("mock").complete("m", request))
-    reply = mock_chat("m", Prompt(system=None, history=[], user="Hi", json_output=True),
-                      [{"role": "user", "content": "Hi"}])
-    vectors = mock_embed("e", ["a"]).vectors
+    reply = asyncio.run(Providers().converse(
+        "mock", "m", Prompt(system=None, history=[], user="Hi", json_output=True)))
+    vectors = asyncio.run(Providers().embed("mock", "e", ["a"])).vectors
     print(json.dumps({
         "imported": imported,
         "emulator": sorted(m for m in sys.modules if m == "worker.emulator"

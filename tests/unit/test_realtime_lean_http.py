@@ -14,7 +14,7 @@ import pytest
 from worker.errors import ErrorKind, ProviderError
 from worker.providers.error_policy import classify
 from worker.providers.lean_http import LeanClient, Response, TransportError
-from worker.realtime.providers import _lean_reply
+from worker.providers.openai import lean_reply as _lean_reply
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """One set of answer rules for both lanes: when an answer that *did* arrive is unusable.
 
 Used by the commentary lane (:mod:`worker.providers.jsonl`, so batch lines and the instant
-models of :mod:`worker.providers.instant`) and by the realtime lane
-(:mod:`worker.realtime.providers`, SDK and lean HTTP paths alike):
+models) and by the realtime lane
+(``converse`` of every chat provider, SDK and lean HTTP paths alike):
 
 * **refusal** - OpenAI's ``message.refusal``, ``finish_reason=content_filter`` (OpenAI,
   DeepSeek, OpenRouter), Gemini's ``promptFeedback.blockReason`` and the Gemini finish reasons
@@ -29,7 +29,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from worker.errors import ErrorKind
+from worker.errors import ErrorKind, ProviderError
+from worker.providers.base import Reply, estimate_tokens
 
 #: Finish reasons meaning "cut off at the output token limit".
 TRUNCATED_FINISH = frozenset({"length", "model_length", "MAX_TOKENS"})
@@ -132,4 +133,33 @@ def schema_problem(value: Any, schema: dict[str, Any]) -> AnswerProblem | None:
         "invalid_output",
         ErrorKind.UNKNOWN,
         f"the answer violates the JSON schema at {where}: {error.message[:300]}",
+    )
+
+
+def to_reply(
+    provider: str,
+    text: str | None,
+    finish: str | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    messages: list[dict[str, str]],
+    *,
+    refusal: str | None = None,
+    block_reason: str | None = None,
+) -> Reply:
+    """A conversation answer, or the ProviderError of :func:`check_answer` (the rules the
+    commentary lane applies to the same answer). Missing usage is estimated."""
+    problem = check_answer(text, finish, refusal=refusal, block_reason=block_reason)
+    if problem is not None or not text:
+        problem = problem or check_answer(None, finish)
+        assert problem is not None
+        raise ProviderError(
+            problem.message, kind=problem.kind, provider=provider, code=problem.code
+        )
+    return Reply(
+        text=text,
+        input_tokens=input_tokens
+        if input_tokens is not None
+        else estimate_tokens(" ".join(m["content"] for m in messages)),
+        output_tokens=output_tokens if output_tokens is not None else estimate_tokens(text),
     )

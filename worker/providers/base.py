@@ -152,8 +152,65 @@ class BatchProvider(Protocol):
     async def cancel(self, batch_id: str) -> None: ...
 
 
+#: SDK-internal retries, the same for every client of both lanes: none. A failed call
+#: frees its slot at once and our own policy (worker.providers.error_policy) decides -
+#: backoff that honours ``retry-after`` and shows in the tables, a provider stop, or that
+#: request's failure - instead of the SDK waiting and retrying out of sight.
+SDK_MAX_RETRIES = 0
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A conversation to answer (realtime lane): system text, history turns, the final user
+    turn, and the output wanted."""
+
+    system: str | None
+    history: list[dict[str, str]]
+    user: str
+    json_output: bool = False
+    json_schema: dict[str, object] | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+    def messages(self, keep: int | None = None) -> list[dict[str, str]]:
+        """OpenAI-style messages with only the last ``keep`` history turns."""
+        history = self.history if keep is None else (self.history[-keep:] if keep > 0 else [])
+        out: list[dict[str, str]] = []
+        if self.system:
+            out.append({"role": "system", "content": self.system})
+        out.extend(history)
+        out.append({"role": "user", "content": self.user})
+        return out
+
+    def char_count(self) -> int:
+        return sum(len(m["content"]) for m in self.messages())
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A usable conversation answer (an unusable one raises ProviderError)."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]
+    input_tokens: int
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: what is recorded when a provider reports no usage."""
+    return max(1, len(text) // 4) if text else 0
+
+
 class ChatProvider(Protocol):
-    """A realtime chat API answering one structured request at a time."""
+    """A provider's realtime API, used by both lanes: one structured answer (commentary),
+    a conversation (realtime ``ai_jobs``) and embeddings. Every failure is a ProviderError
+    classified by :mod:`worker.providers.error_policy`; every answer that arrives is judged
+    by :mod:`worker.providers.answer_rules`."""
 
     name: str
 
@@ -161,3 +218,15 @@ class ChatProvider(Protocol):
         """Call the model once. Raises ProviderError on transport/API failures; a response
         that arrives but is unusable comes back as ``ResultLine(ok=False)``."""
         ...
+
+    async def converse(self, model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
+        """Answer ``messages`` (``prompt.messages(keep)``); raises ProviderError, also for
+        a truncated, refused or empty answer."""
+        ...
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
+        """One embeddings request; raises ProviderError (``no_embeddings_api`` where the
+        provider has none)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -21,29 +21,35 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from worker.errors import ProviderError
+from worker.errors import ConfigError, ProviderError
 from worker.providers import idempotent
+from worker.providers.answer_rules import to_reply
 from worker.providers.base import (
     BatchLimits,
     BatchState,
     BatchStatus,
     ChatRequest,
+    Embedded,
+    Prompt,
+    Reply,
     ResultLine,
     SubmittedBatch,
+    estimate_tokens,
     secret_value,
 )
-from worker.providers.error_policy import GRPC_CODES, translate_errors
+from worker.providers.error_policy import GRPC_CODES, classify, translate_errors
 from worker.providers.jsonl import (
     MalformedCallback,
     check_batch_size,
     parse_gemini_inline,
     parse_gemini_line,
+    parse_generate_content,
     parse_jsonl_file,
     request_line_encoder,
     temp_path,
@@ -338,4 +344,107 @@ class GeminiBatch:
 
     async def aclose(self) -> None:
         """Close the async HTTP client."""
+        await self._client.aio.aclose()
+
+
+class GeminiChat:
+    """``ChatProvider`` over Gemini ``generateContent`` (``responseJsonSchema`` for JSON)
+    and ``embedContent``; the same pinned client as the batch adapter."""
+
+    name = "gemini"
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        *,
+        api_version: str | None = None,
+        client: genai.Client | None = None,
+    ) -> None:
+        self._client = client or make_genai_client(api_key, base_url, timeout, api_version)
+
+    @staticmethod
+    def config(request: ChatRequest) -> types.GenerateContentConfig:
+        """The same generation settings as :func:`jsonl.gemini_generate_request`."""
+        return types.GenerateContentConfig(
+            system_instruction=request.system_prompt,
+            response_mime_type="application/json",
+            response_json_schema=request.json_schema,
+            max_output_tokens=request.max_output_tokens,
+            temperature=request.temperature,
+        )
+
+    async def complete(self, model: str, request: ChatRequest) -> ResultLine:
+        with translate_errors(self.name):
+            response = await self._client.aio.models.generate_content(
+                model=model,
+                contents=[types.Content(role="user", parts=[types.Part(text=request.user_prompt)])],
+                config=self.config(request),
+            )
+        dumped = response.model_dump(mode="json", exclude_none=True, exclude={"sdk_http_response"})
+        return parse_generate_content(request.custom_id, dumped)
+
+    async def converse(self, model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
+        contents = [
+            types.Content(
+                role="model" if m["role"] == "assistant" else "user",
+                parts=[types.Part(text=m["content"])],
+            )
+            for m in messages
+            if m["role"] != "system"
+        ]
+        config = types.GenerateContentConfig(
+            system_instruction=prompt.system or None,
+            response_mime_type="application/json" if prompt.json_output else None,
+            response_json_schema=prompt.json_schema if prompt.json_output else None,
+            max_output_tokens=prompt.max_output_tokens,
+            temperature=prompt.temperature,
+        )
+        try:
+            response = await self._client.aio.models.generate_content(
+                model=model, contents=cast(Any, contents), config=config
+            )
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name) from exc
+        finish = None
+        if response.candidates:
+            fr = response.candidates[0].finish_reason
+            finish = str(fr.value if hasattr(fr, "value") else fr) if fr is not None else None
+        block = None
+        if response.prompt_feedback is not None and response.prompt_feedback.block_reason:
+            br = response.prompt_feedback.block_reason
+            block = str(br.value if hasattr(br, "value") else br)
+        meta = response.usage_metadata
+        text: str | None
+        try:
+            text = response.text
+        except ValueError:
+            text = None
+        return to_reply(
+            self.name,
+            text,
+            finish,
+            meta.prompt_token_count if meta else None,
+            meta.candidates_token_count if meta else None,
+            messages,
+            block_reason=block,
+        )
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
+        try:
+            result = await self._client.aio.models.embed_content(
+                model=model, contents=cast(Any, list(texts))
+            )
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name) from exc
+        vectors = [list(e.values or []) for e in (result.embeddings or [])]
+        # embedContent reports no usage: estimated.
+        return Embedded(vectors, sum(estimate_tokens(t) for t in texts))
+
+    async def aclose(self) -> None:
         await self._client.aio.aclose()

@@ -20,7 +20,7 @@ It does only what that call needs and nothing an SDK user could be relying on si
   like the SDK's ``APIConnectionError``). Timeouts are the caller's (``asyncio.wait_for``);
   a cancelled request's connection is dropped, never reused;
 * no proxies, redirects, HTTP/2 or cookies: the caller uses the SDK when a proxy is
-  configured (see :mod:`worker.realtime.providers`).
+  configured (see :mod:`worker.providers.compat`).
 """
 
 from __future__ import annotations

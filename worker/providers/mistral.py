@@ -17,27 +17,34 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from mistralai.client import Mistral
 from mistralai.client.models import BatchJob
 from mistralai.client.types import UNSET
 from pydantic import SecretStr
 
+from worker.errors import ConfigError, ProviderError
 from worker.providers import idempotent
+from worker.providers.answer_rules import to_reply
 from worker.providers.base import (
     BatchLimits,
     BatchStatus,
     ChatRequest,
+    Embedded,
+    Prompt,
+    Reply,
     ResultLine,
     SubmittedBatch,
     secret_value,
 )
-from worker.providers.error_policy import translate_errors
+from worker.providers.error_policy import classify, translate_errors
 from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,
     check_batch_size,
+    openai_chat_body,
+    parse_chat_completion,
     parse_jsonl_file,
     parse_mistral_line,
     request_line_encoder,
@@ -273,3 +280,87 @@ def _errors_text(job: BatchJob) -> str | None:
         parts.append(f"{message} (x{count})" if count and count > 1 else message)
     text = "; ".join(p for p in parts if p)
     return text or None
+
+
+class MistralChat:
+    """``ChatProvider`` over Mistral ``chat.complete`` (``json_schema`` response format) and
+    ``embeddings.create``; the same client settings as the batch adapter."""
+
+    name = "mistral"
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        *,
+        client: Mistral | None = None,
+    ) -> None:
+        self._client = client or make_mistral_client(api_key, base_url, timeout)
+
+    async def complete(self, model: str, request: ChatRequest) -> ResultLine:
+        body = openai_chat_body(
+            request, None, json_mode="json_schema", max_tokens_field="max_tokens"
+        )
+        # Only set fields are passed: an explicit None would be sent as JSON null.
+        optional: dict[str, Any] = {k: body[k] for k in ("max_tokens", "temperature") if k in body}
+        with translate_errors(self.name):
+            response = await self._client.chat.complete_async(
+                model=model,
+                messages=cast(Any, body["messages"]),
+                response_format=cast(Any, body["response_format"]),
+                **optional,
+            )
+        return parse_chat_completion(request.custom_id, response.model_dump(mode="json"))
+
+    async def converse(self, model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
+        extra: dict[str, Any] = {}
+        if prompt.json_output:
+            extra["response_format"] = (
+                {
+                    "type": "json_schema",
+                    "json_schema": {"name": "result", "schema": prompt.json_schema, "strict": True},
+                }
+                if prompt.json_schema is not None
+                else {"type": "json_object"}
+            )
+        if prompt.max_output_tokens is not None:
+            extra["max_tokens"] = prompt.max_output_tokens
+        if prompt.temperature is not None:
+            extra["temperature"] = prompt.temperature
+        try:
+            response = await self._client.chat.complete_async(
+                model=model, messages=cast(Any, messages), **extra
+            )
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name) from exc
+        choice = response.choices[0] if response.choices else None
+        content = choice.message.content if choice is not None and choice.message else None
+        text = content if isinstance(content, str) or content is None else str(content)
+        usage = response.usage
+        return to_reply(
+            self.name,
+            text,
+            str(choice.finish_reason) if choice is not None else None,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            messages,
+        )
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
+        try:
+            response = await self._client.embeddings.create_async(model=model, inputs=list(texts))
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name) from exc
+        data = sorted(response.data, key=lambda d: d.index or 0)
+        return Embedded([list(d.embedding or []) for d in data], response.usage.prompt_tokens or 0)
+
+    async def aclose(self) -> None:
+        cfg = self._client.sdk_configuration
+        if cfg.async_client is not None and not cfg.async_client_supplied:
+            await cfg.async_client.aclose()
+        cfg.async_client = None

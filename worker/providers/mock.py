@@ -4,9 +4,9 @@ Same input, same output: schema-valid JSON (or filler text) seeded by the model 
 prompt, from :mod:`worker.providers.mock_content`, the generator the emulator serves too.
 Self-contained: it imports nothing of :mod:`worker.emulator`.
 
-- commentary lane: :class:`MockChat` (a :class:`~worker.providers.base.ChatProvider`);
-- realtime lane: :func:`chat_answer` and :func:`embeddings`
-  (:mod:`worker.realtime.providers` wraps them in its reply types).
+- :class:`MockChat` (a :class:`~worker.providers.base.ChatProvider`): ``complete`` for the
+  commentary lane, ``converse`` and ``embed`` for the realtime lane (from
+  :func:`chat_answer` and :func:`embeddings`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from worker.providers.base import ChatRequest, ResultLine
+from worker.providers.base import ChatRequest, Embedded, Prompt, Reply, ResultLine, estimate_tokens
 from worker.providers.mock_content import (
     count_tokens,
     embed,
@@ -53,6 +53,22 @@ class MockChat:
             output_tokens=count_tokens(text),
             model_version=f"mock-{model}",
         )
+
+    async def converse(self, model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
+        """Deterministic answer seeded by model and messages (schema-valid JSON for JSON
+        jobs)."""
+        text = chat_answer(
+            model, messages, json_output=prompt.json_output, json_schema=prompt.json_schema
+        )
+        return Reply(text, estimate_tokens(conversation_text(messages)), estimate_tokens(text))
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
+        return Embedded(
+            embeddings(model, texts, EMBEDDING_DIMS), sum(estimate_tokens(t) for t in texts)
+        )
+
+    async def aclose(self) -> None:
+        return None
 
 
 def conversation_text(messages: Sequence[Mapping[str, str]]) -> str:

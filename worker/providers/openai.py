@@ -1,4 +1,8 @@
-"""OpenAI Batch API adapter (``AsyncOpenAI``: Files + Batches, ``/v1/chat/completions``).
+"""OpenAI: the Batch API (:class:`OpenAIBatch`) and the chat / embeddings API
+(:class:`OpenAIChat`), which also serves every OpenAI-compatible endpoint
+(:mod:`worker.providers.compat`).
+
+Batch (``AsyncOpenAI``: Files + Batches, ``/v1/chat/completions``).
 
 Flow: requests -> JSONL temp file (written in a thread, always deleted) -> ``files.create
 (purpose="batch")`` -> ``batches.create(metadata={"intent_id": ...})``. Results: the output
@@ -6,38 +10,57 @@ file, then the error file, are each streamed to a temp file with
 ``files.with_streaming_response.content`` and parsed line by line from disk, so neither a
 whole file nor an open HTTP stream is held while the caller processes lines (a slow
 consumer cannot time out the download, and a failed download yields nothing twice).
+
+Chat: ``complete`` (commentary instant models: the body of
+:func:`worker.providers.jsonl.openai_chat_body`, byte for byte what a batch line sends)
+through the SDK; ``converse`` (realtime jobs) through the lean HTTP client
+(:mod:`worker.providers.lean_http`: the SDK's per-call CPU, ~1.5 ms, capped a worker process
+at about 600 calls/s) unless a proxy is configured or ``REALTIME_HTTP_CLIENT=sdk``; both
+paths send the same body and headers and classify errors with the same
+:func:`worker.providers.error_policy.classify_http`. Embeddings keep the SDK (one request
+carries up to 2048 texts; base64 decoded by the SDK). No SDK retries (``SDK_MAX_RETRIES``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any, Literal, cast
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, omit
 from openai.types import Batch
 from pydantic import SecretStr
 
+from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers import idempotent
+from worker.providers.answer_rules import schema_instruction, to_reply
 from worker.providers.base import (
+    SDK_MAX_RETRIES,
     BatchLimits,
     BatchStatus,
     ChatRequest,
+    Embedded,
+    Prompt,
+    Reply,
     ResultLine,
     SubmittedBatch,
     secret_value,
 )
-from worker.providers.error_policy import translate_errors
+from worker.providers.error_policy import classify, classify_http, translate_errors
 from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,
     check_batch_size,
+    openai_chat_body,
+    parse_chat_completion,
     parse_jsonl_file,
     parse_openai_line,
     request_line_encoder,
     temp_path,
     write_jsonl_path_async,
 )
+from worker.providers.lean_http import LeanClient, Response
 from worker.providers.states import map_state
 
 log = logging.getLogger(__name__)
@@ -268,3 +291,222 @@ class OpenAIBatch:
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._client.close()
+
+
+JsonMode = Literal["json_schema", "json_object"]
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+
+#: SDK clients per chat provider, used round-robin. httpcore's pool scans every pooled
+#: connection on each request (``has_expired`` polls each socket), so one client with 100
+#: busy connections spends more CPU on the scan than on the request; a few smaller pools
+#: keep that cost flat.
+CLIENT_SHARDS = 8
+
+
+def json_schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "result", "schema": schema, "strict": True},
+    }
+
+
+class OpenAIChat:
+    """``ChatProvider`` over ``/chat/completions`` and ``/embeddings`` of OpenAI or any
+    OpenAI-compatible API.
+
+    ``json_mode="json_object"`` is the fallback for endpoints without ``json_schema``
+    response formats (DeepSeek): the schema then travels in the system prompt and the answer
+    is validated against it. ``max_tokens_field`` defaults to ``max_completion_tokens`` for
+    OpenAI and ``max_tokens`` elsewhere (the compatible servers implement the older name).
+    ``embeddings=False``: the provider has no embeddings API (the job fails at once)."""
+
+    def __init__(
+        self,
+        api_key: SecretStr | str,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        *,
+        name: str = "openai",
+        json_mode: JsonMode = "json_schema",
+        max_tokens_field: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        lean: bool = False,
+        embeddings: bool = True,
+        float_embeddings: bool = False,
+        client: AsyncOpenAI | None = None,
+    ) -> None:
+        self.name = name
+        self.json_mode: JsonMode = json_mode
+        self._max_tokens_field = max_tokens_field or (
+            "max_completion_tokens" if name == "openai" else "max_tokens"
+        )
+        self._key = secret_value(api_key)
+        self._base_url = base_url
+        self._timeout = timeout
+        self._headers = dict(extra_headers) if extra_headers else {}
+        self.lean = lean
+        self._embeddings = embeddings
+        self._float_embeddings = float_embeddings
+        self._shards: list[AsyncOpenAI] = [client] if client is not None else []
+        self._turn = 0
+        self._lean_client: LeanClient | None = None
+
+    def sdk(self) -> AsyncOpenAI:
+        """One of :data:`CLIENT_SHARDS` SDK clients, round-robin."""
+        if not self._shards:
+            self._shards = [
+                AsyncOpenAI(
+                    api_key=self._key,
+                    base_url=self._base_url,
+                    timeout=self._timeout,
+                    max_retries=SDK_MAX_RETRIES,
+                    default_headers=self._headers or None,
+                )
+                for _ in range(CLIENT_SHARDS)
+            ]
+        self._turn += 1
+        return self._shards[self._turn % len(self._shards)]
+
+    def lean_client(self) -> LeanClient:
+        """The lean HTTP client (one keep-alive pool per provider)."""
+        if self._lean_client is None:
+            headers = {"Authorization": f"Bearer {self._key}", **self._headers}
+            try:
+                self._lean_client = LeanClient(self._base_url or OPENAI_DEFAULT_URL, headers)
+            except ValueError as exc:
+                raise ConfigError(f"{self.name}: {exc}") from exc
+        return self._lean_client
+
+    # -------------------------------------------------------------- commentary
+
+    async def complete(self, model: str, request: ChatRequest) -> ResultLine:
+        body = openai_chat_body(
+            request, model, json_mode=self.json_mode, max_tokens_field=self._max_tokens_field
+        )
+        with translate_errors(self.name):
+            # The body is built (and unit-tested) in jsonl; the SDK's overloads cannot type
+            # a prebuilt dict, hence the cast.
+            completion = await self.sdk().chat.completions.create(**cast(Any, body))
+        return parse_chat_completion(request.custom_id, completion.model_dump(mode="json"))
+
+    # -------------------------------------------------------------- realtime
+
+    def conversation_body(
+        self, model: str, prompt: Prompt, messages: list[dict[str, str]]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        if prompt.json_output:
+            if prompt.json_schema is not None and self.json_mode == "json_schema":
+                body["response_format"] = json_schema_format(prompt.json_schema)
+            else:
+                # json_object-only endpoints (DeepSeek): the schema travels in the prompt.
+                body["response_format"] = {"type": "json_object"}
+                if prompt.json_schema is not None:
+                    hint = schema_instruction(prompt.json_schema)
+                    body["messages"] = [{"role": "system", "content": hint}, *messages]
+        if prompt.max_output_tokens is not None:
+            body[self._max_tokens_field] = prompt.max_output_tokens
+        if prompt.temperature is not None:
+            body["temperature"] = prompt.temperature
+        return body
+
+    async def converse(self, model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
+        body = self.conversation_body(model, prompt, messages)
+        try:
+            if self.lean:
+                resp = await self.lean_client().post_json("/chat/completions", body)
+                return lean_reply(self.name, resp, messages)
+            completion = await self.sdk().chat.completions.create(**cast(Any, body))
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name) from exc
+        choice = completion.choices[0] if completion.choices else None
+        usage = completion.usage
+        return to_reply(
+            self.name,
+            choice.message.content if choice is not None else None,
+            choice.finish_reason if choice is not None else None,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            messages,
+            refusal=choice.message.refusal if choice is not None else None,
+        )
+
+    async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
+        if not self._embeddings:
+            raise ProviderError(
+                f"{self.name} has no embeddings API",
+                kind=ErrorKind.INVALID_REQUEST,
+                provider=self.name,
+                code="no_embeddings_api",
+            )
+        try:
+            # base64 (the SDK's default, decoded by the SDK) is ~4x smaller on the wire and
+            # far cheaper to parse than JSON floats; Ollama gets plain floats.
+            emb = await self.sdk().embeddings.create(
+                model=model,
+                input=list(texts),
+                encoding_format="float" if self._float_embeddings else omit,
+            )
+        except (ProviderError, ConfigError):
+            raise
+        except Exception as exc:
+            raise classify(exc, self.name) from exc
+        vectors = [list(d.embedding) for d in sorted(emb.data, key=lambda d: d.index)]
+        return Embedded(vectors, emb.usage.prompt_tokens if emb.usage else 0)
+
+    async def aclose(self) -> None:
+        if self._lean_client is not None:
+            await self._lean_client.aclose()
+            self._lean_client = None
+        for client in self._shards:
+            await client.close()
+        self._shards = []
+
+
+def lean_reply(provider: str, resp: Response, messages: list[dict[str, str]]) -> Reply:
+    """A chat completion answer of the lean client (what the SDK path reads, from plain
+    JSON); an error answer is classified exactly as the SDK's ``APIStatusError`` would be."""
+    if resp.status >= 300:
+        raise classify_http(provider, resp.status, resp.body, resp.headers)
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise ProviderError(
+            f"the answer is not JSON: {exc}",
+            kind=ErrorKind.UNKNOWN,
+            provider=provider,
+            status_code=resp.status,
+            code="response_validation",
+        ) from exc
+    if not isinstance(data, dict):
+        data = {}
+    choices = data.get("choices")
+    if not choices and isinstance(data.get("error"), dict):
+        # An error in a 2xx envelope (some OpenAI-compatible gateways): classify it by the
+        # code it carries, as a server error when that is not an HTTP status.
+        code = data["error"].get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+        raise classify_http(provider, status, data, resp.headers)
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        choice = {}
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason")
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return to_reply(
+        provider,
+        content if isinstance(content, str) else None,
+        finish if isinstance(finish, str) else None,
+        prompt_tokens if isinstance(prompt_tokens, int) else None,
+        completion_tokens if isinstance(completion_tokens, int) else None,
+        messages,
+        refusal=refusal if isinstance(refusal, str) else None,
+    )

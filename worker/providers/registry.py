@@ -14,25 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from worker.errors import ConfigError
 from worker.providers.base import BatchProvider, ChatProvider
-from worker.providers.gemini import GeminiBatch
-from worker.providers.instant import GeminiChat, JsonMode, MistralChat, OpenAICompatibleChat
-from worker.providers.mistral import MistralBatch
-from worker.providers.openai import OpenAIBatch
+from worker.providers.compat import OPENAI_COMPATIBLE, compat_chat
+from worker.providers.gemini import GeminiBatch, GeminiChat
+from worker.providers.mistral import MistralBatch, MistralChat
+from worker.providers.openai import JsonMode, OpenAIBatch
 
 BATCH_PROVIDERS: Mapping[str, Callable[..., BatchProvider]] = {
     "openai": OpenAIBatch,
     "gemini": GeminiBatch,
     "mistral": MistralBatch,
-}
-
-#: OpenAI-compatible realtime endpoints: default base URL and response-format mode.
-#: DeepSeek documents only ``json_object`` mode, so the schema goes into the prompt there.
-OPENAI_COMPATIBLE: Mapping[str, tuple[str | None, JsonMode]] = {
-    "openai": (None, "json_schema"),  # SDK default https://api.openai.com/v1
-    "openrouter": ("https://openrouter.ai/api/v1", "json_schema"),
-    "perplexity": ("https://api.perplexity.ai", "json_schema"),
-    "deepseek": ("https://api.deepseek.com/v1", "json_object"),
-    "ollama": ("http://127.0.0.1:11434/v1", "json_schema"),
 }
 
 CHAT_PROVIDERS = (*OPENAI_COMPATIBLE, "gemini", "mistral")
@@ -69,22 +59,25 @@ def build_chat_provider(
     *,
     timeout: float = 60.0,
     json_mode: JsonMode | None = None,
+    lean: bool = False,
 ) -> ChatProvider:
-    """A realtime chat adapter for any provider in :data:`CHAT_PROVIDERS`."""
+    """The chat provider (both lanes) of any provider in :data:`CHAT_PROVIDERS`.
+    ``lean``: realtime conversations of OpenAI-compatible endpoints go through the lean
+    HTTP client (:func:`worker.providers.compat.lean_chat_enabled`)."""
     if name == "gemini":
         return GeminiChat(api_key, base_url, timeout)
     if name == "mistral":
-        return MistralChat(api_key, base_url, timeout, json_mode=json_mode or "json_schema")
+        return MistralChat(api_key, base_url, timeout)
     if name not in OPENAI_COMPATIBLE:
         raise ConfigError(f"no chat API for provider {name!r} (have {sorted(CHAT_PROVIDERS)})")
-    default_url, default_mode = OPENAI_COMPATIBLE[name]
-    return OpenAICompatibleChat(
+    return compat_chat(
+        name,
         api_key,
-        base_url or default_url,
-        timeout,
-        name=name,
-        json_mode=json_mode or default_mode,
-        extra_headers=extra_headers or None,
+        base_url,
+        extra_headers,
+        timeout=timeout,
+        json_mode=json_mode,
+        lean=lean,
     )
 
 

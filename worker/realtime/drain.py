@@ -69,6 +69,7 @@ from worker.config import get_settings
 from worker.database import resolve_database_url
 from worker.errors import ProviderError
 from worker.ops.error_log import record_error
+from worker.providers.routing import Providers
 from worker.queries import q
 from worker.queue import wakeups
 from worker.realtime import shutdown
@@ -82,7 +83,6 @@ from worker.realtime.embeddings import (
 )
 from worker.realtime.execute import invalid_job_outcome, outcome_for_error, run_chat
 from worker.realtime.model import KIND_EMBEDDING, Job, Outcome, RealtimeSettings, Template
-from worker.realtime.providers import RealtimeClients
 from worker.realtime.rate_limits import RateLimiter
 from worker.realtime.storable import storable, unstorable
 from worker.realtime.vectors import Float4Array, Float4ArrayBinaryDumper, flatten
@@ -128,7 +128,7 @@ LANE_IDLE_SECONDS = 1.0
 #: Weight of the newest measurement in the moving averages of call and claim times.
 TIME_SMOOTHING = 0.2
 
-_clients: RealtimeClients | None = None
+_clients: Providers | None = None
 
 
 def prefetch(concurrency: int) -> int:
@@ -151,11 +151,11 @@ def claim_prefetch(
     return max(base, min(math.ceil(per_round), max_in_flight - concurrency))
 
 
-def clients() -> RealtimeClients:
+def clients() -> Providers:
     """The process's SDK clients (kept across drain runs: their HTTP pools stay warm)."""
     global _clients
     if _clients is None:
-        _clients = RealtimeClients()
+        _clients = Providers()
     return _clients
 
 
@@ -171,7 +171,7 @@ class Drain:
         pool: AsyncConnectionPool,
         settings: RealtimeSettings,
         templates: dict[str, Template],
-        rt_clients: RealtimeClients,
+        rt_clients: Providers,
     ) -> None:
         self.pool = pool
         self.settings = settings

@@ -1,7 +1,7 @@
 """Embedding jobs, grouped: one provider request carries many jobs' texts.
 
 Claimed embedding jobs of the same provider and model are cut into groups of at most the
-provider's input limit (:data:`~worker.realtime.providers.EMBEDDING_GROUP_LIMITS`) and a
+provider's input limit (:data:`EMBEDDING_GROUP_LIMITS`) and a
 token budget per request. One group = one request = one concurrency slot and one request
 of the provider's rate limit. A failed request gives every job of its group the same
 outcome (each job's own attempt counter decides retry or failure), except that a permanent
@@ -17,15 +17,23 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from worker.errors import ConfigError, ErrorKind, ProviderError
-from worker.realtime.execute import PERMANENT, outcome_for_error
+from worker.providers.base import estimate_tokens
+from worker.providers.routing import Providers
+from worker.realtime.execute import PERMANENT, monotonic_ms, outcome_for_error
 from worker.realtime.model import Job, Outcome, RealtimeSettings
-from worker.realtime.providers import (
-    EMBEDDING_GROUP_LIMITS,
-    EMBEDDING_GROUP_TOKENS,
-    RealtimeClients,
-    estimate_tokens,
-    monotonic_ms,
-)
+
+#: Most inputs one embeddings request may carry, per provider (documented limits: OpenAI
+#: 2048 inputs; Gemini batchEmbedContents 100 requests; Mistral and Ollama kept moderate).
+EMBEDDING_GROUP_LIMITS: dict[str, int] = {
+    "openai": 2048,
+    "openrouter": 2048,
+    "gemini": 100,
+    "mistral": 128,
+    "ollama": 256,
+    "mock": 2048,
+}
+#: Token budget of one embeddings request (OpenAI allows 300k; stay well below).
+EMBEDDING_GROUP_TOKENS = 100_000
 
 
 def group_limit(provider: str) -> int:
@@ -88,7 +96,7 @@ def group_token_estimate(group: list[Job]) -> int:
 
 
 async def run_group(
-    clients: RealtimeClients, group: list[Job], settings: RealtimeSettings, timeout: float
+    clients: Providers, group: list[Job], settings: RealtimeSettings, timeout: float
 ) -> list[Outcome]:
     """Embed one group; one outcome per job (never raises)."""
     first = group[0]

@@ -31,8 +31,8 @@ from worker import validation
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.answer_rules import schema_problem
 from worker.providers.error_policy import DISPOSITIONS, Disposition
+from worker.providers.routing import Providers
 from worker.realtime.model import Job, Outcome, RealtimeSettings, Template
-from worker.realtime.providers import RealtimeClients, monotonic_ms
 from worker.realtime.sessions import build_prompt, shrink
 
 PERMANENT = tuple(k for k, d in DISPOSITIONS.items() if d is Disposition.FAIL_REQUEST)
@@ -115,7 +115,7 @@ def outcome_for_error(
 
 
 async def run_chat(
-    clients: RealtimeClients,
+    clients: Providers,
     job: Job,
     template: Template | None,
     settings: RealtimeSettings,
@@ -131,7 +131,7 @@ async def run_chat(
         start = time.monotonic()
         try:
             reply = await asyncio.wait_for(
-                clients.chat(job.provider, job.model, prompt, keep), timeout
+                clients.converse(job.provider, job.model, prompt, keep), timeout
             )
         except TimeoutError:
             exc: BaseException = ProviderError(
@@ -197,3 +197,7 @@ async def run_chat(
         if prompt.history:
             failed.context_messages = keep
         return failed
+
+
+def monotonic_ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)

@@ -15,35 +15,8 @@ one message at a time) bounds the extra calls to log2(K).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from worker.providers.base import Prompt  # re-exported: the realtime lane builds it
 from worker.realtime.model import KIND_CHAT, KIND_COMPLETION, Job, Template
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What is sent: system text, history turns, and the final user turn."""
-
-    system: str | None
-    history: list[dict[str, str]]
-    user: str
-    json_output: bool = False
-    json_schema: dict[str, object] | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-
-    def messages(self, keep: int | None = None) -> list[dict[str, str]]:
-        """OpenAI-style messages with only the last ``keep`` history turns."""
-        history = self.history if keep is None else (self.history[-keep:] if keep > 0 else [])
-        out: list[dict[str, str]] = []
-        if self.system:
-            out.append({"role": "system", "content": self.system})
-        out.extend(history)
-        out.append({"role": "user", "content": self.user})
-        return out
-
-    def char_count(self) -> int:
-        return sum(len(m["content"]) for m in self.messages())
 
 
 def truncate(text: str, limit: int) -> str:
