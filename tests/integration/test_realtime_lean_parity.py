@@ -86,11 +86,11 @@ async def test_lean_and_sdk_give_the_same_answers(
         system=None, history=[], user="Das Essen war gut", json_output=True, json_schema=SCHEMA
     )
     for prompt in (text, structured):
-        a = await lean.chat(provider, model, prompt)
-        b = await sdk.chat(provider, model, prompt)
+        a = await lean.converse(provider, model, prompt)
+        b = await sdk.converse(provider, model, prompt)
         assert a == b
         assert a.text and a.input_tokens > 0 and a.output_tokens > 0
-    assert lean._lean[provider].connects == 1  # both calls on one kept-alive connection
+    assert lean.chat(provider).lean_client().connects == 1  # both calls on one kept-alive connection
 
 
 @pytest.mark.parametrize("provider", ["openai", "openrouter", "deepseek"])
