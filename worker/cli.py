@@ -292,10 +292,10 @@ def _main(argv: list[str]) -> int:
 
         return int(demo.main(args.questions))
     if args.command == "status":
-        from worker import preflight
+        from worker import migrate
         from worker.ops import status
 
-        preflight.check_schema(_database_url())
+        migrate.check_schema(_database_url())
         return int(status.main(as_json=args.json))
     return 1
 
@@ -314,14 +314,14 @@ def _database_url() -> str:
 
 
 def _db(command: str) -> int:
-    from worker import migrate, preflight
+    from worker import migrate
 
     url = _database_url()
     if command == "migrate":
         applied = migrate.migrate(url)
         print("\n".join(f"applied {n}" for n in applied), end="\n" if applied else "")
         if migrate.missing_objects(url):
-            preflight.check_schema(url)  # raises: drift that re-running files cannot repair
+            migrate.check_schema(url)  # raises: drift that re-running files cannot repair
         print("schema is up to date")
         return 0
     states = migrate.status(url)
@@ -332,7 +332,7 @@ def _db(command: str) -> int:
         print(f"{'MISSING ' + obj:40} created by an applied migration, gone from the database")
     pending = sum(1 for _n, s in states if s == "pending")
     if missing:
-        preflight.check_schema(url)  # one line naming the fix, exit 2
+        migrate.check_schema(url)  # one line naming the fix, exit 2
     if pending:
         print(f"{pending} pending: run `python -m worker db migrate`")
         return 1
@@ -380,10 +380,10 @@ def _run(args: Any, default_processes: int) -> int:
 
     url = _database_url()
     runner.wait_for_database(url)  # Ctrl-C while waiting: KeyboardInterrupt, exit 130
-    from worker import preflight, rights
+    from worker import migrate, rights
 
     rights.check(url)  # a runtime role lacking its grants: one line, the grant to run
-    preflight.check_schema(url)
+    migrate.check_schema(url)
     n = args.processes or default_processes
     if n > 1:
         return runner.run_processes(n, until_idle=args.until_idle, timeout=args.timeout)

@@ -31,7 +31,9 @@ import psycopg.errors
 from psycopg import sql
 
 from worker.database import connect
-from worker.errors import MigrationError
+from worker.errors import MigrationError, SetupError
+from worker.preflight import MIGRATE_HINT, SchemaObject, expected_objects, where
+from worker.preflight import missing_objects as missing
 from worker.queries import q
 
 log = logging.getLogger(__name__)
@@ -228,9 +230,6 @@ def status(url: str | None = None, directory: Path = SQL_DIR) -> list[tuple[str,
 def missing_objects(url: str | None = None, directory: Path = SQL_DIR) -> list[str]:
     """Objects the applied migration files created that are no longer in the database
     (``kind name``): schema drift the ledger alone cannot see."""
-    from worker.preflight import SchemaObject, expected_objects
-    from worker.preflight import missing_objects as missing
-
     with connect(url, autocommit=True) as conn:
         applied = _applied(conn) if _ledger_present(conn) else {}
         texts = [m.text for m in project_migrations(directory) if m.filename in applied]
@@ -246,3 +245,31 @@ def missing_objects(url: str | None = None, directory: Path = SQL_DIR) -> list[s
 def _ledger_present(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute(q("migrations_ledger_present")).fetchone()
     return bool(row and row["present"])
+
+
+def check_schema(url: str | None = None) -> None:
+    """Raise :class:`SetupError` unless the database is migrated, up to date and intact."""
+    states = status(url)
+    pending = [name for name, state in states if state == "pending"]
+    changed = [name for name, state in states if state.startswith("CHANGED")]
+    db = where(url) if url else "the database"
+    if len(pending) == len(states):
+        raise SetupError(f"the database {db} is not migrated: {MIGRATE_HINT}")
+    if pending:
+        raise SetupError(
+            f"the database {db} is {len(pending)} migration(s) behind this version "
+            f"({', '.join(pending[:3])}{'…' if len(pending) > 3 else ''}): {MIGRATE_HINT}"
+        )
+    if changed:
+        raise SetupError(
+            f"schema/{changed[0]} changed after it was applied to {db}: applied files are "
+            "immutable; restore the file (git checkout) and put the change in a new file"
+        )
+    drift = missing_objects(url)
+    if drift:
+        raise SetupError(
+            f"schema drift in {db}: {len(drift)} object(s) the migrations created are gone "
+            f"({', '.join(drift[:3])}{'…' if len(drift) > 3 else ''}): restore them from a "
+            "backup, or recreate an empty database and run `python -m worker db migrate` "
+            "(`python -m worker db status` lists them)"
+        )

@@ -4,7 +4,7 @@ A new user's mistakes (no server, a malformed ``DATABASE_URL``, a role without p
 database that was never migrated or was changed by hand) surface here as :class:`SetupError`
 with one line of text, never as a traceback; ``python -m worker --debug ...`` shows the
 traceback as well. :func:`explain` turns the psycopg exception of such a mistake into that
-line; :func:`check_schema` finds an unmigrated or drifted schema before a command uses it.
+line; :func:`worker.migrate.check_schema` finds an unmigrated or drifted schema before a command uses it.
 """
 
 from __future__ import annotations
@@ -198,33 +198,3 @@ def missing_objects(conn: psycopg.Connection[Any], objects: list[SchemaObject]) 
             if not ok:
                 out.append(str(obj))
     return out
-
-
-def check_schema(url: str | None = None) -> None:
-    """Raise :class:`SetupError` unless the database is migrated, up to date and intact."""
-    from worker import migrate
-
-    states = migrate.status(url)
-    pending = [name for name, state in states if state == "pending"]
-    changed = [name for name, state in states if state.startswith("CHANGED")]
-    db = where(url) if url else "the database"
-    if len(pending) == len(states):
-        raise SetupError(f"the database {db} is not migrated: {MIGRATE_HINT}")
-    if pending:
-        raise SetupError(
-            f"the database {db} is {len(pending)} migration(s) behind this version "
-            f"({', '.join(pending[:3])}{'…' if len(pending) > 3 else ''}): {MIGRATE_HINT}"
-        )
-    if changed:
-        raise SetupError(
-            f"schema/{changed[0]} changed after it was applied to {db}: applied files are "
-            "immutable; restore the file (git checkout) and put the change in a new file"
-        )
-    drift = migrate.missing_objects(url)
-    if drift:
-        raise SetupError(
-            f"schema drift in {db}: {len(drift)} object(s) the migrations created are gone "
-            f"({', '.join(drift[:3])}{'…' if len(drift) > 3 else ''}): restore them from a "
-            "backup, or recreate an empty database and run `python -m worker db migrate` "
-            "(`python -m worker db status` lists them)"
-        )

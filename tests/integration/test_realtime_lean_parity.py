@@ -90,7 +90,9 @@ async def test_lean_and_sdk_give_the_same_answers(
         b = await sdk.converse(provider, model, prompt)
         assert a == b
         assert a.text and a.input_tokens > 0 and a.output_tokens > 0
-    assert lean.chat(provider).lean_client().connects == 1  # both calls on one kept-alive connection
+    assert (
+        lean.chat(provider).lean_client().connects == 1
+    )  # both calls on one kept-alive connection
 
 
 @pytest.mark.parametrize("provider", ["openai", "openrouter", "deepseek"])

@@ -214,3 +214,24 @@ def test_production_code_runs_without_loading_the_emulator() -> None:
     assert set(names) - {"worker"} <= set(result["imported"])  # the probe imported them all
     assert result["answered"] is True
     assert result["emulator"] == []
+
+
+#: Entry points: they import lazily (a fast `--help`), and nothing imports them back.
+ENTRY_POINTS = {"worker.cli", "worker.demo", "worker.__main__"}
+
+
+def test_no_cycles_even_through_function_local_imports() -> None:
+    """A lazy import that closes a circle hides a layering mistake (issue 13 found
+    budget -> submit -> budget, health -> metrics -> health, migrate -> preflight ->
+    migrate): among production modules there is none."""
+    modules = all_modules()
+    known = set(modules)
+    graph = {
+        m: all_imports(p, m, known)
+        for m, p in modules.items()
+        if not is_emulator(m) and m not in ENTRY_POINTS
+    }
+    graph = {m: {i for i in deps if i in graph} for m, deps in graph.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+    assert "worker.commentary.defer" in graph["worker.commentary.poll"]

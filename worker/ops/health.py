@@ -36,6 +36,7 @@ import psycopg
 from psycopg import sql
 
 from worker.database import aconnect
+from worker.ops import metrics
 from worker.queries import q
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,6 @@ def _json(obj: Any) -> str:
 async def _handle(
     state: _ServerState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    from worker.ops import metrics
-
     try:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)

@@ -655,16 +655,3 @@ async def render_metrics(url: str | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot([*families, duration]))
     return generate_latest(PROCESS) + generate_latest(registry)
-
-
-# Re-exported for callers that used to import the server from here.
-async def serve(port: int, host: str = "0.0.0.0", *, url: str | None = None) -> asyncio.Server:
-    from worker.ops import health
-
-    return await health.serve(port, host, url=url)
-
-
-async def shutdown(server: asyncio.Server) -> None:
-    from worker.ops import health
-
-    await health.shutdown(server)
