@@ -191,18 +191,25 @@ FROM ai_jobs WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now(
 -- provider calls (attempts), rate-limit waits (throttled) and stored tokens. model is the
 -- job's model where the configuration knows it (ai_metric_models, schema 0025), else
 -- 'other'; kind is bounded by the insert trigger (chat, completion, embedding, a template).
-SELECT coalesce(j.provider, '') AS provider,
-       CASE WHEN m.model IS NULL THEN 'other' ELSE j.model END AS model, j.kind,
-       count(*) FILTER (WHERE j.status = 'completed') AS completed,
-       count(*) FILTER (WHERE j.status = 'failed') AS failed,
-       coalesce(sum(j.attempts), 0) AS failed_calls,
-       coalesce(sum(j.throttled), 0) AS throttled,
-       coalesce(sum(j.input_tokens), 0) AS input_tokens,
-       coalesce(sum(j.output_tokens), 0) AS output_tokens
-FROM ai_jobs j
-LEFT JOIN ai_metric_models m ON m.provider = j.provider AND m.model = j.model
-WHERE j.completed_at >= %(from)s AND j.completed_at < %(to)s
-  AND j.status IN ('completed', 'failed')
+-- Grouped before the models are mapped, so the join sees a few groups, not every row.
+WITH g AS (
+    SELECT provider, model, kind,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           coalesce(sum(attempts), 0) AS failed_calls,
+           coalesce(sum(throttled), 0) AS throttled,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens
+    FROM ai_jobs
+    WHERE completed_at >= %(from)s AND completed_at < %(to)s AND status IN ('completed', 'failed')
+    GROUP BY 1, 2, 3
+)
+SELECT coalesce(g.provider, '') AS provider,
+       CASE WHEN m.model IS NULL THEN 'other' ELSE g.model END AS model, g.kind,
+       sum(g.completed) AS completed, sum(g.failed) AS failed,
+       sum(g.failed_calls) AS failed_calls, sum(g.throttled) AS throttled,
+       sum(g.input_tokens) AS input_tokens, sum(g.output_tokens) AS output_tokens
+FROM g LEFT JOIN ai_metric_models m ON m.provider = g.provider AND m.model = g.model
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 
 -- name: ops_realtime_open_calls
@@ -221,41 +228,47 @@ WHERE status = 'failed' AND completed_at >= %(from)s AND completed_at < %(to)s
 GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: ops_realtime_latency
--- Completed jobs per provider, model and kind (as ops_realtime_totals) by latency bucket
--- (width_bucket over the upper bounds, shifted by a nanosecond so that bucket i holds
--- bounds[i] < x <= bounds[i+1]): the successful provider call, and the whole wait from
--- insert to completion.
+-- Completed jobs per provider, model and kind (models mapped as in ops_realtime_totals) by
+-- latency bucket (width_bucket over the upper bounds, shifted by a nanosecond so that
+-- bucket i holds bounds[i] < x <= bounds[i+1]): the successful provider call, and the
+-- whole wait from insert to completion.
 WITH d AS (
-    SELECT coalesce(j.provider, '') AS provider,
-           CASE WHEN m.model IS NULL THEN 'other' ELSE j.model END AS model, j.kind,
-           j.latency_ms / 1000.0 AS call_s,
-           extract(epoch FROM j.completed_at - j.created_at)::float8 AS wait_s
-    FROM ai_jobs j
-    LEFT JOIN ai_metric_models m ON m.provider = j.provider AND m.model = j.model
-    WHERE j.status = 'completed' AND j.completed_at >= %(from)s AND j.completed_at < %(to)s
+    SELECT provider, model, kind, latency_ms / 1000.0 AS call_s,
+           extract(epoch FROM completed_at - created_at)::float8 AS wait_s
+    FROM ai_jobs
+    WHERE status = 'completed' AND completed_at >= %(from)s AND completed_at < %(to)s
+), g AS (
+    SELECT provider, model, kind, 'call' AS what,
+           width_bucket(call_s::float8, %(bounds)s::float8[]) AS b,
+           count(*) AS n, sum(call_s)::float8 AS total
+    FROM d WHERE call_s IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+    UNION ALL
+    SELECT provider, model, kind, 'turnaround', width_bucket(wait_s, %(bounds)s::float8[]),
+           count(*), sum(wait_s)
+    FROM d GROUP BY 1, 2, 3, 4, 5
 )
-SELECT provider, model, kind, 'call' AS what,
-       width_bucket(call_s::float8, %(bounds)s::float8[]) AS b,
-       count(*) AS n, sum(call_s)::float8 AS total
-FROM d WHERE call_s IS NOT NULL GROUP BY 1, 2, 3, 4, 5
-UNION ALL
-SELECT provider, model, kind, 'turnaround', width_bucket(wait_s, %(bounds)s::float8[]),
-       count(*), sum(wait_s)
-FROM d GROUP BY 1, 2, 3, 4, 5
-ORDER BY 1, 2, 3, 4, 5;
+SELECT coalesce(g.provider, '') AS provider,
+       CASE WHEN m.model IS NULL THEN 'other' ELSE g.model END AS model, g.kind, g.what, g.b,
+       sum(g.n) AS n, sum(g.total)::float8 AS total
+FROM g LEFT JOIN ai_metric_models m ON m.provider = g.provider AND m.model = g.model
+GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5;
 
 -- name: ops_realtime_spend
--- Priced realtime jobs per provider and model (named as in ops_realtime_totals: a model the
--- configuration does not know is 'other').
-SELECT coalesce(j.provider, '') AS provider,
-       CASE WHEN m.model IS NULL THEN 'other' ELSE j.model END AS model_name,
-       count(*) AS requests,
-       coalesce(sum(j.input_tokens), 0) AS input_tokens,
-       coalesce(sum(j.output_tokens), 0) AS output_tokens,
-       coalesce(sum(j.cost_usd), 0) AS cost_usd
-FROM ai_jobs j
-LEFT JOIN ai_metric_models m ON m.provider = j.provider AND m.model = j.model
-WHERE j.cost_usd IS NOT NULL AND j.completed_at >= %(from)s AND j.completed_at < %(to)s
+-- Priced realtime jobs per provider and model (models mapped as in ops_realtime_totals).
+WITH g AS (
+    SELECT provider, model, count(*) AS requests,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           coalesce(sum(cost_usd), 0) AS cost_usd
+    FROM ai_jobs
+    WHERE cost_usd IS NOT NULL AND completed_at >= %(from)s AND completed_at < %(to)s
+    GROUP BY 1, 2
+)
+SELECT coalesce(g.provider, '') AS provider,
+       CASE WHEN m.model IS NULL THEN 'other' ELSE g.model END AS model_name,
+       sum(g.requests) AS requests, sum(g.input_tokens) AS input_tokens,
+       sum(g.output_tokens) AS output_tokens, sum(g.cost_usd) AS cost_usd
+FROM g LEFT JOIN ai_metric_models m ON m.provider = g.provider AND m.model = g.model
 GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: ops_spend_range
