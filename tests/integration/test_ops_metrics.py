@@ -516,6 +516,7 @@ def test_realtime_counters_fold_old_rows_once_and_only_grow(
         )
         db.execute(
             "UPDATE ai_jobs SET status = %s, latency_ms = 200, attempts = 1,"
+            " input_tokens = 7, output_tokens = 3,"
             " error_kind = CASE WHEN %s = 'failed' THEN 'retryable' END,"
             " completed_at = now() - %s::interval WHERE completed_at IS NULL AND status = 'pending'",
             (status, status, ago),
@@ -541,4 +542,109 @@ def test_realtime_counters_fold_old_rows_once_and_only_grow(
     samples, _ = parse(resp.text)
     assert finished(samples, "completed") == 37  # 30 deleted rows were already counted
     assert finished(samples, "failed") == 4
+    chat = {"provider": "openai", "model": "gpt-4.1-mini", "kind": "chat"}
+    assert value(samples, "ai_worker_realtime_requests_total", **chat, status="completed") == 37
+    assert value(samples, "ai_worker_realtime_tokens_total", **chat, direction="input") == 41 * 7
+    assert value(samples, "ai_worker_realtime_tokens_total", **chat, direction="output") == 41 * 3
+    assert value(samples, "ai_worker_realtime_request_call_seconds_count", **chat) == 37
     assert value(samples, "ai_worker_realtime_job_failures_total", error_kind="retryable") == 4
+
+
+def test_realtime_requests_by_provider_model_and_kind(
+    pipeline: Emulator, db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """Real chat, template and embedding jobs through the drain (the emulator, and the mock
+    provider): the series by provider, model and kind count the jobs finished, sum their
+    stored tokens and hold one call duration per completed job; a model the configuration
+    does not know is counted as `other`, never under the caller's name."""
+    db.execute("UPDATE ai_realtime_settings SET backoff_base_seconds = 0.05, max_attempts = 1")
+    pipeline.configure(http_faults=[{"provider": "deepseek", "kind": "server", "count": None}])
+    jobs = [
+        ("chat", "openai", "gpt-4.1-mini", 3),
+        ("sentiment", "openai", "gpt-4.1-mini", 2),
+        ("embedding", "openai", "text-embedding-3-small", 5),
+        ("chat", "mock", "mock-unlisted-7", 2),  # no price, route, template or limit names it
+        ("embedding", "mock", "mock", 4),  # the mock provider's default model
+        ("chat", "deepseek", "deepseek-chat", 1),  # fails (server error, one attempt)
+    ]
+    for kind, provider, model, n in jobs:
+        db.execute(
+            "INSERT INTO ai_jobs (kind, provider, model, input_text)"
+            " SELECT %s, %s, %s, 'Text Nummer ' || g FROM generate_series(1, %s) g",
+            (kind, provider, model, n),
+        )
+    assert drain(90) == 0
+    rows = db.execute(
+        "SELECT provider, model, kind, status, count(*) AS n,"
+        " coalesce(sum(input_tokens), 0) AS input, coalesce(sum(output_tokens), 0) AS output,"
+        " coalesce(sum(latency_ms), 0) AS ms, count(latency_ms) AS timed"
+        " FROM ai_jobs GROUP BY 1, 2, 3, 4"
+    ).fetchall()
+    assert {(r["kind"], r["provider"], r["status"]): r["n"] for r in rows} == {
+        ("chat", "openai", "completed"): 3,
+        ("sentiment", "openai", "completed"): 2,
+        ("embedding", "openai", "completed"): 5,
+        ("chat", "mock", "completed"): 2,
+        ("embedding", "mock", "completed"): 4,
+        ("chat", "deepseek", "failed"): 1,
+    }
+    (resp,) = fetch(db_url, "/metrics")
+    samples, types = parse(resp.text)
+    assert types["ai_worker_realtime_requests_total"] == "counter"
+    assert types["ai_worker_realtime_tokens_total"] == "counter"
+    assert types["ai_worker_realtime_request_call_seconds"] == "histogram"
+    assert "mock-unlisted-7" not in resp.text
+
+    def label(model: str) -> str:
+        return "other" if model == "mock-unlisted-7" else model
+
+    done = 0.0
+    for r in rows:
+        key = {"provider": r["provider"], "model": label(r["model"]), "kind": r["kind"]}
+        got = value(samples, "ai_worker_realtime_requests_total", **key, status=r["status"])
+        assert got == r["n"], (key, got)
+        done += got
+        tokens = value(samples, "ai_worker_realtime_tokens_total", **key, direction="input")
+        assert tokens == r["input"], (key, tokens)
+        tokens = value(samples, "ai_worker_realtime_tokens_total", **key, direction="output")
+        assert tokens == r["output"], (key, tokens)
+        if r["status"] != "completed":
+            assert not [
+                lab
+                for lab, _ in samples["ai_worker_realtime_request_call_seconds_count"]
+                if lab == key
+            ]
+            continue
+        assert r["timed"] == r["n"]
+        hist = "ai_worker_realtime_request_call_seconds"
+        assert value(samples, f"{hist}_count", **key) == r["n"]
+        assert value(samples, f"{hist}_bucket", **key, le="+Inf") == r["n"]
+        assert value(samples, f"{hist}_sum", **key) == pytest.approx(r["ms"] / 1000)
+        # cumulative buckets, in order, one per bound
+        buckets = [
+            v
+            for lab, v in samples[f"{hist}_bucket"]
+            if {k: lab[k] for k in key} == key and lab["le"] != "+Inf"
+        ]
+        assert len(buckets) == len(metrics.REALTIME_BUCKETS)
+        assert buckets == sorted(buckets) and buckets[-1] <= r["n"]
+    assert done == sum(n for *_, n in jobs) == 17
+    # real work was measured: chat answers have both directions, embeddings their input
+    assert value(samples, "ai_worker_realtime_tokens_total", kind="chat", direction="output") > 0
+    assert (
+        value(samples, "ai_worker_realtime_tokens_total", kind="embedding", direction="input") > 0
+    )
+    assert value(samples, "ai_worker_realtime_tokens_total", provider="mock", model="other") > 0
+    # the series by provider are these series summed
+    for provider in ("openai", "mock", "deepseek"):
+        for status in ("completed", "failed"):
+            assert value(
+                samples, "ai_worker_realtime_jobs_finished_total", provider=provider, status=status
+            ) == value(
+                samples, "ai_worker_realtime_requests_total", provider=provider, status=status
+            )
+    for provider in ("openai", "mock"):  # deepseek completed nothing: no series
+        assert value(samples, "ai_worker_realtime_call_seconds_count", provider=provider) == value(
+            samples, "ai_worker_realtime_requests_total", provider=provider, status="completed"
+        )
+    assert value(samples, "ai_worker_realtime_request_call_seconds_count") == 16

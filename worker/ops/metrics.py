@@ -297,6 +297,21 @@ async def _realtime(conn: Conn, scrape: Scrape) -> list[Metric]:
         "provider",
         "status",
     )
+    mkl = ("provider", "model", "kind")  # model: a configured one or "other" (schema 0025)
+    requests = _counter(
+        "ai_worker_realtime_requests_total",
+        "Realtime and embedding requests (ai_jobs rows) finished, by provider, model, kind"
+        " (chat, completion, embedding, a template) and status (completed, failed).",
+        *mkl,
+        "status",
+    )
+    tokens = _counter(
+        "ai_worker_realtime_tokens_total",
+        "Tokens stored on finished realtime and embedding requests (priced or not), by"
+        " provider, model, kind and direction (input, output).",
+        *mkl,
+        "direction",
+    )
     failed_calls = _counter(
         "ai_worker_realtime_failed_calls_total",
         "Failed realtime provider calls (the attempts of every job), by provider.",
@@ -308,14 +323,22 @@ async def _realtime(conn: Conn, scrape: Scrape) -> list[Metric]:
         "provider",
     )
     calls: dict[str, dict[str, float]] = {}
-    for r in await totals(scrape, "ops_realtime_totals", ("provider",)).read(conn, scrape.now):
-        finished.add_metric([r["provider"], "completed"], _f(r["completed"]))
-        finished.add_metric([r["provider"], "failed"], _f(r["failed"]))
-        calls[r["provider"]] = {"failed_calls": r["failed_calls"], "throttled": r["throttled"]}
+    for r in await totals(scrape, "ops_realtime_totals", mkl).read(conn, scrape.now):
+        key = [r["provider"], r["model"], r["kind"]]
+        for status in ("completed", "failed"):
+            requests.add_metric([*key, status], _f(r[status]))
+        tokens.add_metric([*key, "input"], _f(r["input_tokens"]))
+        tokens.add_metric([*key, "output"], _f(r["output_tokens"]))
+        c = calls.setdefault(r["provider"], {})
+        for k in ("completed", "failed", "failed_calls", "throttled"):
+            c[k] = c.get(k, 0.0) + _f(r[k])
+    for provider, c in sorted(calls.items()):
+        finished.add_metric([provider, "completed"], c["completed"])
+        finished.add_metric([provider, "failed"], c["failed"])
     for r in await _rows(conn, "ops_realtime_open_calls"):
-        c = calls.setdefault(r["provider"], {"failed_calls": 0.0, "throttled": 0.0})
-        c["failed_calls"] += _f(r["failed_calls"])
-        c["throttled"] += _f(r["throttled"])
+        c = calls.setdefault(r["provider"], {})
+        c["failed_calls"] = c.get("failed_calls", 0.0) + _f(r["failed_calls"])
+        c["throttled"] = c.get("throttled", 0.0) + _f(r["throttled"])
     for provider, c in sorted(calls.items()):
         failed_calls.add_metric([provider], c["failed_calls"])
         throttled.add_metric([provider], c["throttled"])
@@ -338,17 +361,33 @@ async def _realtime(conn: Conn, scrape: Scrape) -> list[Metric]:
         "Insert to completion of each completed realtime job (queue wait, retries and call).",
         labels=["provider"],
     )
+    by_model = HistogramMetricFamily(
+        "ai_worker_realtime_request_call_seconds",
+        "Duration of the successful provider call of each completed realtime and embedding"
+        " request, by provider, model and kind (an embedding request's is the grouped call's).",
+        labels=list(mkl),
+    )
     shifted = [b + 1e-9 for b in REALTIME_BUCKETS]
-    latency = totals(scrape, "ops_realtime_latency", ("provider", "what", "b"), bounds=shifted)
-    series: dict[tuple[str, str], tuple[dict[int, float], float]] = {}
+    latency = totals(scrape, "ops_realtime_latency", (*mkl, "what", "b"), bounds=shifted)
+    series: dict[tuple[str, ...], tuple[dict[int, float], float]] = {}
+
+    def add(key: tuple[str, ...], b: int, n: float, total: float) -> None:
+        counts, sum_ = series.setdefault(key, ({}, 0.0))
+        counts[b] = counts.get(b, 0.0) + n
+        series[key] = (counts, sum_ + total)
+
     for r in await latency.read(conn, scrape.now):
-        counts, total = series.setdefault((r["what"], r["provider"]), ({}, 0.0))
-        counts[int(r["b"])] = _f(r["n"])
-        series[(r["what"], r["provider"])] = (counts, total + _f(r["total"]))
-    for (what, provider), (counts, total) in sorted(series.items()):
-        fam = call if what == "call" else wait
-        _histogram_rows(fam, [provider], counts, total, REALTIME_BUCKETS)
-    return [open_jobs, due_fam, due_age, finished, failed_calls, throttled, failures, call, wait]
+        b, n, total = int(r["b"]), _f(r["n"]), _f(r["total"])
+        add((r["what"], r["provider"]), b, n, total)
+        if r["what"] == "call":
+            add(("model", r["provider"], r["model"], r["kind"]), b, n, total)
+    for (what, *labels), (counts, total) in sorted(series.items()):
+        fam = {"call": call, "turnaround": wait, "model": by_model}[what]
+        _histogram_rows(fam, labels, counts, total, REALTIME_BUCKETS)
+    return [
+        *(open_jobs, due_fam, due_age, finished, requests, tokens, failed_calls, throttled),
+        *(failures, call, wait, by_model),
+    ]
 
 
 async def _batches(conn: Conn, scrape: Scrape) -> list[Metric]:

@@ -187,16 +187,30 @@ FROM ai_jobs WHERE status IN ('pending', 'retrying') AND next_attempt_at <= now(
 -- ai_jobs_finished_idx / the comments' updated_at), so a scrape does not rescan the table.
 
 -- name: ops_realtime_totals
--- Finished realtime jobs per provider: completed, failed, their failed provider calls
--- (attempts) and rate-limit waits (throttled).
-SELECT coalesce(provider, '') AS provider,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       coalesce(sum(attempts), 0) AS failed_calls,
-       coalesce(sum(throttled), 0) AS throttled
-FROM ai_jobs
-WHERE completed_at >= %(from)s AND completed_at < %(to)s AND status IN ('completed', 'failed')
-GROUP BY 1 ORDER BY 1;
+-- Finished realtime jobs per provider, model and kind: completed, failed, their failed
+-- provider calls (attempts), rate-limit waits (throttled) and stored tokens. model is the
+-- job's model where the configuration knows it (ai_metric_models, schema 0025), else
+-- 'other'; kind is bounded by the insert trigger (chat, completion, embedding, a template).
+-- Grouped before the models are mapped, so the join sees a few groups, not every row.
+WITH g AS (
+    SELECT provider, model, kind,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           coalesce(sum(attempts), 0) AS failed_calls,
+           coalesce(sum(throttled), 0) AS throttled,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens
+    FROM ai_jobs
+    WHERE completed_at >= %(from)s AND completed_at < %(to)s AND status IN ('completed', 'failed')
+    GROUP BY 1, 2, 3
+)
+SELECT coalesce(g.provider, '') AS provider,
+       CASE WHEN m.model IS NULL THEN 'other' ELSE g.model END AS model, g.kind,
+       sum(g.completed) AS completed, sum(g.failed) AS failed,
+       sum(g.failed_calls) AS failed_calls, sum(g.throttled) AS throttled,
+       sum(g.input_tokens) AS input_tokens, sum(g.output_tokens) AS output_tokens
+FROM g LEFT JOIN ai_metric_models m ON m.provider = g.provider AND m.model = g.model
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 
 -- name: ops_realtime_open_calls
 -- Failed calls and rate-limit waits of the jobs still open (read at every scrape).
@@ -214,31 +228,47 @@ WHERE status = 'failed' AND completed_at >= %(from)s AND completed_at < %(to)s
 GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: ops_realtime_latency
--- Completed jobs per provider by latency bucket (width_bucket over the upper bounds, shifted
--- by a nanosecond so that bucket i holds bounds[i] < x <= bounds[i+1]): the successful
--- provider call, and the whole wait from insert to completion.
+-- Completed jobs per provider, model and kind (models mapped as in ops_realtime_totals) by
+-- latency bucket (width_bucket over the upper bounds, shifted by a nanosecond so that
+-- bucket i holds bounds[i] < x <= bounds[i+1]): the successful provider call, and the
+-- whole wait from insert to completion.
 WITH d AS (
-    SELECT coalesce(provider, '') AS provider, latency_ms / 1000.0 AS call_s,
+    SELECT provider, model, kind, latency_ms / 1000.0 AS call_s,
            extract(epoch FROM completed_at - created_at)::float8 AS wait_s
     FROM ai_jobs
     WHERE status = 'completed' AND completed_at >= %(from)s AND completed_at < %(to)s
+), g AS (
+    SELECT provider, model, kind, 'call' AS what,
+           width_bucket(call_s::float8, %(bounds)s::float8[]) AS b,
+           count(*) AS n, sum(call_s)::float8 AS total
+    FROM d WHERE call_s IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+    UNION ALL
+    SELECT provider, model, kind, 'turnaround', width_bucket(wait_s, %(bounds)s::float8[]),
+           count(*), sum(wait_s)
+    FROM d GROUP BY 1, 2, 3, 4, 5
 )
-SELECT provider, 'call' AS what, width_bucket(call_s::float8, %(bounds)s::float8[]) AS b,
-       count(*) AS n, sum(call_s)::float8 AS total
-FROM d WHERE call_s IS NOT NULL GROUP BY 1, 2, 3
-UNION ALL
-SELECT provider, 'turnaround', width_bucket(wait_s, %(bounds)s::float8[]), count(*), sum(wait_s)
-FROM d GROUP BY 1, 2, 3
-ORDER BY 1, 2, 3;
+SELECT coalesce(g.provider, '') AS provider,
+       CASE WHEN m.model IS NULL THEN 'other' ELSE g.model END AS model, g.kind, g.what, g.b,
+       sum(g.n) AS n, sum(g.total)::float8 AS total
+FROM g LEFT JOIN ai_metric_models m ON m.provider = g.provider AND m.model = g.model
+GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5;
 
 -- name: ops_realtime_spend
-SELECT coalesce(provider, '') AS provider, coalesce(model, '') AS model_name,
-       count(*) AS requests,
-       coalesce(sum(input_tokens), 0) AS input_tokens,
-       coalesce(sum(output_tokens), 0) AS output_tokens,
-       coalesce(sum(cost_usd), 0) AS cost_usd
-FROM ai_jobs
-WHERE cost_usd IS NOT NULL AND completed_at >= %(from)s AND completed_at < %(to)s
+-- Priced realtime jobs per provider and model (models mapped as in ops_realtime_totals).
+WITH g AS (
+    SELECT provider, model, count(*) AS requests,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           coalesce(sum(cost_usd), 0) AS cost_usd
+    FROM ai_jobs
+    WHERE cost_usd IS NOT NULL AND completed_at >= %(from)s AND completed_at < %(to)s
+    GROUP BY 1, 2
+)
+SELECT coalesce(g.provider, '') AS provider,
+       CASE WHEN m.model IS NULL THEN 'other' ELSE g.model END AS model_name,
+       sum(g.requests) AS requests, sum(g.input_tokens) AS input_tokens,
+       sum(g.output_tokens) AS output_tokens, sum(g.cost_usd) AS cost_usd
+FROM g LEFT JOIN ai_metric_models m ON m.provider = g.provider AND m.model = g.model
 GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- name: ops_spend_range
