@@ -5,6 +5,7 @@ daily budget, batch alerts, and bookkeeping that never raises into the pipeline.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from tests.integration import test_alerts
 from tests.integration.test_alerts import FakePushover
 from worker.commentary.claim import load_settings
 from worker.commentary.ingest import IngestCounts
+from worker.commentary.rows import BatchJob
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.ops import resilience
 from worker.providers.base import BatchState, BatchStatus
@@ -410,14 +412,20 @@ async def test_exhausted_budget_stops_submit_from_claiming(
 # ------------------------------------------------------------------- batch alerts
 
 
-def job(request_count: int = 10, provider: str = "gemini") -> dict[str, Any]:
-    return {
-        "id": "00000000-0000-0000-0000-000000000001",
-        "provider": provider,
-        "model_key": "gemini",
-        "request_count": request_count,
-        "stage": "comment",
-    }
+def job(request_count: int = 10, provider: str = "gemini") -> BatchJob:
+    return BatchJob(
+        id=uuid.UUID("00000000-0000-0000-0000-000000000001"),
+        provider=provider,
+        model_key="gemini",
+        model_name="gemini-2.5-flash",
+        batch_id="batches/1",
+        state="in_flight",
+        status="RUNNING",
+        poll_count=0,
+        created_at=None,
+        stage="comment",
+        request_count=request_count,
+    )
 
 
 def status(state: BatchState) -> BatchStatus:

@@ -5,12 +5,14 @@ when that never came)."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from worker.commentary import poll
+from worker.commentary.rows import BatchJob
 from worker.providers.base import BatchState, BatchStatus, ResultLine
 from worker.providers.jsonl import temp_path
 
@@ -47,12 +49,17 @@ async def test_temp_file_is_removed_when_ingest_fails_half_way(
     monkeypatch.setattr(poll, "providers", Registry)
     monkeypatch.setattr(poll, "ingest_lines", ingest_one_then_fail)
     status = BatchStatus("b1", BatchState.COMPLETED, "completed", output_file_id="f1")
-    job = {
-        "id": "00000000-0000-0000-0000-000000000001",
-        "provider": "openai",
-        "model_key": "chatgpt",
-        "model_name": "m",
-    }
+    job = BatchJob(
+        id=uuid.UUID("00000000-0000-0000-0000-000000000001"),
+        provider="openai",
+        model_key="chatgpt",
+        model_name="m",
+        batch_id="b1",
+        state="in_flight",
+        status="completed",
+        poll_count=0,
+        created_at=None,
+    )
     with pytest.raises(Boom):
         await poll.finish(None, None, job, status)  # type: ignore[arg-type]
     assert paths and not exists(paths[0]), "the temp file outlived the failed ingest"

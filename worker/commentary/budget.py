@@ -44,6 +44,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from worker.commentary.defer import defer
+from worker.commentary.rows import BatchJob
 from worker.config import get_settings
 from worker.ops.alerts import alert
 from worker.ops.error_log import record_error
@@ -291,19 +292,19 @@ async def calibrate(conn: AsyncConnection[Any], provider: str, model: str) -> fl
 
 
 async def on_token_limit_failure(
-    conn: AsyncConnection[Any], job: dict[str, Any], reason: str
+    conn: AsyncConnection[Any], job: BatchJob, reason: str
 ) -> int | None:
     """A batch failed because the provider's token queue was full: learn a smaller limit
     (the one the provider's message names, e.g. "Limit: 2,000,000 enqueued tokens", else
     half of what was queued), keep this batch's reservation for
     ``TOKEN_LIMIT_HOLD_SECONDS`` and wake submit when that hold ends. Returns the new
     learned limit."""
-    budget = await load(conn, str(job["provider"]), str(job["model_name"]))
+    budget = await load(conn, job.provider, str(job.model_name))
     hold = token_limit_hold_seconds()
     cur = await conn.execute(
         q("budget_shrink"),
         {
-            "id": job["id"],
+            "id": job.id,
             "hold": hold,
             "named": named_limit(reason),
             "effective": budget.effective_limit,
@@ -315,8 +316,8 @@ async def on_token_limit_failure(
     await conn.execute(q("wake_submit_after_hold"), {"delay": hold + 0.1})
     log.warning(
         "token queue of %s %s was full; learned limit now %s",
-        job["provider"],
-        job["model_name"],
+        job.provider,
+        job.model_name,
         learned,
     )
     return learned
@@ -407,7 +408,7 @@ async def cost_per_token(conn: AsyncConnection[Any], budget: ModelBudget) -> Dec
 
 
 async def resolve_lost(
-    conn: AsyncConnection[Any], job: dict[str, Any], exc: BaseException
+    conn: AsyncConnection[Any], job: BatchJob, exc: BaseException
 ) -> dict[str, Any] | None:
     """The provider answered 404 for a batch we hold. If its listing (searched back to the
     intent's creation) does not show the batch either, the provider no longer knows it
@@ -417,32 +418,28 @@ async def resolve_lost(
     API version answers 404 for everything), nothing is resolved: returns None and the
     caller keeps polling, so a misconfiguration never resubmits batches that still run."""
     try:
-        found = (
-            await providers()
-            .batch(str(job["provider"]))
-            .find_by_intent(str(job["id"]), job.get("created_at"))
-        )
+        found = await providers().batch(job.provider).find_by_intent(str(job.id), job.created_at)
     except Exception as lookup_exc:
-        log.warning("404 on batch %s and its listing failed: %s", job.get("batch_id"), lookup_exc)
+        log.warning("404 on batch %s and its listing failed: %s", job.batch_id, lookup_exc)
         return None
     if found is not None:
         return None
 
-    reason = f"the provider no longer knows batch {job.get('batch_id')}: {exc}"[:2000]
-    await conn.execute(q("resolve_lost_batch"), {"id": job["id"], "error": reason})
+    reason = f"the provider no longer knows batch {job.batch_id}: {exc}"[:2000]
+    await conn.execute(q("resolve_lost_batch"), {"id": job.id, "error": reason})
     await record_error(
         conn,
         "batch_lost",
         reason,
-        provider=str(job["provider"]),
-        batch_job_id=job["id"],
-        fingerprint=f"lost:{job['id']}",
+        provider=job.provider,
+        batch_job_id=job.id,
+        fingerprint=f"lost:{job.id}",
     )
     await alert(
         conn,
-        f"batch-lost:{job['provider']}",
-        f"AI commentary: {job['provider']} batch lost",
-        f"{reason}\n\nIts {job.get('request_count')} requests wait for a new batch.",
+        f"batch-lost:{job.provider}",
+        f"AI commentary: {job.provider} batch lost",
+        f"{reason}\n\nIts {job.request_count} requests wait for a new batch.",
     )
     await defer(conn, "submit", "submit")
     return {"lost": reason}

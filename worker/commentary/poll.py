@@ -24,13 +24,14 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker.commentary import budget
 from worker.commentary.claim import load_settings
 from worker.commentary.defer import defer, defer_poll
 from worker.commentary.ingest import IngestCounts, ingest_lines
+from worker.commentary.rows import BatchJob
 from worker.commentary.settings_row import CommentarySettings
 from worker.config import get_settings
 from worker.errors import ConfigError, ErrorKind, ProviderError
@@ -87,50 +88,63 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
             await defer_poll(conn, batch_job_id, 60)
             return {"error": redact(str(exc))}
         async with conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
+            cur = conn.cursor(row_factory=class_row(BatchJob))
             await cur.execute(q("lock_batch"), {"id": batch_job_id})
             job = await cur.fetchone()
             if job is None:
                 return {"skipped": "locked by another poller or unknown"}
-            if job["state"] != "in_flight":
-                return {"skipped": f"state {job['state']}"}
-            if job["provider"] in await resilience.blocked_providers(
-                conn, providers=[job["provider"]], include_stops=False
+            if job.state != "in_flight":
+                return {"skipped": f"state {job.state}"}
+            if job.batch_id is None or job.model_key is None or job.model_name is None:
+                # In flight but never created at the provider (edited by hand?): nothing to
+                # poll; recorded where a person looks, and the tick's reconciler decides.
+                await record_error(
+                    conn,
+                    "poll",
+                    f"batch {job.id} is in flight without a provider batch id or model",
+                    provider=job.provider,
+                    batch_job_id=job.id,
+                    fingerprint=f"poll:incomplete:{job.id}",
+                )
+                return {"skipped": "in flight without a provider batch id or model"}
+            batch_id = job.batch_id
+            if job.provider in await resilience.blocked_providers(
+                conn, providers=[job.provider], include_stops=False
             ):
                 await conn.execute(
                     q("batch_still_running"),
-                    {"id": batch_job_id, "raw_state": job["status"], "delay": 60},
+                    {"id": batch_job_id, "raw_state": job.status, "delay": 60},
                 )
                 await defer_poll(conn, batch_job_id, 60)
                 return {"waiting": "provider blocked"}
-            provider = providers().batch(job["provider"])
+            provider = providers().batch(job.provider)
             try:
-                with metrics.timed_call(job["provider"], "batch_status"):
-                    status = await provider.status(job["batch_id"])
+                with metrics.timed_call(job.provider, "batch_status"):
+                    status = await provider.status(batch_id)
             except ProviderError as exc:
                 if exc.status_code == 404:
                     lost = await budget.resolve_lost(conn, job, exc)
                     if lost is not None:
                         return lost
-                delay = max(next_delay(job["poll_count"]), exc.retry_after or 0)
+                delay = max(next_delay(job.poll_count), exc.retry_after or 0)
                 await conn.execute(
                     q("batch_still_running"),
-                    {"id": batch_job_id, "raw_state": job["status"], "delay": delay},
+                    {"id": batch_job_id, "raw_state": job.status, "delay": delay},
                 )
                 await defer_poll(conn, batch_job_id, delay)
-                await resilience.on_provider_error(conn, job["provider"], exc)
+                await resilience.on_provider_error(conn, job.provider, exc)
                 await record_error(
                     conn,
                     exc.kind.value,
                     f"polling batch failed: {exc}",
-                    provider=job["provider"],
+                    provider=job.provider,
                     batch_job_id=batch_job_id,
-                    fingerprint=f"poll:{job['provider']}:{exc.kind.value}",
+                    fingerprint=f"poll:{job.provider}:{exc.kind.value}",
                 )
                 return {"poll_error": str(exc)}
-            await resilience.on_provider_success(conn, job["provider"])
+            await resilience.on_provider_success(conn, job.provider)
             if not status.state.terminal:
-                delay = next_delay(job["poll_count"])
+                delay = next_delay(job.poll_count)
                 await conn.execute(
                     q("batch_still_running"),
                     {"id": batch_job_id, "raw_state": status.raw_state, "delay": delay},
@@ -141,15 +155,15 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                         conn,
                         "unknown_batch_state",
                         f"provider state {status.raw_state!r} is not known; still polling",
-                        provider=job["provider"],
+                        provider=job.provider,
                         batch_job_id=batch_job_id,
-                        fingerprint=f"unknown-state:{job['provider']}:{status.raw_state}",
+                        fingerprint=f"unknown-state:{job.provider}:{status.raw_state}",
                     )
                 return {"state": status.raw_state, "next_poll_in": delay}
             late: str | None = None
             if (
                 status.state is BatchState.COMPLETED
-                and job["provider"] == "gemini"
+                and job.provider == "gemini"
                 and (not status.output_file_id and not status.inline_results)
             ):
                 waited = await results_pending(conn, job, status.raw_state)
@@ -170,20 +184,20 @@ async def run_poll(pool: AsyncConnectionPool, batch_job_id: str) -> dict[str, An
                 # written (ingest's savepoint rolled back) and the provider keeps the file,
                 # so read it again later. Counting its lines as missing would re-send them
                 # in a new batch: paid twice.
-                delay = max(next_delay(job["poll_count"]), exc.error.retry_after or 0)
+                delay = max(next_delay(job.poll_count), exc.error.retry_after or 0)
                 await conn.execute(
                     q("batch_still_running"),
                     {"id": batch_job_id, "raw_state": status.raw_state, "delay": delay},
                 )
                 await defer_poll(conn, batch_job_id, delay)
-                await resilience.on_provider_error(conn, job["provider"], exc.error)
+                await resilience.on_provider_error(conn, job.provider, exc.error)
                 await record_error(
                     conn,
                     exc.error.kind.value,
                     f"reading results failed, retrying: {exc.error}",
-                    provider=job["provider"],
+                    provider=job.provider,
                     batch_job_id=batch_job_id,
-                    fingerprint=f"results:{job['provider']}:{exc.error.kind.value}",
+                    fingerprint=f"results:{job.provider}:{exc.error.kind.value}",
                 )
                 return {"results_error": str(exc.error), "next_poll_in": delay}
         # Requests that went back to waiting (or summaries now ready) need a submit.
@@ -203,23 +217,23 @@ async def closing(it: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
 
 
 async def results_pending(
-    conn: AsyncConnection[Any], job: dict[str, Any], raw_state: str
+    conn: AsyncConnection[Any], job: BatchJob, raw_state: str
 ) -> float | None:
     """A finished batch whose results are not readable yet: poll it again with backoff and
     return None, or - once RESULTS_GRACE_SECONDS have passed since this was first seen -
     return how long it waited (the caller then ingests what there is)."""
-    delay = next_delay(job["poll_count"])
+    delay = next_delay(job.poll_count)
     cur = await conn.execute(
-        q("batch_results_pending"), {"id": job["id"], "raw_state": raw_state, "delay": delay}
+        q("batch_results_pending"), {"id": job.id, "raw_state": raw_state, "delay": delay}
     )
     row = await cur.fetchone()
     waited = float(row[0]) if row and row[0] is not None else 0.0
     if waited >= get_settings().results_grace_seconds:
         return waited
-    await defer_poll(conn, job["id"], delay)
+    await defer_poll(conn, job.id, delay)
     log.info(
         "batch results not readable yet",
-        extra={"batch_job_id": str(job["id"]), "waited": waited, "next_poll_in": delay},
+        extra={"batch_job_id": str(job.id), "waited": waited, "next_poll_in": delay},
     )
     return None
 
@@ -227,7 +241,7 @@ async def results_pending(
 async def finish(
     conn: AsyncConnection[Any],
     settings: CommentarySettings,
-    job: dict[str, Any],
+    job: BatchJob,
     status: BatchStatus,
     late: str | None = None,
 ) -> IngestCounts:
@@ -238,7 +252,9 @@ async def finish(
     ``late``: the results stayed unreadable past the grace period (why); the lines not read
     are then missing without an attempt spent, and the batch row says why. Without it, an
     output file that answers 404 raises :class:`ResultsNotReady` (the caller waits)."""
-    provider = providers().batch(job["provider"])
+    if job.model_key is None or job.model_name is None:
+        raise ValueError(f"batch {job.id} has no model (run_poll skips such rows)")
+    provider = providers().batch(job.provider)
     error: str | None = late
 
     async def lines() -> AsyncIterator[ResultLine]:
@@ -265,7 +281,7 @@ async def finish(
             error = f"reading results failed: {exc}"
 
     failure = classify_batch_failure(
-        job["provider"], status.state.value, status.failure_code, status.failure_message
+        job.provider, status.state.value, status.failure_code, status.failure_message
     )
     missing_reason = MISSING_REASON[status.state]
     if failure.reason:
@@ -279,11 +295,11 @@ async def finish(
         counts = await ingest_lines(
             conn,
             settings,
-            owner=str(job["id"]),
-            model_key=job["model_key"],
-            provider=job["provider"],
-            model_name=job["model_name"],
-            batch_job_id=job["id"],
+            owner=str(job.id),
+            model_key=job.model_key,
+            provider=job.provider,
+            model_name=job.model_name,
+            batch_job_id=job.id,
             batch_priced=True,
             lines=result_lines,
             missing_reason=missing_reason[:2000],
@@ -300,7 +316,7 @@ async def finish(
     await conn.execute(
         q("batch_finished"),
         {
-            "id": job["id"],
+            "id": job.id,
             "raw_state": status.raw_state,
             "state": FINAL_STATE[status.state],
             "output_file_id": status.output_file_id,
@@ -324,14 +340,14 @@ async def finish(
     )
     log.info(
         "batch finished",
-        extra={"batch_job_id": str(job["id"]), "state": status.raw_state, **counts.as_dict()},
+        extra={"batch_job_id": str(job.id), "state": status.raw_state, **counts.as_dict()},
     )
     return counts
 
 
 async def record_failure(
     conn: AsyncConnection[Any],
-    job: dict[str, Any],
+    job: BatchJob,
     status: BatchStatus,
     failure: BatchFailure,
     counts: IngestCounts,
@@ -342,7 +358,7 @@ async def record_failure(
         return
     await conn.execute(
         q("batch_failure"),
-        {"id": job["id"], "cause": failure.cause, "reason": failure.reason},
+        {"id": job.id, "cause": failure.cause, "reason": failure.reason},
     )
     charged = "spent an attempt" if failure.charges_attempts else "did not spend an attempt"
     await record_error(
@@ -352,9 +368,9 @@ async def record_failure(
         f"{(failure.reason or 'no reason given').rstrip('.')}; {counts.missing} requests "
         "without a result "
         f"went back to waiting and {charged}",
-        provider=job["provider"],
-        batch_job_id=job["id"],
-        fingerprint=f"batch-{failure.cause}:{job['provider']}:{status.failure_code or ''}",
+        provider=job.provider,
+        batch_job_id=job.id,
+        fingerprint=f"batch-{failure.cause}:{job.provider}:{status.failure_code or ''}",
     )
     if failure.cause == BatchCause.LIMIT:
         # The provider's queue was fuller than the budget table said: learn a smaller one.
@@ -362,11 +378,11 @@ async def record_failure(
     if failure.cause == BatchCause.PROVIDER:
         await resilience.on_provider_error(
             conn,
-            job["provider"],
+            job.provider,
             ProviderError(
                 failure.reason or "batch failed at the provider",
                 kind=ErrorKind.RETRYABLE,
-                provider=job["provider"],
+                provider=job.provider,
                 code=status.failure_code,
             ),
         )

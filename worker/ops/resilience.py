@@ -33,6 +33,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from worker.commentary.rows import BatchJob
 from worker.commentary.settings_row import CommentarySettings
 from worker.config import get_settings
 from worker.errors import ConfigError, ErrorKind, ProviderError
@@ -295,7 +296,7 @@ def _state_of(status: Any) -> BatchState | None:
 
 async def on_batch_finished(
     conn: AsyncConnection[Any],
-    job: dict[str, Any],
+    job: BatchJob,
     status: Any,
     counts: Any,
     error: str | None,
@@ -306,16 +307,16 @@ async def on_batch_finished(
     """Alerts for a finished batch. ``reason``: the provider's failure reason (it goes into
     the alert text); ``charged``: whether requests without a result spent an attempt."""
     try:
-        provider = str(job.get("provider"))
-        model = job.get("model_key") or job.get("stage") or "?"
+        provider = job.provider
+        model = job.model_key or job.stage or "?"
         state = _state_of(status)
         raw = getattr(status, "raw_state", state)
-        total = int(job.get("request_count") or 0)
+        total = job.request_count or 0
         failed = int(getattr(counts, "failed", 0) or 0)
         missing = int(getattr(counts, "missing", 0) or 0)
         succeeded = int(getattr(counts, "succeeded", 0) or 0)
         summary = (
-            f"batch {job.get('id')} ({provider} {getattr(status, 'batch_id', '')}, model "
+            f"batch {job.id} ({provider} {getattr(status, 'batch_id', '')}, model "
             f"{model}): {total} requests, {succeeded} succeeded, {failed} failed, "
             f"{missing} missing. Failed and missing requests are retried"
             + ("." if charged else " without spending an attempt.")

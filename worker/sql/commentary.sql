@@ -259,7 +259,10 @@ FROM job
 WHERE r.claimed_by = job.id::text AND r.status = 'submitted';
 
 -- name: lock_batch
-SELECT * FROM ai_commentary_batch_jobs WHERE id = %(id)s FOR UPDATE SKIP LOCKED;
+-- The columns of worker.commentary.rows.BatchJob, in its order.
+SELECT id, provider, model_key, model_name, batch_id, state, status, poll_count, created_at,
+       stage, request_count
+FROM ai_commentary_batch_jobs WHERE id = %(id)s FOR UPDATE SKIP LOCKED;
 
 -- name: batch_still_running
 UPDATE ai_commentary_batch_jobs
