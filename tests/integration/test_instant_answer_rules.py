@@ -3,8 +3,9 @@ end to end: the real runner, the real SDKs, the emulator.
 
 * out of credit / bad key stops that provider with one alert and charges no attempt, exactly
   like the batch providers (tests/integration/test_resilience_pipeline.py);
-* a moderation rejection, a refusal or a truncated answer fails that request only (counted
-  attempt; with max_attempts 1 the question fails) and never stops the provider;
+* a moderation rejection, a refusal or a truncated answer fails that request only, at once
+  (one counted attempt, whatever max_attempts says: the same request would fail again) and
+  never stops the provider - what the realtime lane does with the same answer;
 * DeepSeek (JSON-object mode: the schema travels in the prompt) answers valid comments.
 """
 
@@ -124,7 +125,7 @@ def test_instant_rejections_fail_the_request_never_the_provider(
     pipeline: Emulator, db: psycopg.Connection[Any], fault: str, error: str
 ) -> None:
     only(db, deepseek=True)
-    db.execute("UPDATE ai_commentary_settings SET max_attempts = 1")
+    db.execute("UPDATE ai_commentary_settings SET max_attempts = 3")
     insert_questions(db, N)
     pipeline.configure(http_faults=[{"kind": fault, "provider": "deepseek", "count": None}])
     assert drain(60) == 0

@@ -53,3 +53,11 @@ def test_the_check_sees_an_inline_statement(tmp_path: Path) -> None:
 def test_named_queries_load_and_are_unique() -> None:
     names = _all()
     assert "claim_pending" in names and "intent_state" in names and "record_task_run" in names
+
+
+def test_the_ingest_copy_names_the_staged_columns_in_order() -> None:
+    from worker.commentary.ingest import COLUMNS
+
+    copy = _all()["copy_ingest_lines"]
+    listed = [c.strip() for c in copy.split("(", 1)[1].split(")", 1)[0].split(",")]
+    assert listed == list(COLUMNS)

@@ -24,7 +24,7 @@ from worker.commentary.schemas import OutputError, parse_commentary, parse_summa
 from worker.commentary.settings_row import CommentarySettings
 from worker.ops.error_log import record_error
 from worker.providers.base import ResultLine
-from worker.providers.error_policy import FREE_LINE_CODES
+from worker.providers.error_policy import FREE_LINE_CODES, Disposition, disposition
 from worker.queries import q
 from worker.redact import redact, redact_opt
 
@@ -63,8 +63,9 @@ COLUMNS = (
     "output_tokens",
     "model_version",
     "charge",
+    "final",
 )
-COPY_SQL = f"COPY worker_ingest_lines ({', '.join(COLUMNS)}) FROM STDIN"
+"""The staged columns, in the order of query ``copy_ingest_lines`` (checked by a test)."""
 
 
 @dataclass
@@ -141,6 +142,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
                 line.output_tokens,
                 line.model_version,
                 True,
+                False,
             )
         except OutputError as exc:
             error = f"invalid_output: {exc}"
@@ -155,6 +157,7 @@ def to_row(line: ResultLine, question_id: uuid.UUID, model_key: str) -> tuple[An
         line.output_tokens,
         line.model_version,
         line_charges_attempt(line),
+        line_fails_request(line),
     )
 
 
@@ -163,6 +166,19 @@ def line_charges_attempt(line: ResultLine) -> bool:
     (``batch_expired``, ``batch_cancelled``, Mistral ``timeout_exceeded``); every other
     failure is the request's own outcome (worker.providers.error_policy.FREE_LINE_CODES)."""
     return line.ok or line.error_code not in FREE_LINE_CODES
+
+
+def line_fails_request(line: ResultLine) -> bool:
+    """Whether a failed line fails its request at once, whatever attempts are left: the
+    answer arrived and the error policy says retrying the same request cannot help
+    (``Disposition.FAIL_REQUEST``: a refusal or moderation block, a truncated answer, a
+    context too long, an invalid request) - what the realtime lane does with the same
+    answer. An answer that does not parse stays a charged retry."""
+    return (
+        not line.ok
+        and line.error_kind is not None
+        and disposition(line.error_kind) is Disposition.FAIL_REQUEST
+    )
 
 
 async def ingest_lines(
@@ -324,6 +340,6 @@ async def ingest_lines(
 
 
 async def _copy(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
-    async with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+    async with conn.cursor() as cur, cur.copy(q("copy_ingest_lines")) as copy:
         for row in rows:
             await copy.write_row(row)

@@ -296,8 +296,17 @@ CREATE TEMP TABLE IF NOT EXISTS worker_ingest_lines (
     output_tokens integer NOT NULL DEFAULT 0,
     model_version text,
     -- false: the line failed for a batch-level cause (expiry, cancel): no attempt spent
-    charge boolean NOT NULL DEFAULT true
+    charge boolean NOT NULL DEFAULT true,
+    -- true: the request fails now, attempts left or not (refusal, truncation, ...)
+    final boolean NOT NULL DEFAULT false
 ) ON COMMIT DELETE ROWS;
+
+-- name: copy_ingest_lines
+COPY worker_ingest_lines (question_id, ok, error, chosen_answer, general_comment,
+    comment_a, comment_b, comment_c, comment_d, comment_e, regenerated_question,
+    regenerated_option_a, regenerated_option_b, regenerated_option_c, regenerated_option_d,
+    regenerated_option_e, model_agreement_analysis, input_tokens, output_tokens,
+    model_version, charge, final) FROM STDIN;
 
 -- name: upsert_comments
 -- Idempotent writes (failure mode 3): one row per question and model, only for requests
@@ -398,11 +407,12 @@ WHERE l.ok AND r.question_id = l.question_id AND r.model_key = %(model_key)s
 -- A failed line counts an attempt; after max_attempts the request (and so the question)
 -- fails with the reason. Raw error text stays here, never in comment columns (mode 10).
 -- A line failed for a batch-level cause (l.charge false: expiry, cancel) is a free retry,
--- bounded by max_free_retries (schema/0018).
+-- bounded by max_free_retries (schema/0018). A final line (l.final: a refusal, a truncated
+-- answer, a context too long - retrying the same request cannot help) fails it at once.
 UPDATE ai_commentary_requests r
 SET attempts = r.attempts + c.n,
     free_retries = r.free_retries + c.free,
-    status = CASE WHEN r.attempts + c.n >= %(max_attempts)s
+    status = CASE WHEN l.final OR r.attempts + c.n >= %(max_attempts)s
                     OR r.free_retries + c.free >= %(max_free_retries)s
                   THEN 'failed' ELSE 'waiting' END,
     last_error = l.error, claimed_by = NULL, claimed_at = NULL, batch_job_id = NULL,
