@@ -9,6 +9,7 @@ from typing import Any
 
 from worker.commentary import prompts
 from worker.commentary.requests import build_requests
+from worker.commentary.rows import WaitingRequest
 from worker.commentary.schemas import COMMENTARY_SCHEMA, parse_commentary
 from worker.commentary.settings_row import CommentarySettings
 
@@ -65,8 +66,8 @@ def _settings() -> CommentarySettings:
 
 def test_requests_carry_the_schema_of_the_options_the_question_has() -> None:
     rows = [
-        {"question_id": uuid.uuid4(), **FIVE},
-        {"question_id": uuid.uuid4(), **FIVE, "option_e": None},
+        WaitingRequest(question_id=uuid.uuid4(), model_key="chatgpt", **FIVE),
+        WaitingRequest(question_id=uuid.uuid4(), model_key="chatgpt", **{**FIVE, "option_e": None}),
     ]
     five, four = asyncio.run(build_requests(None, _settings(), "chatgpt", rows))  # type: ignore[arg-type]
     assert five.json_schema == COMMENTARY_SCHEMA

@@ -8,9 +8,10 @@ import logging
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 
 from worker.commentary import budget, question_input
+from worker.commentary.rows import WaitingRequest
 from worker.commentary.settings_row import CommentarySettings, parse_settings
 from worker.ops import resilience
 from worker.ops.error_log import record_error
@@ -110,8 +111,8 @@ async def claim(
     return len(ids), len(summary_ids)
 
 
-async def take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[dict[str, Any]]:
-    cur = conn.cursor(row_factory=dict_row)
+async def take(conn: AsyncConnection[Any], model_key: str, limit: int) -> list[WaitingRequest]:
+    cur = conn.cursor(row_factory=class_row(WaitingRequest))
     while True:
         await cur.execute(q("take_waiting"), {"model_key": model_key, "limit": limit})
         rows = list(await cur.fetchall())

@@ -66,6 +66,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from worker.commentary.rows import WaitingRequest
 from worker.ops.error_log import record_error
 from worker.queries import q
 from worker.redact import redact
@@ -160,28 +161,28 @@ def answer_problem(row: Mapping[str, Any]) -> str | None:
 
 
 async def reject_bad_questions(
-    conn: AsyncConnection[Any], rows: Sequence[dict[str, Any]], model_key: str
-) -> list[dict[str, Any]]:
+    conn: AsyncConnection[Any], rows: Sequence[WaitingRequest], model_key: str
+) -> list[WaitingRequest]:
     """The rows (from ``take_waiting``) that may be sent. The others' questions are failed
     (``fail_questions``) and recorded, in the caller's transaction; for the summary stage a
     bad ``correct_answer`` is recorded as a warning (the row is still sent)."""
-    good: list[dict[str, Any]] = []
+    good: list[WaitingRequest] = []
     bad: dict[Any, str] = {}
     for row in rows:
-        reason = check_question(row)
+        reason = check_question(row.columns())
         if reason is None:
             good.append(row)
-            if model_key == "summary" and (problem := answer_problem(row)):
+            if model_key == "summary" and (problem := answer_problem(row.columns())):
                 await record_error(
                     conn,
                     "bad_correct_answer",
-                    f"question {row['question_id']}: {problem}; the summary was requested "
+                    f"question {row.question_id}: {problem}; the summary was requested "
                     "with the official answer 'unbekannt'",
-                    question_id=row["question_id"],
-                    fingerprint=f"bad-answer:{row['question_id']}",
+                    question_id=row.question_id,
+                    fingerprint=f"bad-answer:{row.question_id}",
                 )
             continue
-        bad[row["question_id"]] = reason
+        bad[row.question_id] = reason
     await fail_questions(conn, bad)
     return good
 

@@ -24,13 +24,14 @@ from psycopg import AsyncConnection
 
 from worker.commentary import custom_ids
 from worker.commentary.question_input import fail_questions
+from worker.commentary.rows import WaitingRequest
 from worker.commentary.settings_row import CommentarySettings
 from worker.providers.base import ChatRequest
 
 MAX_REQUEST_CHARS = 200_000
 
 Builder = Callable[
-    [AsyncConnection[Any], CommentarySettings, str, Sequence[dict[str, Any]]],
+    [AsyncConnection[Any], CommentarySettings, str, Sequence[WaitingRequest]],
     Awaitable[list[ChatRequest]],
 ]
 
@@ -43,7 +44,7 @@ async def build_checked(
     conn: AsyncConnection[Any],
     settings: CommentarySettings,
     model_key: str,
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[WaitingRequest],
     build: Builder,
 ) -> list[ChatRequest]:
     """The requests of ``rows`` that may be sent; the others' questions are failed, with
@@ -59,7 +60,7 @@ async def build_checked(
             try:
                 requests.extend(await build(conn, settings, model_key, [row]))
             except Exception as exc:
-                bad[row["question_id"]] = (
+                bad[row.question_id] = (
                     f"its {stage} request could not be built ({type(exc).__name__}: "
                     f"{str(exc)[:300]})"
                 )
