@@ -1,8 +1,10 @@
 """Provider-neutral types: what the pipeline hands an adapter and what it gets back.
 
-Adapters (``openai_batch``, ``gemini_batch``, ``mistral_batch``, ``instant``) turn these
-into wire requests with the official SDKs, and translate every SDK failure into
-:class:`worker.errors.ProviderError` at their boundary.
+Adapters (``openai``, ``gemini``, ``mistral`` with their Batch and chat APIs, ``compat``
+for OpenAI-compatible endpoints, ``mock``) turn these into wire requests with the official
+SDKs (or the lean HTTP client), and translate every SDK failure into
+:class:`worker.errors.ProviderError` at their boundary. Both lanes reach them through
+:mod:`worker.providers.routing`.
 """
 
 from __future__ import annotations
