@@ -564,9 +564,11 @@ def test_11b_transient_instant_failures_spend_no_attempts(
     only(db, perplexity=True)
     db.execute("UPDATE ai_commentary_settings SET max_attempts = 1")
     insert_questions(db, 5)
-    # 30 > 5 calls × 3 SDK attempts: the whole first round fails
-    pipeline.configure(http_faults=[{"kind": "unavailable", "provider": "perplexity", "count": 30}])
+    # 10 = two rounds of 5 calls (the SDKs retry nothing, SDK_MAX_RETRIES): the first two
+    # rounds fail whole, fewer than the breaker's threshold of failed rounds
+    pipeline.configure(http_faults=[{"kind": "unavailable", "provider": "perplexity", "count": 10}])
     assert drain(90) == 0
+    assert pipeline.stats()["perplexity"]["faults_injected"] == 10
     assert status_counts(db) == {"completed": 5}
     row = db.execute(
         "SELECT max(attempts) AS a FROM ai_commentary_requests WHERE model_key = 'perplexity'"
