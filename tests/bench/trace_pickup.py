@@ -85,10 +85,10 @@ def _install_hooks(out_path: str) -> None:
     done: list[dict[str, int]] = []
     lock = threading.Lock()
     current_job: contextvars.ContextVar[int] = contextvars.ContextVar("job", default=0)
-    claim_sqls = set()
-    for name in ("rt_claim", "rt_claim_fast"):  # the second: from this change on
+    claim_sqls: dict[str, int] = {}  # SQL -> 1 for rt_claim_fast (trees that have it)
+    for name in ("rt_claim", "rt_claim_fast"):
         try:
-            claim_sqls.add(q(name))
+            claim_sqls[q(name)] = int(name == "rt_claim_fast")
         except KeyError:
             pass
 
@@ -135,6 +135,7 @@ def _install_hooks(out_path: str) -> None:
 
     async def execute_(self: Any, query: Any, *a: Any, **kw: Any) -> Any:
         if isinstance(query, str) and query in claim_sqls:
+            state["fast"] = claim_sqls[query]
             state["sent"] = ns()
             r = await orig_execute(self, query, *a, **kw)
             state["returned"] = ns()
@@ -280,6 +281,9 @@ def one_run(
             stages[s].append((r[s] - r[prev]) / 1e6)
         stages["total"].append((r["called_at"] - t_commit) / 1e6)
     bench = [(called[j] - walls[j]) * 1000 for j in walls if j in called]
+    fast = [r.get("fast", 0) for j, r in recs.items() if j in commits]
+    if fast:
+        print(f"{label}: {sum(fast)} of {len(fast)} jobs claimed by rt_claim_fast", flush=True)
     return stages, bench
 
 

@@ -8,7 +8,10 @@ would cap throughput. Inside one run the drain is a pipeline, not a sequence of 
   (priority, then age; ``SKIP LOCKED``), at most the free slots of each *lane* (a provider,
   or a provider's embeddings), so one slow or saturated provider never holds slots another
   could use. Rate limits are admitted in Postgres right after the claim; what does not fit
-  goes back to waiting with ``next_attempt_at``.
+  goes back to waiting with ``next_attempt_at``. A claim is one round trip: the loop keeps
+  its pool connection between claims (:meth:`Drain._loop_conn`), and a drain with nothing
+  in flight, woken by an insert, claims with ``rt_claim_fast`` as many rows as no lane can
+  exceed (the per-lane ranking left out; same rows, see worker/sql/realtime.sql).
 * **run**: one asyncio task per chat-type job and per embeddings group, under a semaphore per
   provider (``provider_concurrency``, default 50; mock 2000). A chat lane may hold a tenth
   more jobs than that (:data:`PREFETCH_SHARE`), or, when its measured calls are short next
