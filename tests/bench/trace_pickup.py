@@ -1,6 +1,6 @@
 """Where our pickup latency goes: insert commit -> ``called_at``, stage by stage.
 
-``python -m tests.bench.trace_pickup [--inserts 200] [--runs 1]``
+``python -m tests.bench.trace_pickup [--inserts 200] [--runs 1] [--before TREE]``
 
 Per run: a fresh database (migrated, ``provider_concurrency = {"mock": 10}`` as in the peers
 benchmark), our worker started as users run it (``python -m worker run``) but with
