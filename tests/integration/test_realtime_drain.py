@@ -63,6 +63,55 @@ def test_claim_reads_the_due_index_in_claim_order(db: psycopg.Connection[Any]) -
     assert sorted(r["id"] for r in got) == oldest
 
 
+def test_fast_claim_takes_the_rows_the_lane_capped_claim_takes_first(
+    db: psycopg.Connection[Any],
+) -> None:
+    # rt_claim_fast (an idle drain's claim, limit <= every lane's free slots) must take
+    # exactly the rows rt_claim takes: due ones only, priority then age, a session's jobs
+    # in order, skipped providers left alone, expired leases taken back.
+    db.execute(
+        "INSERT INTO ai_jobs (kind, provider, model, input_text, priority, session_id)"
+        " SELECT CASE WHEN g % 4 = 0 THEN 'chat' ELSE 'completion' END,"
+        " CASE WHEN g % 5 = 0 THEN 'mistral' ELSE 'openai' END,"
+        " CASE WHEN g % 5 = 0 THEN 'mistral-small-latest' ELSE 'gpt-4.1-mini' END,"
+        " 'Text ' || g, g % 3, CASE WHEN g % 4 = 0 THEN 's' || (g % 8) END"
+        " FROM generate_series(1, 40) g"
+    )
+    db.execute("UPDATE ai_jobs SET next_attempt_at = now() + interval '1 hour' WHERE id % 7 = 0")
+    db.execute(
+        "UPDATE ai_jobs SET status = 'processing', claimed_by = 'gone',"
+        " lease_until = now() - interval '1 minute' WHERE id % 11 = 0"
+    )
+    db.execute(
+        "UPDATE ai_jobs SET status = 'processing', claimed_by = 'alive',"
+        " lease_until = now() + interval '1 hour' WHERE id % 13 = 0"
+    )
+    for skip, n in itertools.product([[], ["mistral"]], [1, 3, 7, 100]):
+        capped = {
+            "owner": "t", "limit": n, "scan": n * 2 + 50, "skip": skip,
+            "lanes": ["mistral", "openai"], "free": [n, n], "default_free": n, "lease": 600,
+        }  # fmt: skip
+        with db.transaction(force_rollback=True):
+            want = sorted(r["id"] for r in db.execute(q("rt_claim"), capped).fetchall())
+        fast = {"owner": "t", "limit": n, "skip": skip, "lease": 600}
+        with db.transaction(force_rollback=True):
+            got = sorted(r["id"] for r in db.execute(q("rt_claim_fast"), fast).fetchall())
+        assert got == want, (skip, n)
+        assert want, (skip, n)
+    # The plan reads the due index in claim order, as rt_claim's does.
+    with db.transaction(force_rollback=True):
+        db.execute("SET LOCAL enable_seqscan = off")
+        db.execute("SET LOCAL enable_bitmapscan = off")
+        plan = "\n".join(
+            r["QUERY PLAN"]
+            for r in db.execute(
+                "EXPLAIN " + q("rt_claim_fast"),
+                {"owner": "t", "limit": 5, "skip": [], "lease": 600},
+            ).fetchall()
+        )
+    assert "Index Scan using ai_jobs_due_idx" in plan, plan
+
+
 def test_prefetched_jobs_never_exceed_the_provider_concurrency(
     rt: Emulator, db: psycopg.Connection[Any]
 ) -> None:

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from worker.errors import ConfigError, ErrorKind, ProviderError
+from worker.realtime.claim import first_rows_limit
 from worker.realtime.embeddings import FIRST_GROUP_TEXTS, group_jobs, split_first_groups
 from worker.realtime.execute import backoff_seconds, outcome_for_error
 from worker.realtime.model import Job, RealtimeSettings, Template
@@ -142,3 +143,11 @@ def test_an_idle_embedding_lane_sends_a_small_first_request_then_full_ones() -> 
     assert split_first_groups(groups, set()) == groups
     small = group_jobs(openai[: 2 * FIRST_GROUP_TEXTS - 1])
     assert split_first_groups(small, {"openai:embed"}) == small
+
+
+def test_the_fast_claim_takes_no_more_rows_than_the_fullest_lane_has_room_for() -> None:
+    free = {"mock": 11, "mock:embed": 20000, "openai": 55}
+    assert first_rows_limit(500, free, 55) == 11
+    assert first_rows_limit(5, free, 55) == 5
+    assert first_rows_limit(500, {}, 55) == 55  # every lane at the default
+    assert first_rows_limit(500, {**free, "mock": 0}, 55) == 0  # a full lane: caps needed

@@ -8,7 +8,10 @@ would cap throughput. Inside one run the drain is a pipeline, not a sequence of 
   (priority, then age; ``SKIP LOCKED``), at most the free slots of each *lane* (a provider,
   or a provider's embeddings), so one slow or saturated provider never holds slots another
   could use. Rate limits are admitted in Postgres right after the claim; what does not fit
-  goes back to waiting with ``next_attempt_at``.
+  goes back to waiting with ``next_attempt_at``. A claim is one round trip: the loop keeps
+  its pool connection between claims (:meth:`Drain._loop_conn`), and a drain with nothing
+  in flight, woken by an insert, claims with ``rt_claim_fast`` as many rows as no lane can
+  exceed (the per-lane ranking left out; same rows, see worker/sql/realtime.sql).
 * **run**: one asyncio task per chat-type job and per embeddings group, under a semaphore per
   provider (``provider_concurrency``, default 50; mock 2000). A chat lane may hold a tenth
   more jobs than that (:data:`PREFETCH_SHARE`), or, when its measured calls are short next
@@ -54,9 +57,11 @@ import contextlib
 import logging
 import math
 import os
+import select
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,7 +78,7 @@ from worker.providers.routing import Providers
 from worker.queries import q
 from worker.queue import wakeups
 from worker.realtime import shutdown
-from worker.realtime.claim import claim, load_settings, load_templates
+from worker.realtime.claim import claim, first_rows_limit, load_settings, load_templates
 from worker.realtime.embeddings import (
     group_jobs,
     group_limit,
@@ -127,6 +132,13 @@ PREFETCH_ROUND_TRIPS = 2.0
 LANE_IDLE_SECONDS = 1.0
 #: Weight of the newest measurement in the moving averages of call and claim times.
 TIME_SMOOTHING = 0.2
+#: The claim loop keeps its pool connection between claims (:meth:`Drain._loop_conn`), so a
+#: wake-up costs one round trip (the claim), not two: the worker's pool (Procrastinate's)
+#: checks every connection it hands out with an empty query, 0.3 ms of the 1.5 ms from
+#: insert to call (tests/bench/trace_pickup.py). A connection idle longer than this is
+#: given back and a checked one taken instead, as a connection idle that long may have been
+#: closed by the server or a pooler.
+LOOP_CONN_IDLE_SECONDS = 5.0
 
 _clients: Providers | None = None
 
@@ -149,6 +161,20 @@ def claim_prefetch(
         return base  # calls outlast a claim: the tenth refills in time (as measured before)
     per_round = concurrency * PREFETCH_ROUND_TRIPS * claim_seconds / max(call_seconds, 1e-6)
     return max(base, min(math.ceil(per_round), max_in_flight - concurrency))
+
+
+def _suspect(conn: AsyncConnection[Any]) -> bool:
+    """Whether an idle held connection may be gone: closed, broken, or with input waiting
+    (an idle connection that does not LISTEN is sent nothing unless the server closes it or
+    has a notice): then it goes back to the pool, whose check sorts it out. One
+    ``select`` with no wait, no round trip."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 def clients() -> Providers:
@@ -204,6 +230,8 @@ class Drain:
         self.waiting: set[asyncio.Task[None]] = set()  # claimed, no provider slot yet
         self._joined = False  # deferred one more drain for idle processes
         self._backlog_checked_at = -1e9
+        self._conn: AsyncConnection[Any] | None = None  # the claim loop's (_loop_conn)
+        self._conn_used_at = 0.0  # monotonic
 
     # ------------------------------------------------------------------ shutdown
 
@@ -299,7 +327,10 @@ class Drain:
         shutdown.register(self)
         clean = False
         try:
-            await self._loop()
+            try:
+                await self._loop()
+            finally:
+                await self._drop_loop_conn()
             await self._finish_tasks()
             while self.unwritten > 0 and not writer.done():
                 if self.stopping and self.deadline and time.monotonic() > self.deadline + 2:
@@ -341,6 +372,38 @@ class Drain:
                 timeout = min(timeout, left)
             await asyncio.wait(set(self.tasks), timeout=timeout)
 
+    @contextlib.asynccontextmanager
+    async def _loop_conn(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """The claim loop's connection: taken from the pool at its first use and kept
+        between the loop's rounds until the loop ends (:data:`LOOP_CONN_IDLE_SECONDS`).
+        Used only by the loop's own task, one statement after another, never inside a
+        transaction left open (the pool's connections are autocommit). When something
+        fails on it, it goes back to the pool (which discards a broken connection or
+        rolls back an aborted transaction) and the error propagates, as with
+        ``pool.connection()``."""
+        conn = self._conn
+        now = time.monotonic()
+        if conn is not None and (
+            now - self._conn_used_at > LOOP_CONN_IDLE_SECONDS or _suspect(conn)
+        ):
+            await self._drop_loop_conn()
+            conn = None
+        if conn is None:
+            conn = self._conn = await self.pool.getconn()
+        try:
+            yield conn
+        except BaseException:
+            await self._drop_loop_conn()
+            raise
+        self._conn_used_at = time.monotonic()
+        if self.pool.max_size < 2:  # held, it would starve the writer
+            await self._drop_loop_conn()
+
+    async def _drop_loop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.pool.putconn(conn)
+
     async def _release_owned(self) -> None:
         """Release every row this run still holds (one statement; shielded from a second
         cancellation so a hard stop cannot leave rows for the 600 s lease)."""
@@ -373,8 +436,7 @@ class Drain:
             want = free > 0 and (more or due_passed)
             self._held = want and self._hold_for_groups(free)
             if want and not self._held:
-                asked = min(free, self.settings.claim_batch)
-                got = await self._claim_round(asked)
+                got, asked = await self._claim_round(min(free, self.settings.claim_batch))
                 more = got >= asked
                 if got and not self._joined and not self.stopping:
                     await self._invite_if_backlog()
@@ -382,7 +444,8 @@ class Drain:
                     idle_since = time.monotonic()
                     next_due = None
                 elif not self.unwritten:
-                    next_due = await self._next_due()
+                    async with self._loop_conn() as conn:
+                        next_due = await self._next_due(conn)
                 if more and self.free_total() > 0:
                     continue
             timeout: float
@@ -401,8 +464,11 @@ class Drain:
                     return
                 else:
                     timeout = max(linger_left, 0.0)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the wait in a task
+            # of its own, three event-loop turns between a NOTIFY and the claim.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
             if self.wake.is_set():
                 more = True
 
@@ -453,15 +519,20 @@ class Drain:
         if any(self.probe_held.pop(i, None) is not None for i in job_ids):
             self._blocked_at = -1e9  # read the breaker's new state before the next claim
 
-    async def _claim_round(self, asked: int) -> int:
+    async def _claim_round(self, asked: int) -> tuple[int, int]:
+        """(jobs claimed, the claim's limit: ``asked`` or less, see _claim_and_start)."""
         started = time.monotonic()
-        got = await self._claim_and_start(asked)
+        got, asked = await self._claim_and_start(asked)
         if got:
             self.note_claim(time.monotonic() - started)
-        return got
+        return got, asked
 
-    async def _claim_and_start(self, asked: int) -> int:
-        async with self.pool.connection() as conn:
+    async def _claim_and_start(self, asked: int) -> tuple[int, int]:
+        """Claim up to ``asked`` jobs and start them; (claimed, the claim's limit). A drain
+        with nothing in flight (woken by an insert, typically for one or a few rows) claims
+        at most as many rows as no lane can exceed (``first_rows_limit``) with the cheaper
+        ``rt_claim_fast``; if that limit is reached, the loop claims again at once."""
+        async with self._loop_conn() as conn:
             skip, probes = await self._gates(conn)
             probe_jobs = await self._claim_probes(conn, probes, skip) if probes else []
             skip = skip | probes
@@ -472,6 +543,9 @@ class Drain:
             for provider in self.settings.provider_concurrency:
                 for lane in (provider, f"{provider}:embed"):
                     lane_free.setdefault(lane, self.lane_capacity(lane))
+            first = 0 if self.unwritten else first_rows_limit(asked, lane_free, default_free)
+            if first:
+                asked = first
             jobs = probe_jobs + await claim(
                 conn,
                 owner=self.owner,
@@ -480,9 +554,10 @@ class Drain:
                 default_free=default_free,
                 skip_providers=skip,
                 settings=self.settings,
+                first=first > 0,
             )
             if not jobs:
-                return 0
+                return 0, asked
             self.report["claimed"] += len(jobs)
             self.unwritten += len(jobs)
             for j in jobs:
@@ -506,9 +581,8 @@ class Drain:
         for job in runnable_chats:
             self._start(job.lane, [job], job.provider, self._run_chat(job))
         for group in runnable_groups:
-            first = group[0]
-            self._start(first.lane, group, first.provider, self._run_group(group))
-        return claimed
+            self._start(group[0].lane, group, group[0].provider, self._run_group(group))
+        return claimed, asked
 
     async def _admit(
         self, conn: AsyncConnection[Any], chats: list[Job], groups: list[list[Job]]
@@ -838,7 +912,7 @@ class Drain:
             return
         self._backlog_checked_at = now
         try:
-            async with self.pool.connection() as conn:
+            async with self._loop_conn() as conn:
                 cur = await conn.execute(q("rt_backlog"))
                 row = await cur.fetchone()
                 if row and row[0]:
@@ -848,10 +922,12 @@ class Drain:
         except psycopg.Error as exc:
             log.warning("could not invite idle workers to the drain: %s", exc)
 
-    async def _next_due(self) -> datetime | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(q("rt_next_due"))
-            row = await cur.fetchone()
+    async def _next_due(self, conn: AsyncConnection[Any] | None = None) -> datetime | None:
+        if conn is None:
+            async with self.pool.connection() as own:
+                return await self._next_due(own)
+        cur = await conn.execute(q("rt_next_due"))
+        row = await cur.fetchone()
         return row[0] if row else None
 
     async def _schedule_next(self) -> None:
