@@ -6,7 +6,11 @@ task entered. Ours (`python -m worker run`) and a bare `procrastinate worker
     python -m tests.bench.trace_wakeup [samples per side]
 
 Both workers run at once (each on its own database) and the samples alternate between
-them. Prints per side the bench latency and each step's median offset from the commit.
+them, so the machine's load hits both alike: on a shared 2-core machine a single
+bench_wakeup run (ours, then the bare worker) puts the same code anywhere between 0.5x
+and 1.7x of the bare worker. Prints per side the bench latency, each step's median offset
+from the commit, and the pool's statistics. Runs in a tree from before the restructure
+too (bisecting: copy it there). WAKE_TRACE_RAW=<file> keeps every stamp.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import functools
+import importlib
 import json
 import os
 import subprocess
@@ -138,7 +143,10 @@ def install() -> None:
 
     worker.Worker._process_job = process  # type: ignore[method-assign]
 
-    from worker.commentary import submit as submit_stage
+    try:
+        from worker.commentary import submit as submit_stage
+    except ImportError:  # a tree from before the restructure (bisecting)
+        submit_stage = importlib.import_module("worker.submit")
 
     orig_submit = submit_stage.run_submit
 
@@ -148,12 +156,14 @@ def install() -> None:
 
     submit_stage.run_submit = run_submit
 
-    try:
-        from worker.queue import runner
-
-        _wrap_async(runner.PoolSizer, "_resize", "resize_start", "resize_end")
-    except (ImportError, AttributeError):
-        pass
+    for name in ("worker.queue.runner", "worker.runner"):  # the module moved; bisecting
+        try:
+            runner = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(runner, "PoolSizer"):
+            _wrap_async(runner.PoolSizer, "_resize", "resize_start", "resize_end")
+        break
 
 
 def _child(cmd: str) -> None:
