@@ -1,6 +1,7 @@
 """Wake-up latency: commit of a pending insert → `submit` task start, through the trigger,
 NOTIFY and a real worker process. Compared in the same run with a plain
-`procrastinate worker --concurrency=4`, which loses wake-ups (see procrastinate.md)."""
+`procrastinate worker --concurrency=4`, which loses wake-ups (see procrastinate.md); both
+run at once and the samples alternate between them (see main)."""
 
 from __future__ import annotations
 
@@ -17,69 +18,89 @@ N = 220
 POLL = 5.0
 
 
-def measure(url: str, cmd: list[str]) -> list[float]:
+def start(url: str, cmd: list[str]) -> subprocess.Popen[bytes]:
     set_settings(url, feature_enabled=False)  # submit returns at once: we time the wake-up
     env = worker_env(url, FETCH_JOB_POLLING_INTERVAL=str(POLL))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lat: list[float] = []
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            deadline = time.monotonic() + 30
-            while not conn.execute("SELECT 1 FROM procrastinate_workers").fetchone():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("worker did not start")
-                time.sleep(0.05)
-            time.sleep(0.5)
-            conn.execute("DELETE FROM worker_task_runs")
-            for i in range(N):
-                # The first submit run after this insert (other tasks, or a submit woken by
-                # the tick, must not be taken for it nor make the wait miss it).
-                before = conn.execute(
-                    "SELECT coalesce(max(id), 0) FROM worker_task_runs"
-                ).fetchone()
-                last_id = before[0] if before else 0
-                conn.execute(
-                    "INSERT INTO questions (question, option_a, option_b, option_c, option_d,"
-                    " ai_commentary_status) VALUES (%s, 'a', 'b', 'c', 'd', 'pending')",
-                    (f"W{i}",),
-                )
-                committed = time.time()
-                while True:
-                    row = conn.execute(
-                        "SELECT started_at FROM worker_task_runs WHERE task_name = 'submit'"
-                        " AND id > %s ORDER BY id LIMIT 1",
-                        (last_id,),
-                    ).fetchone()
-                    if row:
-                        started: datetime = row[0]
-                        lat.append((started.timestamp() - committed) * 1000)
-                        break
-                    time.sleep(0.0005)
-                conn.execute("UPDATE questions SET ai_commentary_status = 'completed'")
-                time.sleep(0.01)
-    finally:
-        proc.terminate()
-        proc.wait(20)
-    return lat
+    with psycopg.connect(url, autocommit=True) as conn:
+        deadline = time.monotonic() + 30
+        while not conn.execute("SELECT 1 FROM procrastinate_workers").fetchone():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("worker did not start")
+            time.sleep(0.05)
+    return proc
+
+
+def sample(conn: psycopg.Connection[tuple[object, ...]], i: int) -> float:
+    """One wake-up: commit a pending question, wait for the first submit run after it."""
+    # The first submit run after this insert (other tasks, or a submit woken by the tick,
+    # must not be taken for it nor make the wait miss it).
+    before = conn.execute("SELECT coalesce(max(id), 0) FROM worker_task_runs").fetchone()
+    last_id = before[0] if before else 0
+    conn.execute(
+        "INSERT INTO questions (question, option_a, option_b, option_c, option_d,"
+        " ai_commentary_status) VALUES (%s, 'a', 'b', 'c', 'd', 'pending')",
+        (f"W{i}",),
+    )
+    committed = time.time()
+    while True:
+        row = conn.execute(
+            "SELECT started_at FROM worker_task_runs WHERE task_name = 'submit'"
+            " AND id > %s ORDER BY id LIMIT 1",
+            (last_id,),
+        ).fetchone()
+        if row:
+            started = row[0]
+            assert isinstance(started, datetime)
+            latency = (started.timestamp() - committed) * 1000
+            break
+        time.sleep(0.0005)
+    conn.execute("UPDATE questions SET ai_commentary_status = 'completed'")
+    return latency
 
 
 def main() -> None:
-    with fresh_database("wake") as url:
-        ours = measure(url, [sys.executable, "-m", "worker", "run"])
-    with fresh_database("wake4") as url:
-        base = measure(
-            url,
-            [
-                sys.executable,
-                "-m",
-                "procrastinate",
-                "--app=worker.app",
-                "worker",
-                "--queues=submit",
-                "--concurrency=4",
-                f"--fetch-job-polling-interval={POLL}",
-            ],
-        )
+    """Both workers run at once, each on a database of its own, and the samples alternate
+    between them (ours first on even samples, the bare worker first on odd ones): load from
+    anything else on the machine hits both sides alike. (Timed one after the other, a
+    shared 2-core machine put the same code anywhere between 0.5x and 1.7x of the bare
+    worker from run to run: tests/bench/trace_wakeup.py.)"""
+    bare = [
+        sys.executable,
+        "-m",
+        "procrastinate",
+        "--app=worker.app",
+        "worker",
+        "--queues=submit",
+        "--concurrency=4",
+        f"--fetch-job-polling-interval={POLL}",
+    ]
+    with fresh_database("wake") as url_ours, fresh_database("wake4") as url_base:
+        procs = [
+            start(url_ours, [sys.executable, "-m", "worker", "run"]),
+            start(url_base, bare),
+        ]
+        try:
+            time.sleep(0.5)
+            with (
+                psycopg.connect(url_ours, autocommit=True) as c_ours,
+                psycopg.connect(url_base, autocommit=True) as c_base,
+            ):
+                for c in (c_ours, c_base):
+                    c.execute("DELETE FROM worker_task_runs")
+                ours: list[float] = []
+                base: list[float] = []
+                for i in range(N):
+                    sides = [(c_ours, ours), (c_base, base)]
+                    for conn, out in sides if i % 2 == 0 else reversed(sides):
+                        out.append(sample(conn, i))
+                        time.sleep(0.01)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(20)
     for name, xs in (("ours", ours), ("procrastinate concurrency=4", base)):
         waited = sum(1 for x in xs if x > 1000)
         print(
