@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from worker.redact import redact
+
 
 class ErrorKind(StrEnum):
     """What a caller should do about a provider failure."""
@@ -60,8 +62,6 @@ class ProviderError(WorkerError):
         retry_after: float | None = None,
     ) -> None:
         # Provider text is redacted where it enters: some gateways echo the key they got.
-        from worker.redact import redact
-
         message = redact(message)
         super().__init__(message)
         self.message = message

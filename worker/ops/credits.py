@@ -34,6 +34,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from worker.config import Settings, get_settings
+from worker.ops.alerts import Priority, alert
 from worker.ops.error_log import record_error
 from worker.queries import q
 from worker.redact import redact
@@ -98,12 +99,7 @@ async def fetch_credits(base_url: str, api_key: str, timeout: float) -> tuple[De
 
 
 async def _deliver(conn: AsyncConnection[Any], a: dict[str, Any]) -> str:
-    """Hand an alert to worker.ops.alerts; returns its outcome ("unavailable" without it)."""
-    try:
-        from worker.ops.alerts import Priority, alert
-    except ImportError:
-        log.warning("credit alert (worker.ops.alerts unavailable): %s", a["message"])
-        return "unavailable"
+    """Hand an alert to worker.ops.alerts; returns its outcome."""
     priority = Priority.HIGH if a["severity"] == "critical" else Priority.NORMAL
     outcome = await alert(
         conn, f"credits:{PROVIDER}:{a['kind']}", a["title"], a["message"], priority=priority

@@ -41,6 +41,7 @@ from worker.ops import breaker
 from worker.ops.alerts import Priority, alert
 from worker.ops.error_log import record_error
 from worker.providers.base import BatchState
+from worker.providers.error_policy import classify
 from worker.queries import q
 from worker.redact import redact
 
@@ -156,8 +157,6 @@ def _as_provider_error(provider: str, exc: BaseException) -> ProviderError | Non
         return exc
     if isinstance(exc, ConfigError):
         return None  # our configuration, recorded by the caller; says nothing of the provider
-    from worker.providers.error_policy import classify
-
     return classify(exc, provider) if isinstance(exc, Exception) else None
 
 

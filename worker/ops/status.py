@@ -28,6 +28,7 @@ from uuid import UUID
 import psycopg
 import psycopg.errors
 
+from worker import rights
 from worker.database import aconnect, resolve_database_url
 from worker.ops.metrics import HEARTBEAT_FRESH_SECONDS
 from worker.ops.reads import (
@@ -472,8 +473,6 @@ def main(as_json: bool = False) -> int:
         print(redact(f"error: database not reachable: {exc}"), file=sys.stderr)
         return 2
     except psycopg.errors.InsufficientPrivilege as exc:
-        from worker import rights
-
         role = psycopg.conninfo.conninfo_to_dict(url).get("user") or "?"
         print(redact(f"error: {rights.explain(exc, str(role))}"), file=sys.stderr)
         return 2

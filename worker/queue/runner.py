@@ -34,8 +34,13 @@ from typing import Any
 
 from procrastinate.worker import Worker
 
+from worker import preflight
 from worker.config import get_settings
 from worker.database import aconnect, resolve_database_url
+from worker.errors import SetupError
+from worker.ops import health
+from worker.ops.maintenance import stalled_seconds
+from worker.queries import q
 from worker.queue import wakeups
 from worker.queue.app import (
     ALL_QUEUES,
@@ -161,8 +166,6 @@ async def _supervised_worker(
     queue: str, polling_interval: float, hub: wakeups.Wakeups | None = None
 ) -> None:
     """Run a worker for ``queue`` until cancelled, restarting it whenever it stops."""
-    from worker.ops.maintenance import stalled_seconds
-
     stalled = stalled_seconds()
     backoff = 0.2
     while True:
@@ -220,8 +223,6 @@ async def _staggered(delay: float, coro: Coroutine[Any, Any, None]) -> None:
 async def _tick_loop(interval: float) -> None:
     """Defer the maintenance tick now and every ``interval`` seconds (deduplicated by its
     queueing lock), so healing never waits for the minute cron."""
-    from worker.queries import q
-
     while True:
         try:
             pool = app.connector.pool  # type: ignore[attr-defined]
@@ -280,9 +281,6 @@ def wait_for_database(
     wait immediately: every blocking step is bounded by ``retry`` seconds and Python
     delivers the signal between them and inside ``time.sleep``."""
     import psycopg
-
-    from worker import preflight
-    from worker.errors import SetupError
 
     last_message = -message_every
     started = time.monotonic()
@@ -365,8 +363,6 @@ async def run_async(
             loop.add_signal_handler(sig, stop.set)
     metrics_server: asyncio.Server | None = None
     if settings.metrics_port is not None:
-        from worker.ops import health
-
         try:
             metrics_server = await health.serve(settings.metrics_port)
         except OSError as exc:
@@ -421,8 +417,6 @@ async def run_async(
         await _process_gone(process_id)
         await app.close_async()
         if metrics_server is not None:
-            from worker.ops import health
-
             await health.shutdown(metrics_server)
     if until_idle and not idle_ok and not stop.is_set():
         log.error("not idle after %.0fs", timeout or 0)
@@ -436,8 +430,6 @@ PROCESS_BEAT_SECONDS = 5.0
 async def _process_heartbeat(process_id: str, queues: Sequence[str]) -> None:
     """Keep this process's row in worker_processes fresh (``status`` counts processes by
     it; Procrastinate's own table has one row per queue worker)."""
-    from worker.queries import q
-
     params = {
         "id": process_id,
         "hostname": socket.gethostname(),
@@ -460,8 +452,6 @@ async def _process_heartbeat(process_id: str, queues: Sequence[str]) -> None:
 
 
 async def _process_gone(process_id: str) -> None:
-    from worker.queries import q
-
     with contextlib.suppress(Exception):
         async with app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
             await conn.execute(q("process_gone"), {"id": process_id})

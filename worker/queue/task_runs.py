@@ -14,6 +14,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from worker.ops.alerts import alert
 from worker.ops.error_log import record_error
 from worker.queries import q
 
@@ -76,8 +77,6 @@ async def _record_crash(
 async def _alert_crash(pool: AsyncConnectionPool, task_name: str, exc: BaseException) -> None:
     """A task that ended in an exception alerts (one alert per task and exception class
     per dedup window, like the old system's crash alerts). Never raises."""
-    from worker.ops.alerts import alert
-
     try:
         async with pool.connection(timeout=10) as conn:
             await alert(

@@ -73,6 +73,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker.config import get_settings
 from worker.database import resolve_database_url
 from worker.errors import ProviderError
+from worker.ops import breaker, resilience
 from worker.ops.error_log import record_error
 from worker.providers.routing import Providers
 from worker.queries import q
@@ -475,8 +476,6 @@ class Drain:
     async def _gates(self, conn: AsyncConnection[Any]) -> tuple[set[str], set[str]]:
         """(providers to leave alone, providers whose half-open probe this drain just
         took). A provider whose probe job this drain still runs stays left alone."""
-        from worker.ops import resilience
-
         probes: set[str] = set()
         if time.monotonic() - self._blocked_at > BLOCKED_CACHE_SECONDS:
             try:
@@ -493,8 +492,6 @@ class Drain:
         """Exactly one job per provider whose half-open probe this drain took (the breaker
         hands one probe to one caller across all processes); an unused probe is given
         back at once."""
-        from worker.ops import breaker
-
         out: list[Job] = []
         for provider in sorted(probes):
             got = await claim(
@@ -617,8 +614,6 @@ class Drain:
                     q("rt_release_throttled"), {"ids": waiting, "at": at, "owner": self.owner}
                 )
                 if any(i in self.probe_held for i in waiting):
-                    from worker.ops import breaker
-
                     await breaker.return_probe(conn, provider)
                     self._probe_done(waiting)
                 self.unwritten -= len(waiting)
@@ -820,8 +815,6 @@ class Drain:
         """Bookkeeping after a flush: token settlement, provider health, error log. Never
         per job: once per provider and error kind per flush, and a provider's success at most
         once per :data:`SUCCESS_REPORT_SECONDS` while it keeps succeeding."""
-        from worker.ops import breaker, resilience
-
         await self.limiter.settle(conn)
         ok: set[str] = set()
         # Outcomes are in the order the calls finished: a provider's failures count toward
