@@ -65,6 +65,8 @@ def register_secret(value: str | None) -> None:
 
 
 def _configured_secrets() -> tuple[str, ...]:
+    # Lazy on purpose: `import worker` installs the log redaction (worker/__init__.py), and
+    # the settings (pydantic-settings, the environment) are read only when a text is redacted.
     from pydantic import SecretStr
 
     from worker.config import get_settings
