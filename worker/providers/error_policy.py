@@ -39,7 +39,7 @@ import mistralai.client.errors as mistral_errors
 import openai
 import pydantic
 
-from worker.errors import ErrorKind, ProviderError
+from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.redact import redact as redact_text
 
 K = ErrorKind
@@ -518,11 +518,12 @@ def classify(exc: BaseException, provider: str) -> ProviderError:
 @contextmanager
 def translate_errors(provider: str) -> Iterator[None]:
     """``with translate_errors("openai"): await sdk_call()`` - re-raise any failure as the
-    classified ProviderError (``from`` the original). Cancellation (BaseException) and
-    ProviderError pass through untouched."""
+    classified ProviderError (``from`` the original). Cancellation (BaseException),
+    ProviderError and ConfigError (our own set-up problem, e.g. an unusable base URL) pass
+    through untouched."""
     try:
         yield
-    except ProviderError:
+    except (ProviderError, ConfigError):
         raise
     except Exception as exc:
         raise classify(exc, provider) from exc

@@ -27,7 +27,7 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from worker.errors import ConfigError, ProviderError
+from worker.errors import ProviderError
 from worker.providers import idempotent
 from worker.providers.answer_rules import to_reply
 from worker.providers.base import (
@@ -43,7 +43,7 @@ from worker.providers.base import (
     estimate_tokens,
     secret_value,
 )
-from worker.providers.error_policy import GRPC_CODES, classify, translate_errors
+from worker.providers.error_policy import GRPC_CODES, translate_errors
 from worker.providers.jsonl import (
     MalformedCallback,
     check_batch_size,
@@ -401,14 +401,10 @@ class GeminiChat:
             max_output_tokens=prompt.max_output_tokens,
             temperature=prompt.temperature,
         )
-        try:
+        with translate_errors(self.name):
             response = await self._client.aio.models.generate_content(
                 model=model, contents=cast(Any, contents), config=config
             )
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, self.name) from exc
         finish = None
         if response.candidates:
             fr = response.candidates[0].finish_reason
@@ -434,14 +430,10 @@ class GeminiChat:
         )
 
     async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
-        try:
+        with translate_errors(self.name):
             result = await self._client.aio.models.embed_content(
                 model=model, contents=cast(Any, list(texts))
             )
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, self.name) from exc
         vectors = [list(e.values or []) for e in (result.embeddings or [])]
         # embedContent reports no usage: estimated.
         return Embedded(vectors, sum(estimate_tokens(t) for t in texts))

@@ -24,7 +24,6 @@ from mistralai.client.models import BatchJob
 from mistralai.client.types import UNSET
 from pydantic import SecretStr
 
-from worker.errors import ConfigError, ProviderError
 from worker.providers import idempotent
 from worker.providers.answer_rules import to_reply
 from worker.providers.base import (
@@ -38,7 +37,7 @@ from worker.providers.base import (
     SubmittedBatch,
     secret_value,
 )
-from worker.providers.error_policy import classify, translate_errors
+from worker.providers.error_policy import translate_errors
 from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,
@@ -328,14 +327,10 @@ class MistralChat:
             extra["max_tokens"] = prompt.max_output_tokens
         if prompt.temperature is not None:
             extra["temperature"] = prompt.temperature
-        try:
+        with translate_errors(self.name):
             response = await self._client.chat.complete_async(
                 model=model, messages=cast(Any, messages), **extra
             )
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, self.name) from exc
         choice = response.choices[0] if response.choices else None
         content = choice.message.content if choice is not None and choice.message else None
         text = content if isinstance(content, str) or content is None else str(content)
@@ -350,12 +345,8 @@ class MistralChat:
         )
 
     async def embed(self, model: str, texts: Sequence[str]) -> Embedded:
-        try:
+        with translate_errors(self.name):
             response = await self._client.embeddings.create_async(model=model, inputs=list(texts))
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, self.name) from exc
         data = sorted(response.data, key=lambda d: d.index or 0)
         return Embedded([list(d.embedding or []) for d in data], response.usage.prompt_tokens or 0)
 

@@ -47,7 +47,7 @@ from worker.providers.base import (
     SubmittedBatch,
     secret_value,
 )
-from worker.providers.error_policy import classify, classify_http, translate_errors
+from worker.providers.error_policy import classify_http, translate_errors
 from worker.providers.jsonl import (
     OPENAI_CHAT_URL,
     MalformedCallback,
@@ -413,15 +413,11 @@ class OpenAIChat:
 
     async def converse(self, model: str, prompt: Prompt, messages: list[dict[str, str]]) -> Reply:
         body = self.conversation_body(model, prompt, messages)
-        try:
+        with translate_errors(self.name):
             if self.lean:
                 resp = await self.lean_client().post_json("/chat/completions", body)
                 return lean_reply(self.name, resp, messages)
             completion = await self.sdk().chat.completions.create(**cast(Any, body))
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, self.name) from exc
         choice = completion.choices[0] if completion.choices else None
         usage = completion.usage
         return to_reply(
@@ -442,7 +438,7 @@ class OpenAIChat:
                 provider=self.name,
                 code="no_embeddings_api",
             )
-        try:
+        with translate_errors(self.name):
             # base64 (the SDK's default, decoded by the SDK) is ~4x smaller on the wire and
             # far cheaper to parse than JSON floats; Ollama gets plain floats.
             emb = await self.sdk().embeddings.create(
@@ -450,10 +446,6 @@ class OpenAIChat:
                 input=list(texts),
                 encoding_format="float" if self._float_embeddings else omit,
             )
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, self.name) from exc
         vectors = [list(d.embedding) for d in sorted(emb.data, key=lambda d: d.index)]
         return Embedded(vectors, emb.usage.prompt_tokens if emb.usage else 0)
 

@@ -10,8 +10,9 @@ key is "not configured": its work waits and the reason is recorded, nothing is l
 - :meth:`Providers.batch` - the Batch API of ``openai`` | ``gemini`` | ``mistral``;
 - :meth:`Providers.chat` - the chat provider (:class:`~worker.providers.base.ChatProvider`):
   ``complete`` for commentary instant models, ``converse`` and ``embed`` for ``ai_jobs``;
-- :meth:`Providers.converse` / :meth:`Providers.embed` - the realtime lane's calls, with
-  every unexpected failure classified by :func:`worker.providers.error_policy.classify`.
+- :meth:`Providers.converse` / :meth:`Providers.embed` - the realtime lane's calls (each
+  provider classifies its failures at its boundary with
+  :func:`worker.providers.error_policy.translate_errors`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from worker.config import Settings, get_settings
 from worker.errors import ConfigError, ErrorKind, ProviderError
 from worker.providers.base import BatchProvider, ChatProvider, Embedded, Prompt, Reply
 from worker.providers.compat import lean_chat_enabled
-from worker.providers.error_policy import classify
 from worker.providers.mock import MockChat
 from worker.providers.registry import build_batch_provider, build_chat_provider
 
@@ -74,21 +74,11 @@ class Providers:
     ) -> Reply:
         """One conversation call with the last ``keep`` history turns. Raises
         ProviderError (or ConfigError for an unconfigured provider)."""
-        try:
-            return await self.chat(provider).converse(model, prompt, prompt.messages(keep))
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, provider) from exc
+        return await self.chat(provider).converse(model, prompt, prompt.messages(keep))
 
     async def embed(self, provider: str, model: str, texts: Sequence[str]) -> Embedded:
         """Embed ``texts`` in one request (the caller groups within the provider's limit)."""
-        try:
-            embedded = await self.chat(provider).embed(model, texts)
-        except (ProviderError, ConfigError):
-            raise
-        except Exception as exc:
-            raise classify(exc, provider) from exc
+        embedded = await self.chat(provider).embed(model, texts)
         if len(embedded.vectors) != len(texts):
             raise ProviderError(
                 f"embeddings answer has {len(embedded.vectors)} vectors for {len(texts)} inputs",
