@@ -75,7 +75,7 @@ from worker.database import resolve_database_url
 from worker.errors import ProviderError
 from worker.ops import breaker, resilience
 from worker.ops.error_log import record_error
-from worker.providers.routing import Providers
+from worker.providers.routing import Providers, providers, reset_providers
 from worker.queries import q
 from worker.queue import wakeups
 from worker.realtime import shutdown
@@ -141,8 +141,6 @@ TIME_SMOOTHING = 0.2
 #: closed by the server or a pooler.
 LOOP_CONN_IDLE_SECONDS = 5.0
 
-_clients: Providers | None = None
-
 
 def prefetch(concurrency: int) -> int:
     return max(1, int(concurrency * PREFETCH_SHARE))
@@ -179,17 +177,15 @@ def _suspect(conn: AsyncConnection[Any]) -> bool:
 
 
 def clients() -> Providers:
-    """The process's SDK clients (kept across drain runs: their HTTP pools stay warm)."""
-    global _clients
-    if _clients is None:
-        _clients = Providers()
-    return _clients
+    """The process's provider adapters, the same ones the commentary lane uses
+    (:func:`worker.providers.routing.providers`): one set of SDK clients and HTTP pools per
+    process, kept across drain runs so they stay warm."""
+    return providers()
 
 
 def reset_clients() -> None:
     """Forget cached clients (tests, or after the environment changed)."""
-    global _clients
-    _clients = None
+    reset_providers()
 
 
 class Drain:
