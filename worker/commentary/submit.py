@@ -30,7 +30,7 @@ from worker.ops import metrics, resilience
 from worker.ops.alerts import alert
 from worker.ops.error_log import record_error
 from worker.providers import idempotent
-from worker.providers.base import ChatRequest
+from worker.providers.base import ChatRequest, SubmittedBatch
 from worker.providers.jsonl import chunk_requests, request_line_encoder
 from worker.providers.routing import providers
 from worker.queries import q
@@ -332,18 +332,7 @@ async def create_provider_batch(
                 await abandon_intent(conn, job_id, provider_name, exc)
                 return False
             submitted = found
-        async with conn.transaction():
-            await conn.execute(
-                q("batch_created"),
-                {
-                    "id": job_id,
-                    "batch_id": submitted.batch_id,
-                    "input_file_id": submitted.input_file_id,
-                    "raw_state": submitted.raw_state,
-                    "first_poll": get_settings().poll_min_seconds,
-                },
-            )
-            await defer_poll(conn, job_id, get_settings().poll_min_seconds)
+        await mark_created(conn, job_id, submitted, get_settings().poll_min_seconds)
         await resilience.on_provider_success(conn, provider_name)
         log.info(
             "batch created",
@@ -357,6 +346,25 @@ async def create_provider_batch(
         return True
     finally:
         await conn.execute(q("advisory_unlock"), (lock_key,))
+
+
+async def mark_created(
+    conn: AsyncConnection[Any], job_id: uuid.UUID, batch: SubmittedBatch, first_poll: float
+) -> None:
+    """The intent's provider batch exists (created now, or found by the intent id): record
+    it and defer its first poll, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            q("batch_created"),
+            {
+                "id": job_id,
+                "batch_id": batch.batch_id,
+                "input_file_id": batch.input_file_id,
+                "raw_state": batch.raw_state,
+                "first_poll": first_poll,
+            },
+        )
+        await defer_poll(conn, job_id, first_poll)
 
 
 async def abandon_intent(

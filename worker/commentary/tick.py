@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from worker.commentary import custom_ids
 from worker.commentary.defer import defer, defer_poll
-from worker.commentary.submit import abandon_intent
+from worker.commentary.submit import abandon_intent, mark_created
 from worker.ops.error_log import record_error
 from worker.providers.routing import providers
 from worker.queries import q
@@ -75,18 +75,7 @@ async def reconcile_intents(conn: AsyncConnection[Any]) -> dict[str, int]:
                 )
                 continue
             if found is not None:
-                async with conn.transaction():
-                    await conn.execute(
-                        q("batch_created"),
-                        {
-                            "id": job_id,
-                            "batch_id": found.batch_id,
-                            "input_file_id": found.input_file_id,
-                            "raw_state": found.raw_state,
-                            "first_poll": 0,
-                        },
-                    )
-                    await defer_poll(conn, job_id, 0)
+                await mark_created(conn, job_id, found, 0)
                 out["adopted"] += 1
                 log.warning("adopted provider batch %s for intent %s", found.batch_id, job_id)
             else:
